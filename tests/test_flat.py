@@ -1,0 +1,92 @@
+"FlatModel on torchvision architectures: what it records equals plain hooks on an out-of-place copy, and the model is left as it was"
+import pytest, torch
+from conftest import out_of_place, plain_outputs
+from netlens.flat import FlatModel
+from netlens.hooks import ModelSnapshot, hook_count
+
+def _keys(name, n): return [name] if n == 1 else [f"{name}:{i+1}" for i in range(n)]
+
+def _equal(a, b):
+    if isinstance(a, torch.Tensor): return torch.equal(a, b)
+    if isinstance(a, (tuple, list)): return len(a) == len(b) and all(_equal(u, v) for u, v in zip(a, b))
+    return a == b
+
+def test_outputs_equal_out_of_place_hooks(tv_model):
+    name, model, x = tv_model
+    fm = FlatModel(model)
+    snap = ModelSnapshot(model)
+    with fm.record(fm.layer_names) as rec: out = model(x)
+    ref, ref_out = plain_outputs(out_of_place(model), x)
+    assert torch.equal(out, ref_out)
+    for n, vals in ref.items():
+        for key, v in zip(_keys(n, len(vals)), vals): assert _equal(rec[key], v), f"{name}: {key}"
+    assert sorted(rec) == sorted(k for n, vals in ref.items() for k in _keys(n, len(vals)))
+    assert snap.diff(model) == []
+
+def test_inplace_layers_are_protected():
+    "ResNet's BatchNorm outputs keep their negative values although ReLU(inplace=True) runs on them next"
+    import torchvision
+    from conftest import perturbed
+    model = perturbed(torchvision.models.resnet18())
+    x = torch.randn(2, 3, 32, 32)
+    fm = FlatModel(model)
+    with fm.record(['bn1', 'layer1.0.bn1', 'relu', 'layer1.0.relu']) as rec: model(x)
+    assert (rec['bn1'] < 0).any() and (rec['layer1.0.bn1'] < 0).any()
+    assert not (rec['relu'] < 0).any()
+    assert list(rec) == ['bn1', 'layer1.0.bn1', 'relu', 'layer1.0.relu:1', 'layer1.0.relu:2']
+
+def test_gradients_equal_out_of_place_retain_grad(tv_model):
+    name, model, x = tv_model
+    fm = FlatModel(model)
+    snap = ModelSnapshot(model)
+    x = x.clone().requires_grad_()
+    target = torch.tensor([1, 7])
+    with fm.record(fm.layer_names, grads=True) as rec:
+        model(x).gather(1, target[:, None]).sum().backward()
+    ref_model = out_of_place(model)
+    ref, ref_out = plain_outputs(ref_model, x, retain_grad=True)
+    ref_out.gather(1, target[:, None]).sum().backward()
+    checked = 0
+    for n, vals in ref.items():
+        for key, v in zip(_keys(n, len(vals)), vals):
+            if isinstance(v, torch.Tensor) and v.grad is not None:
+                torch.testing.assert_close(rec.grads[key], v.grad, rtol=1e-5, atol=1e-6, msg=f"{name}: {key}")
+                checked += 1
+    assert checked > 10
+    assert any(rec.grads[k].abs().sum() > 0 for k in rec.grads), 'a non-degenerate model has non-zero gradients'
+    model.zero_grad(set_to_none=True)
+    assert snap.diff(model) == []
+
+def test_model_unchanged_after_exception(tv_model):
+    name, model, x = tv_model
+    fm = FlatModel(model)
+    model.train()
+    snap = ModelSnapshot(model)
+    with pytest.raises(RuntimeError) as e:
+        with fm.record(fm.find('conv')[:3] or fm.layer_names[:3], grads=True): model(x[:, :2])  # two channels for a three-channel model
+    assert snap.diff(model) == [] and hook_count(model) == 0
+    if hasattr(e.value, '__notes__'): assert e.value.__notes__[0].startswith('netlens: raised in layer')
+    model.eval()
+
+def test_vit_unused_submodule_is_explained():
+    "nn.MultiheadAttention uses out_proj's weights directly: recording it says so instead of returning nothing"
+    import torchvision
+    model = torchvision.models.vit_b_16(image_size=32).eval()
+    fm = FlatModel(model)
+    layer = 'encoder.layers.encoder_layer_0.self_attention.out_proj'
+    with fm.record([layer, 'encoder.layers.encoder_layer_0.mlp']) as rec: model(torch.randn(1, 3, 32, 32))
+    with pytest.raises(KeyError, match='did not run in the forward pass'): rec[layer]
+    assert rec['encoder.layers.encoder_layer_0.mlp'].shape == (1, 5, 768)
+
+DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_record_stays_on_device_or_moves_to_cpu(device):
+    from netlens.data import digits_cnn, digits_data
+    model = digits_cnn(device=device)
+    x = digits_data('test')[0][:4].to(device)
+    fm = FlatModel(model)
+    with fm.record('conv3') as rec, fm.record('conv3', cpu=True) as rec_cpu: out = model(x)
+    assert rec['conv3'].device == out.device and rec_cpu['conv3'].device.type == 'cpu'
+    assert torch.equal(rec['conv3'].cpu(), rec_cpu['conv3'])
+    assert rec['conv3'].abs().sum() > 0
