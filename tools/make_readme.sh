@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Rebuild images/ (the tour's figures) and README.md from nbs/index.ipynb without quarto:
+# nbdev-proc-nbs runs nbdev's processors (hides #| hide cells, turns the `>` line into a summary),
+# nbconvert writes markdown. Where quarto exists, `nbdev-readme` works too.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+netlens tour --out images --no-progress
+rm -f images/index.html
+nbdev-proc-nbs --file-glob index.ipynb >/dev/null 2>&1 || true  # it offers to install quarto first; the processing runs either way
+test -f _proc/index.ipynb
+jupyter nbconvert --to markdown _proc/index.ipynb --output-dir . --output README --log-level WARN
+# the YAML front matter becomes the title and summary; the notebook links ../images/, the README sits beside images/
+python - <<'PY'
+import re, pathlib
+p = pathlib.Path('README.md'); s = p.read_text()
+m = re.match(r'\A---\n(.*?)\n---\n+', s, flags=re.S)
+meta = dict(l.split(': ', 1) for l in m.group(1).splitlines() if ': ' in l)
+s = f"# {meta['title']}\n\n> {meta['description']}\n\n" + s[m.end():]
+lines, fence = [], False  # nbconvert leaves code cells' fences without a language
+for l in s.replace('](../images/', '](images/').splitlines():
+    if l.startswith('```'):
+        if not fence and l == '```': l = '```python'
+        fence = not fence
+    lines.append(l)
+p.write_text('\n'.join(lines) + '\n')
+PY
+rm -rf _proc
+echo "README.md and images/ rebuilt"

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Every test of netlens, from the repository root or anywhere:
+#   1. netlens/ is exactly what the notebooks export (nbdev-export changes nothing),
+#   2. the notebooks run and their cells' assertions hold (nbdev-test),
+#   3. pytest tests/ (cross-checks against peers and plain-hook oracles).
+# Exits non-zero if any part fails. `bash tools/test.sh --slow` also runs notebook cells marked `#| slow`.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+flags=""; [ "${1:-}" = "--slow" ] && flags="--flags slow"
+status=0
+
+echo "== nbdev-export leaves netlens/ unchanged"
+before=$(mktemp -d)
+cp -r netlens "$before/"
+nbdev-export
+if diff -r -q -x __pycache__ "$before/netlens" netlens; then echo "in sync"
+else echo "FAILED: netlens/ differed from what nbs/ export (now re-exported): commit the notebooks and netlens/ together"; status=1; fi
+rm -rf "$before"
+
+echo "== nbdev-test (notebooks)"
+n_nbs=$(find nbs -name '*.ipynb' -not -path '*/.*' -not -name '_*' | wc -l)
+log=$(mktemp)
+nbdev-test --n-workers 2 --do-print --skip-file-re '^[_.]' $flags 2>&1 | tee "$log"
+if grep -qx "Success." "$log"; then failed=0
+else failed=$(grep -cE '^\s+\S+\.ipynb$' "$log"); [ "$failed" -eq 0 ] && failed=$n_nbs; status=1; fi
+echo "notebooks: $((n_nbs - failed)) passed, $failed failed"
+rm -f "$log"
+
+echo "== pytest tests/"
+python -m pytest tests/ -q -p no:cacheprovider || status=1
+exit $status
