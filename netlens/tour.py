@@ -16,6 +16,7 @@ from fastprogress.fastprogress import progress_bar
 from .core import *
 from .data import *
 from .flat import *
+from .landscape import *
 
 # %% auto #0
 __all__ = ['TOUR_PAGES', 'Page', 'tour', 'main']
@@ -69,6 +70,18 @@ def _channels(ctx):
     with torch.no_grad(), ctx['fm'].record('stem.2') as rec: ctx['model'](ctx['x'][:1])
     return show_channels(rec['stem.2'], ncols=8, title="all 16 channels of 'stem.2' (after the first ReLU)")
 
+def _landscape(ctx):
+    import torch.nn.functional as F
+    data = (ctx['x'][:128], ctx['y'][:128])
+    res = landscape2d(ctx['model'], data, F.cross_entropy, (-.5, .5), (-.5, .5), step_size=0.05, seed=0, show_progress=False)
+    return plot_landscape(*res, log=True, title='log loss around the trained digits model (128 held-out digits)')
+
+def _fourier(ctx):
+    m = fourier_map(ctx['model'], (ctx['x'][:16], ctx['y'][:16]), norm=4., show_progress=False)
+    fig, ax = plt.subplots(figsize=(4.8, 4))
+    plot_fourier_map(m, ax=ax, title='error under a Fourier perturbation (L2 norm 4)')
+    return fig
+
 def _photos(ctx):
     return show_images(ctx['photos'], titles=list(SAMPLE_IMAGES), ncols=4, size=2.2, suptitle='sample photos (scikit-image), for ImageNet models')
 
@@ -77,6 +90,8 @@ TOUR_PAGES = [
     Page('confusion', 'Confusion matrix', 'Which digits it mixes up.', _confusion),
     Page('activations', 'Layer activations', 'What four layers of the model respond to, recorded with `FlatModel.record`.', _activations),
     Page('channels', 'Channel grid', 'Every channel of one layer, drawn with `show_channels`.', _channels),
+    Page('landscape', 'Loss landscape', 'The loss on a plane of two filter-normalised random directions around the trained weights (Li et al. 2018), `landscape2d` + `plot_landscape`.', _landscape),
+    Page('fourier', 'Fourier heat map', 'Error rate when each Fourier basis image is added to the digits (Yin et al. 2019), `fourier_map`; centre = low frequencies.', _fourier),
     Page('photos', 'Sample photos', 'Real photos from scikit-image, ready for torchvision models.', _photos),
 ]
 

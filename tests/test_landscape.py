@@ -1,0 +1,100 @@
+"Loss landscapes and Fourier heat maps against float64 references written here, on the digits model and a perturbed resnet18"
+import math
+import pytest, torch, torch.nn as nn, torch.nn.functional as F, torchvision
+from torch.func import functional_call
+from conftest import perturbed
+from netlens.data import digits_cnn, digits_data
+from netlens.hooks import ModelSnapshot
+from netlens.landscape import (conjugate, direction_to, fourier_basis, fourier_map, landscape1d, landscape2d,
+                               random_direction)
+
+DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
+
+@pytest.fixture(scope='module')
+def digits():
+    x, y = digits_data('test')
+    return digits_cnn(), x[:24], y[:24]
+
+def test_landscape2d_equals_functional_reference(digits):
+    "Every grid value equals the loss of a functional_call at θ0 + a·d1 + b·d2 computed in float64"
+    model, x, y = digits
+    m64, x64 = digits_cnn().double(), x.double()
+    d1, d2 = random_direction(m64, seed=3), random_direction(m64, seed=4)
+    xs, ys, L = landscape2d(m64, (x64, y), F.cross_entropy, (-0.4, 0.4), (-0.4, 0.4), 0.2, directions=[d1, d2], show_progress=False)
+    names = [n for n, _ in m64.named_parameters()]
+    theta0 = [p.detach().clone() for p in m64.parameters()]
+    buffers = dict(m64.named_buffers())
+    for i, a in enumerate(xs.tolist()):
+        for j, b in enumerate(ys.tolist()):
+            params = {n: t + a * u + b * v for n, t, u, v in zip(names, theta0, d1, d2)}
+            with torch.no_grad(): ref = F.cross_entropy(functional_call(m64, {**params, **buffers}, (x64,)), y)
+            torch.testing.assert_close(L[i, j], ref, rtol=1e-12, atol=1e-12)
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_resnet18_centre_exact_and_parameters_restored(device):
+    model = perturbed(torchvision.models.resnet18(num_classes=10)).to(device)
+    x = torch.randn(6, 3, 64, 64, generator=torch.Generator().manual_seed(0)).to(device)
+    y = torch.arange(6, device=device) % 10
+    snap = ModelSnapshot(model)
+    with torch.no_grad(): base = F.cross_entropy(model(x), y)
+    xs, ys, L = landscape2d(model, (x, y), F.cross_entropy, (-.2, .2), (-.2, .2), 0.2, seed=0, show_progress=False)
+    assert torch.equal(L[1, 1], base.cpu())
+    assert snap.diff(model) == []
+    for (n, p), d in zip(model.named_parameters(), random_direction(model, seed=0)):
+        if p.dim() > 1: torch.testing.assert_close(d.flatten(1).norm(dim=1), p.detach().flatten(1).norm(dim=1))
+        else: assert not d.any(), n
+
+def test_interpolation_ends_at_the_other_model(digits):
+    model, x, y = digits
+    other = digits_cnn(pretrained=False)
+    ts, L = landscape1d(model, (x, y), F.cross_entropy, (0, 1), 0.5, direction=direction_to(model, other), show_progress=False)
+    hybrid = digits_cnn(); hybrid.load_state_dict({**model.state_dict(), **dict(other.named_parameters())})
+    with torch.no_grad(): torch.testing.assert_close(L[-1], F.cross_entropy(hybrid(x), y), rtol=1e-4, atol=1e-5)
+
+def _fft_basis(h, w, i, j):
+    "Reference plane wave from the spectrum: ones at (i, j) and its conjugate, inverse FFT, unit norm (float64)"
+    s = torch.zeros(h, w, dtype=torch.complex128)
+    s[i, j] = 1; s[(-i) % h, (-j) % w] = 1
+    u = torch.fft.ifft2(s)
+    assert u.imag.abs().max() < 1e-12
+    return u.real / u.real.norm()
+
+@pytest.mark.parametrize('h,w', [(32, 32), (31, 31), (8, 12)])
+def test_fourier_basis_is_one_plane_wave(h, w):
+    freqs = [(i, j) for i in range(h) for j in range(w)]
+    B = fourier_basis(h, w, freqs, dtype=torch.float64)
+    for (i, j), u in zip(freqs, B):
+        torch.testing.assert_close(u, _fft_basis(h, w, i, j), rtol=0, atol=1e-10)
+
+def test_anatome_pairing_mixes_two_waves():
+    "anatome pairs (i, j) with (h-1-i, w-1-j): for even sizes that spectrum holds two different waves"
+    h = w = 32; i, j = 3, 5
+    s = torch.zeros(h, w, dtype=torch.complex128); s[i, j] = 1; s[h - 1 - i, w - 1 - j] = 1
+    peaks = (torch.fft.fft2(torch.fft.ifft2(s).real).abs() > 1e-9).sum().item()
+    assert peaks == 4 and conjugate(i, j, h, w) != (h - 1 - i, w - 1 - j)
+
+def test_fourier_map_equals_loop_reference(digits):
+    "Without random signs, every entry equals a float64 loop over all h*w frequencies with the FFT-built basis"
+    model, x, y = digits
+    m64, x64 = digits_cnn().double(), x[:6].double()
+    y6 = y[:6]
+    got = fourier_map(m64, (x64, y6), metric=F.cross_entropy, norm=3., random_sign=False, batch_size=64, show_progress=False)
+    ref = torch.empty(32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        for i in range(32):
+            for j in range(32):
+                ref[i, j] = F.cross_entropy(m64(x64 + 3. * _fft_basis(32, 32, i, j)), y6)
+    torch.testing.assert_close(got.double(), torch.fft.fftshift(ref), rtol=1e-6, atol=1e-6)
+
+def test_fourier_map_batching_and_loader_invariant(digits):
+    model, x, y = digits
+    a = fourier_map(model, (x[:8], y[:8]), max_freq=4, batch_size=8, show_progress=False)
+    b = fourier_map(model, (x[:8], y[:8]), max_freq=4, batch_size=4096, show_progress=False)
+    assert torch.equal(torch.nan_to_num(a, -1), torch.nan_to_num(b, -1))
+    c = fourier_map(model, (x[:8], y[:8]), max_freq=4, seed=1, show_progress=False)
+    assert not torch.equal(torch.nan_to_num(a, -1), torch.nan_to_num(c, -1)), 'the random signs depend on the seed'
+    from torch.utils.data import DataLoader, TensorDataset
+    one = fourier_map(model, (x[:8], y[:8]), metric=F.cross_entropy, random_sign=False, max_freq=4, show_progress=False)
+    two = fourier_map(model, DataLoader(TensorDataset(x[:8], y[:8]), batch_size=5), metric=F.cross_entropy,
+                      random_sign=False, max_freq=4, show_progress=False)
+    torch.testing.assert_close(torch.nan_to_num(one), torch.nan_to_num(two))
