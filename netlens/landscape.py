@@ -106,10 +106,11 @@ def _landscape(model, data, loss_fn, dirs, coords, train, show_progress):
     try:
         with torch.no_grad(), (nullcontext() if train else eval_mode(model)):
             for c in (progress_bar(coords) if show_progress else coords):
+                moves = [(a, d) for a, d in zip(c, dirs) if a != 0]
                 for i, (p, p0) in enumerate(zip(ps, orig_p)):
-                    p.copy_(p0)
-                    for a, d in zip(c, dirs):
-                        if a != 0: p.add_(d[i], alpha=a)
+                    if not moves: p.copy_(p0); continue          # the centre: exactly θ0
+                    torch.add(p0, moves[0][1][i], alpha=moves[0][0], out=p)
+                    for a, d in moves[1:]: p.add_(d[i], alpha=a)
                 losses.append(dataset_loss(model, data, loss_fn))
     finally:
         with torch.no_grad():
