@@ -15,8 +15,8 @@ from pyimgy.core import convert_image
 
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'default_device', 'model_device', 'model_dtype', 'to_device', 'eval_mode',
-           'unknown_key_error', 'normalize', 'denormalize', 'image_to_tensor', 'tensor_to_image', 'tensor_to_pil',
-           'show_image', 'show_images', 'set_seed', 'seeded']
+           'keep_buffers', 'unknown_key_error', 'normalize', 'denormalize', 'image_to_tensor', 'tensor_to_image',
+           'tensor_to_pil', 'show_image', 'show_images', 'set_seed', 'seeded']
 
 # %% ../nbs/00_core.ipynb #992b9406
 def default_device(use_cuda:bool|None=None) -> torch.device:
@@ -57,6 +57,16 @@ def eval_mode(model:nn.Module):
         yield model
     finally:
         for m, t in flags: m.training = t
+
+# %% ../nbs/00_core.ipynb #9c454014
+@contextmanager
+def keep_buffers(model:nn.Module):
+    "Restore every buffer of `model` (BatchNorm statistics, counters) to its value at the start of the block, if any module is training"
+    saved = [(b, b.clone()) for b in model.buffers()] if any(m.training for m in model.modules()) else []
+    try: yield model
+    finally:
+        with torch.no_grad():
+            for b, v in saved: b.copy_(v)
 
 # %% ../nbs/00_core.ipynb #54443955
 def unknown_key_error(key, options, what='name') -> KeyError:
