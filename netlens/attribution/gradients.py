@@ -7,6 +7,7 @@ Docs: https://netlens.github.io/netlens/gradients.html.md"""
 # %% ../../nbs/04_gradients.ipynb #d7d7e393
 from __future__ import annotations
 import warnings
+from contextlib import contextmanager, nullcontext
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
@@ -15,7 +16,7 @@ from ..core import *
 from ..hooks import annotate_errors
 
 # %% auto #0
-__all__ = ['IG_METHODS', 'check_input', 'target_scores', 'input_grad', 'saliency', 'relu_rule', 'guided_backprop',
+__all__ = ['IG_METHODS', 'check_input', 'target_scores', 'guarded', 'input_grad', 'saliency', 'relu_rule', 'guided_backprop',
            'deconvolution', 'smooth_grad', 'ig_quadrature', 'integrated_gradients', 'attribution_map',
            'show_attribution', 'show_attributions']
 
@@ -39,14 +40,22 @@ def target_scores(out:Tensor, target) -> Tensor:
     return out.gather(1, t.long()[:, None]).squeeze(1)
 
 def _warn_if_training(model):
-    if model.training and any(isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.Dropout)) for m in model.modules()):
+    if isinstance(model, nn.Module) and model.training and any(isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.Dropout)) for m in model.modules()):
         warnings.warn("the model is in train mode: BatchNorm and dropout make attributions depend on the batch and on chance; call model.eval() first", stacklevel=3)
+
+@contextmanager
+def guarded(model):
+    "Run the block with `model`'s buffers kept and errors annotated with the failing layer (a plain function: nothing to guard)"
+    if not isinstance(model, nn.Module):
+        if not callable(model): raise TypeError(f"model must be a torch.nn.Module or a function of x, got {type(model).__name__}")
+        yield; return
+    with annotate_errors(model), keep_buffers(model): yield
 
 def input_grad(model:nn.Module, x:Tensor, target) -> tuple[Tensor, Tensor]:
     "Gradient of the `target` scores of `model(x)` with respect to `x`, and the scores; no parameter's `.grad` changes"
     x = check_input(x).detach().requires_grad_()
     _warn_if_training(model)
-    with torch.enable_grad(), annotate_errors(model), keep_buffers(model):
+    with torch.enable_grad(), guarded(model):
         scores = target_scores(model(x), target)
         g, = torch.autograd.grad(scores.sum(), x)
     return g, scores.detach()
@@ -125,9 +134,6 @@ def smooth_grad(model:nn.Module, x:Tensor, target, n_samples=50, stdev=0.15, kin
             total += gr.sum(1); total_sq += (gr * gr).sum(1)
     mean, mean_sq = total / n_samples, total_sq / n_samples
     return mean if kind == 'smoothgrad' else mean_sq if kind == 'smoothgrad_sq' else mean_sq - mean * mean
-
-# %% ../../nbs/04_gradients.ipynb #1cf86ddb
-from contextlib import nullcontext
 
 # %% ../../nbs/04_gradients.ipynb #b0ae63a4
 IG_METHODS = ('gausslegendre', 'riemann_left', 'riemann_right', 'riemann_middle', 'riemann_trapezoid')

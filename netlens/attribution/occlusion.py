@@ -9,9 +9,7 @@ from __future__ import annotations
 import math, itertools
 import torch, torch.nn as nn
 from torch import Tensor
-from .gradients import check_input, target_scores, _warn_if_training, _baseline
-from ..core import keep_buffers
-from ..hooks import annotate_errors
+from .gradients import check_input, target_scores, _warn_if_training, _baseline, guarded
 
 # %% auto #0
 __all__ = ['occlusion']
@@ -39,7 +37,7 @@ def occlusion(model:nn.Module, x:Tensor, target, window=(3, 15, 15), stride=(3, 
     t = t.expand(n) if t.ndim == 0 else t
     total, counts = torch.zeros_like(x), torch.zeros(feat, dtype=x.dtype, device=x.device)
     per = max(1, batch_size // n)
-    with torch.no_grad(), annotate_errors(model), keep_buffers(model):
+    with torch.no_grad(), guarded(model):
         base = target_scores(model(x), t)
         for c in range(0, len(starts), per):
             chunk = starts[c:c + per]
