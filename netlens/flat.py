@@ -76,14 +76,17 @@ class FlatModel:
 def _shape(m, i, o): return tuple(o.shape) if isinstance(o, torch.Tensor) else type(o).__name__
 
 @patch
+def output_shapes(self:FlatModel, x) -> dict:
+    "Each layer's output shape for example input `x`, one per call (a list; empty for a layer that did not run); in eval mode, without gradients"
+    with eval_mode(self.model), torch.no_grad(), annotate_errors(self.model), \
+         Hooks(self._modules.values(), _shape, every_call=True) as hs:
+        self.model(x)
+    return {n: h.stored for n, h in zip(self.layer_names, hs)}
+
+@patch
 def summary(self:FlatModel, x=None) -> str:
     "A table of every layer: ordinal, name, type, parameters, and the output shape for example input `x`"
-    shapes = {}
-    if x is not None:
-        with eval_mode(self.model), torch.no_grad(), annotate_errors(self.model), \
-             Hooks(self._modules.values(), _shape, every_call=True) as hs:
-            self.model(x)
-        shapes = {n: h.stored for n, h in zip(self.layer_names, hs)}
+    shapes = {} if x is None else self.output_shapes(x)
     rows = [('#', 'layer', 'type', 'params', 'output' if shapes else '')]
     for i, (n, m) in enumerate(self._modules.items()):
         s = shapes.get(n, [])
