@@ -17,6 +17,7 @@ from .core import *
 from .data import *
 from .flat import *
 from .landscape import *
+from .attribution import *
 
 # %% auto #0
 __all__ = ['TOUR_PAGES', 'Page', 'tour', 'main']
@@ -70,6 +71,28 @@ def _channels(ctx):
     with torch.no_grad(), ctx['fm'].record('stem.2') as rec: ctx['model'](ctx['x'][:1])
     return show_channels(rec['stem.2'], ncols=8, title="all 16 channels of 'stem.2' (after the first ReLU)")
 
+def _attribution(ctx, n=4):
+    "A grid of methods for a few digits: what each says drove the prediction of the true class"
+    model, x, y = ctx['model'], ctx['x'][:n], ctx['y'][:n]
+    methods = {
+        'saliency': (lambda: saliency(model, x, y), 'absolute'),
+        'guided backprop': (lambda: guided_backprop(model, x, y), 'all'),
+        'SmoothGrad': (lambda: smooth_grad(model, x, y, n_samples=32, seed=0), 'all'),
+        'integrated gradients': (lambda: integrated_gradients(model, x, y, n_steps=32), 'all'),
+        "GradCAM 'res'": (lambda: grad_cam(model, x, y, 'res')[:, None], 'positive'),
+        "guided GradCAM": (lambda: guided_grad_cam(model, x, y, 'res'), 'all'),
+        'occlusion 6x6': (lambda: occlusion(model, x, y, window=(1, 6, 6), stride=(1, 2, 2)), 'all'),
+    }
+    attrs = {k: (f(), sign) for k, (f, sign) in methods.items()}
+    fig, axs = plt.subplots(n, len(methods) + 1, figsize=(1.7 * (len(methods) + 1), 1.8 * n))
+    for i in range(n):
+        show_image(x[i], ax=axs[i, 0], title=f'digit {y[i].item()}' if i else f'input: digit {y[i].item()}')
+        for ax, (k, (a, sign)) in zip(axs[i, 1:], attrs.items()):
+            show_attribution(a[i], x[i] if k.startswith('GradCAM') else None, sign=sign, ax=ax, title=k if i == 0 else None)
+    fig.suptitle('what drove the prediction (red: raises the score, blue: lowers it)')
+    fig.tight_layout()
+    return fig
+
 def _landscape(ctx):
     import torch.nn.functional as F
     data = (ctx['x'][:128], ctx['y'][:128])
@@ -90,6 +113,7 @@ TOUR_PAGES = [
     Page('confusion', 'Confusion matrix', 'Which digits it mixes up.', _confusion),
     Page('activations', 'Layer activations', 'What four layers of the model respond to, recorded with `FlatModel.record`.', _activations),
     Page('channels', 'Channel grid', 'Every channel of one layer, drawn with `show_channels`.', _channels),
+    Page('attribution', 'Attributions', 'Gradient, guided backpropagation, SmoothGrad, integrated gradients, GradCAM, guided GradCAM and occlusion on the same digits (`netlens.attribution`).', _attribution),
     Page('landscape', 'Loss landscape', 'The loss on a plane of two filter-normalised random directions around the trained weights (Li et al. 2018), `landscape2d` + `plot_landscape`.', _landscape),
     Page('fourier', 'Fourier heat map', 'Error rate when each Fourier basis image is added to the digits (Yin et al. 2019), `fourier_map`; centre = low frequencies.', _fourier),
     Page('photos', 'Sample photos', 'Real photos from scikit-image, ready for torchvision models.', _photos),
