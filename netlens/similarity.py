@@ -69,10 +69,16 @@ def linear_cka(X:Tensor, Y:Tensor) -> Tensor:
 def _center_gram(K):
     return K - K.mean(0, keepdim=True) - K.mean(1, keepdim=True) + K.mean()
 
+def _median(t):
+    "The median as numpy and Kornblith et al.'s code take it: the mean of the two middle values for an even count"
+    v = t.flatten().sort().values
+    m = len(v) // 2
+    return v[m] if len(v) % 2 else (v[m - 1] + v[m]) / 2
+
 def rbf_gram(X:Tensor, sigma=None, threshold=1.0) -> Tensor:
     "RBF gram `exp(-‖xi − xj‖² / (2σ²))`, σ = `threshold` · sqrt(median squared distance) unless `sigma` is given"
     sq = torch.cdist(X, X).pow(2)
-    s2 = sigma ** 2 if sigma is not None else threshold ** 2 * sq.median()
+    s2 = sigma ** 2 if sigma is not None else threshold ** 2 * _median(sq)
     if s2 <= 0: raise _no_variance('X')
     return torch.exp(-sq / (2 * s2))
 
@@ -180,7 +186,8 @@ def _pearson(a, b):
 
 def rsa(X:Tensor, Y:Tensor) -> Tensor:
     "Spearman correlation of the upper triangles of the correlation-distance RDMs of `X` and `Y`"
-    X, Y = _pair(X, Y, min_n=3)
+    _pair(X, Y, min_n=3)                                             # checks only: RDMs compare examples as they are
+    X, Y = [as_features(t).to(torch.promote_types(t.dtype, torch.float32)) for t in (X, Y)]
     iu = torch.triu_indices(len(X), len(X), 1, device=X.device)
     rdm = lambda A: (1 - torch.corrcoef(A))[iu[0], iu[1]]
     return _pearson(_ranks(rdm(X)), _ranks(rdm(Y)))

@@ -1,0 +1,223 @@
+"""Similarity measures against float64 numpy implementations of the papers' formulas written here (not netlens' code
+path), against torch_cka's minibatch CKA on the same batches, invariances as property tests, and degenerate data."""
+from copy import deepcopy
+import warnings
+import numpy as np, pytest, torch, torch.nn as nn, torchvision
+from hypothesis import given, settings, strategies as st
+from scipy.stats import spearmanr
+from netlens.similarity import (linear_cka, kernel_cka, unbiased_cka, cca, svcca, pwcca, procrustes, angular_procrustes,
+                                dcka, rsa, distance_correlation, mutual_knn, cknna, regression_r2, compare_models)
+from netlens.data import digits_cnn, digits_loader
+from netlens.hooks import hook_count, ModelSnapshot
+
+rng = np.random.default_rng(0)
+X = rng.standard_normal((60, 12))
+Y = np.tanh(X @ rng.standard_normal((12, 7))) + 0.3 * rng.standard_normal((60, 7))
+Z = X[:, :5] + 0.1 * rng.standard_normal((60, 5))
+T = lambda a: torch.from_numpy(a)
+
+def np_center(a): return a - a.mean(0)
+def np_hsic(K, L):
+    n = len(K); H = np.eye(n) - 1 / n
+    return np.trace(K @ H @ L @ H) / (n - 1) ** 2
+
+def ref_linear_cka(x, y):
+    K, L = x @ x.T, y @ y.T
+    return np_hsic(K, L) / np.sqrt(np_hsic(K, K) * np_hsic(L, L))
+
+def ref_kernel_cka(x, y):
+    def rbf(a):
+        d = ((a[:, None] - a[None]) ** 2).sum(-1)
+        return np.exp(-d / (2 * np.median(d)))
+    K, L = rbf(x), rbf(y)
+    return np_hsic(K, L) / np.sqrt(np_hsic(K, K) * np_hsic(L, L))
+
+def ref_unbiased_hsic(K, L):
+    "Song et al. 2012, eq. 5"
+    n = len(K); K = K.copy(); L = L.copy(); np.fill_diagonal(K, 0); np.fill_diagonal(L, 0); one = np.ones(n)
+    return (np.trace(K @ L) + one @ K @ one * (one @ L @ one) / ((n - 1) * (n - 2)) - 2 / (n - 2) * one @ K @ L @ one) / (n * (n - 3))
+
+def ref_unbiased_cka(x, y):
+    K, L = x @ x.T, y @ y.T
+    return ref_unbiased_hsic(K, L) / np.sqrt(ref_unbiased_hsic(K, K) * ref_unbiased_hsic(L, L))
+
+def ref_cca(x, y):
+    "Canonical correlations as the singular values of Σxx^-1/2 Σxy Σyy^-1/2"
+    x, y = np_center(x), np_center(y)
+    def inv_sqrt(S):
+        w, V = np.linalg.eigh(S); return V @ np.diag(w ** -0.5) @ V.T
+    M = inv_sqrt(x.T @ x) @ x.T @ y @ inv_sqrt(y.T @ y)
+    return np.linalg.svd(M, compute_uv=False)
+
+def ref_svcca(x, y, keep=0.99):
+    "Raghu et al. 2017 / Google's svcca: top singular directions explaining `keep` of the variance, then mean CCA"
+    def reduce(a):
+        a = np_center(a); U, s, Vt = np.linalg.svd(a, full_matrices=False)
+        k = np.searchsorted(np.cumsum(s ** 2) / np.sum(s ** 2), keep) + 1
+        return a @ Vt[:k].T
+    return ref_cca(reduce(x), reduce(y)).mean()
+
+def ref_pwcca(x, y):
+    "Morcos et al. 2018 with Google's weighting: α_i = Σ_j |<h_i, x_j>| for orthonormalised canonical variates h_i of x"
+    xc, yc = np_center(x), np_center(y)
+    def inv_sqrt(S):
+        w, V = np.linalg.eigh(S); return V @ np.diag(w ** -0.5) @ V.T
+    Sxx, Syy = inv_sqrt(xc.T @ xc), inv_sqrt(yc.T @ yc)
+    U, rho, _ = np.linalg.svd(Sxx @ xc.T @ yc @ Syy, full_matrices=False)
+    H = xc @ Sxx @ U                       # canonical variates of x (unit norm, orthogonal)
+    P, _ = np.linalg.qr(H)
+    P = P * np.sign(np.sum(P * H, 0))
+    alpha = np.abs(P.T @ xc).sum(1)
+    return (alpha * rho).sum() / alpha.sum()
+
+def ref_procrustes(x, y):
+    "min over orthogonal R of ||xR - y||_F^2 for centred unit-norm x, y (scipy's solver), zero-padding the narrower"
+    from scipy.linalg import orthogonal_procrustes
+    x, y = np_center(x), np_center(y); x, y = x / np.linalg.norm(x), y / np.linalg.norm(y)
+    p = max(x.shape[1], y.shape[1])
+    x = np.pad(x, ((0, 0), (0, p - x.shape[1]))); y = np.pad(y, ((0, 0), (0, p - y.shape[1])))
+    R, _ = orthogonal_procrustes(x, y)
+    return np.linalg.norm(x @ R - y) ** 2
+
+def ref_dcor(x, y):
+    def dc(a):
+        d = np.sqrt(((a[:, None] - a[None]) ** 2).sum(-1)); return d - d.mean(0) - d.mean(1)[:, None] + d.mean()
+    A, B = dc(x), dc(y)
+    return np.sqrt((A * B).mean() / np.sqrt((A * A).mean() * (B * B).mean()))
+
+def ref_dcka(x, y, z):
+    "Cui et al. 2022: regress the input's centred gram out of each centred gram (least squares on all entries), then CKA"
+    n = len(x); H = np.eye(n) - 1 / n
+    Kz = H @ z @ z.T @ H
+    def resid(a):
+        K = H @ a @ a.T @ H
+        beta, *_ = np.linalg.lstsq(Kz.reshape(-1, 1), K.reshape(-1), rcond=None)
+        return K - beta[0] * Kz
+    K, L = resid(x), resid(y)
+    return (K * L).sum() / np.sqrt((K * K).sum() * (L * L).sum())
+
+def ref_rsa(x, y):
+    iu = np.triu_indices(len(x), 1)
+    return spearmanr((1 - np.corrcoef(x))[iu], (1 - np.corrcoef(y))[iu])[0]
+
+def ref_mutual_knn(x, y, k):
+    def nn_sets(a):
+        S = a @ a.T; np.fill_diagonal(S, -np.inf); return [set(np.argsort(-row)[:k]) for row in S]
+    return np.mean([len(a & b) / k for a, b in zip(nn_sets(x), nn_sets(y))])
+
+def ref_r2(x, y):
+    from sklearn.linear_model import LinearRegression
+    pred = LinearRegression().fit(x, y).predict(x)
+    return 1 - ((y - pred) ** 2).sum() / ((y - y.mean(0)) ** 2).sum()
+
+@pytest.mark.parametrize('ours,ref', [
+    (linear_cka, ref_linear_cka), (kernel_cka, ref_kernel_cka), (unbiased_cka, ref_unbiased_cka),
+    (svcca, ref_svcca), (pwcca, ref_pwcca), (procrustes, ref_procrustes), (distance_correlation, ref_dcor),
+    (rsa, ref_rsa), (regression_r2, ref_r2), (lambda a, b: mutual_knn(a, b, 5), lambda a, b: ref_mutual_knn(a, b, 5))])
+def test_measure_equals_float64_reference(ours, ref):
+    assert abs(float(ours(T(X), T(Y))) - ref(X, Y)) <= 1e-6 * max(1, abs(ref(X, Y)))
+
+def test_cca_and_dcka_and_angle():
+    np.testing.assert_allclose(cca(T(X), T(Y)).numpy(), ref_cca(X, Y)[:7], rtol=1e-7, atol=1e-9)
+    assert abs(float(dcka(T(X), T(Y), T(Z))) - ref_dcka(X, Y, Z)) < 1e-8
+    assert abs(float(angular_procrustes(T(X), T(Y))) - np.arccos(1 - ref_procrustes(X, Y) / 2)) < 1e-7
+
+def test_cknna_counts_only_mutual_neighbours():
+    "With k = n - 1 every pair is a mutual neighbour and CKNNA is unbiased CKA of the raw (uncentred) linear grams"
+    x, y = T(X), T(Y)
+    K, L = (x @ x.T).numpy(), (y @ y.T).numpy()
+    full = ref_unbiased_hsic(K, L) / np.sqrt(ref_unbiased_hsic(K, K) * ref_unbiased_hsic(L, L))
+    assert abs(float(cknna(x, y, k=59)) - full) < 1e-8
+    assert abs(float(cknna(x, y, k=5))) <= 1.0
+
+finite = st.floats(0.2, 5.0)
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), scale=finite, shift=st.floats(-3, 3))
+def test_cka_invariances(seed, scale, shift):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(40, 6, generator=g, dtype=torch.float64); y = torch.randn(40, 9, generator=g, dtype=torch.float64) + x @ torch.randn(6, 9, generator=g, dtype=torch.float64)
+    Q, _ = torch.linalg.qr(torch.randn(6, 6, generator=g, dtype=torch.float64))
+    A = torch.randn(6, 6, generator=g, dtype=torch.float64) + 3 * torch.eye(6, dtype=torch.float64)
+    for f in (linear_cka, unbiased_cka, kernel_cka):
+        base = f(x, y)
+        torch.testing.assert_close(f(scale * x @ Q + shift, y), base, rtol=1e-9, atol=1e-9)   # orthogonal, isotropic scale, shift
+        torch.testing.assert_close(f(y, x), base, rtol=1e-9, atol=1e-9)                        # symmetric
+        torch.testing.assert_close(f(x, x), torch.tensor(1., dtype=torch.float64))
+    torch.testing.assert_close(cca(x @ A, y), cca(x, y), rtol=1e-7, atol=1e-9)                 # CCA: any invertible map
+    assert abs(float(linear_cka(x @ torch.diag(torch.tensor([20., 1, 1, 1, 1, 1], dtype=torch.float64)), y) - linear_cka(x, y))) > 1e-6
+    assert float(procrustes(x, 2 * x @ Q)) < 1e-10
+
+def test_degenerate_data_is_an_error_or_a_value():
+    x = torch.randn(30, 5, dtype=torch.float64)
+    with pytest.raises(ValueError, match='no variance'): linear_cka(torch.ones(30, 4), x)
+    with pytest.raises(ValueError, match='no variance'): cca(torch.ones(30, 4), x)
+    with pytest.raises(ValueError, match='at least 4'): unbiased_cka(x[:3], x[:3])
+    rank_def = torch.cat([x[:, :2], x[:, :2] * 2], 1)
+    assert torch.isfinite(cca(rank_def, x)).all() and len(cca(rank_def, x)) == 2
+    wide = torch.randn(10, 50, dtype=torch.float64)                      # n < p
+    for f in (linear_cka, unbiased_cka, svcca, pwcca, procrustes):
+        assert torch.isfinite(f(wide, torch.randn(10, 40, dtype=torch.float64))), f.__name__
+    half = torch.cat([x[:, :2], torch.full((30, 3), 7.)], 1)              # constant features beside varying ones
+    assert torch.isfinite(linear_cka(half, x)) and torch.isfinite(pwcca(half, x))
+
+def test_compare_models_equals_torch_cka_and_float64_reference():
+    "torch_cka's minibatch CKA on the same batches; both against a float64 reference. torch_cka leaves its hooks and switches to eval: it gets copies"
+    from torch_cka import CKA
+    torch.manual_seed(0)
+    m1, m2 = digits_cnn(), digits_cnn(pretrained=False)
+    layers = ['stem', 'conv2', 'res', 'conv3', 'head']
+    loader = digits_loader('test', batch_size=60)
+    ours = compare_models(m1, m2, loader, layers, layers, show_progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        c = CKA(deepcopy(m1), deepcopy(m2), model1_layers=layers, model2_layers=layers)
+        c.compare(loader)
+    theirs = c.export()['CKA'].double()
+    # reference: float64 per batch, Song's formula
+    acts1, acts2 = [], []
+    from netlens.flat import FlatModel
+    with torch.no_grad():
+        for xb, _ in loader:
+            with FlatModel(m1).record(layers) as r1: m1(xb)
+            with FlatModel(m2).record(layers) as r2: m2(xb)
+            acts1.append([r1[k].flatten(1).double().numpy() for k in layers]); acts2.append([r2[k].flatten(1).double().numpy() for k in layers])
+    ref = np.zeros((5, 5))
+    for i in range(5):
+        for j in range(5):
+            kl = sum(ref_unbiased_hsic(a[i] @ a[i].T, b[j] @ b[j].T) for a, b in zip(acts1, acts2))
+            kk = sum(ref_unbiased_hsic(a[i] @ a[i].T, a[i] @ a[i].T) for a in acts1)
+            ll = sum(ref_unbiased_hsic(b[j] @ b[j].T, b[j] @ b[j].T) for b in acts2)
+            ref[i, j] = kl / np.sqrt(kk * ll)
+    np.testing.assert_allclose(ours.matrix.numpy(), ref, rtol=0, atol=1e-5)
+    err_theirs, err_ours = np.abs(theirs.numpy() - ref), np.abs(ours.matrix.numpy() - ref)
+    print(f"max |error| vs the float64 reference: torch_cka {err_theirs.max():.3g} (column 'head' {err_theirs[:, 4].max():.3g}), netlens {err_ours.max():.3g}")
+    # torch_cka evaluates the unbiased HSIC on uncentred float32 grams: where features have a large mean (the logits)
+    # its terms cancel catastrophically; elsewhere it agrees with the reference
+    np.testing.assert_allclose(theirs.numpy()[:, :4], ref[:, :4], rtol=0, atol=1e-3)
+    assert err_theirs.max() > 100 * err_ours.max()
+
+def test_resnet18_vs_resnet34_blocks_and_vit_tokens():
+    from conftest import perturbed
+    r18, r34 = perturbed(torchvision.models.resnet18(num_classes=10)), perturbed(torchvision.models.resnet34(num_classes=10), seed=1)
+    data = [(torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(i)),) for i in range(3)]
+    snap = ModelSnapshot(r18)
+    res = compare_models(r18, r34, data, ['layer1', 'layer2', 'layer3', 'layer4', 'fc'], ['layer1', 'layer2', 'layer3', 'layer4', 'fc'], show_progress=False)
+    assert res.matrix.shape == (5, 5) and torch.isfinite(res.matrix).all()
+    assert snap.diff(r18) == [] and hook_count(r34) == 0
+    vit = torchvision.models.vit_b_16(image_size=32).eval()
+    vres = compare_models(vit, r18, data, ['encoder.layers.encoder_layer_0', 'encoder.ln'], ['layer4'], show_progress=False)
+    assert torch.isfinite(vres.matrix).all()
+    vres2 = compare_models(vit, vit, data, ['encoder.ln'], ['encoder.ln'], measure='linear_cka', reduce='mean', show_progress=False)
+    assert abs(vres2['encoder.ln', 'encoder.ln'] - 1) < 1e-5
+
+def test_models_on_different_devices_and_export(tmp_path):
+    if torch.cuda.is_available():
+        m2 = digits_cnn(device='cuda')
+    else:
+        m2 = digits_cnn()
+    res = compare_models(digits_cnn(), m2, digits_loader('test', batch_size=90), ['conv3'], ['conv3'], show_progress=False)
+    assert abs(res['conv3', 'conv3'] - 1) < 1e-5
+    import json
+    d = res.export(tmp_path / 'r.json')
+    assert json.loads((tmp_path / 'r.json').read_text()) == d
