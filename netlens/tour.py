@@ -18,6 +18,7 @@ from .data import *
 from .flat import *
 from .landscape import *
 from .attribution import *
+from .similarity import compare_models
 
 # %% auto #0
 __all__ = ['TOUR_PAGES', 'Page', 'tour', 'main']
@@ -93,6 +94,17 @@ def _attribution(ctx, n=4):
     fig.tight_layout()
     return fig
 
+def _similarity(ctx):
+    "Linear minibatch CKA between the layers of the trained digits model and an untrained copy"
+    from netlens.data import digits_loader
+    layers = ['stem', 'pool1', 'conv2', 'res.relu', 'pool2', 'conv3', 'head']
+    res = compare_models(ctx['model'], digits_cnn(pretrained=False), digits_loader('test', batch_size=90), layers, layers,
+                         names=('trained digits CNN', 'untrained copy'), show_progress=False)
+    fig, ax = plt.subplots(figsize=(6.2, 5))
+    res.plot(ax=ax, title='minibatch CKA, trained vs untrained (360 held-out digits)')
+    fig.tight_layout()
+    return fig
+
 def _landscape(ctx):
     import torch.nn.functional as F
     data = (ctx['x'][:128], ctx['y'][:128])
@@ -114,6 +126,7 @@ TOUR_PAGES = [
     Page('activations', 'Layer activations', 'What four layers of the model respond to, recorded with `FlatModel.record`.', _activations),
     Page('channels', 'Channel grid', 'Every channel of one layer, drawn with `show_channels`.', _channels),
     Page('attribution', 'Attributions', 'Gradient, guided backpropagation, SmoothGrad, integrated gradients, GradCAM, guided GradCAM and occlusion on the same digits (`netlens.attribution`).', _attribution),
+    Page('similarity', 'Representation similarity', 'Minibatch CKA of every layer pair of the trained model and an untrained copy, streamed over the held-out digits (`compare_models`); a repeated module contributes each call.', _similarity),
     Page('landscape', 'Loss landscape', 'The loss on a plane of two filter-normalised random directions around the trained weights (Li et al. 2018), `landscape2d` + `plot_landscape`.', _landscape),
     Page('fourier', 'Fourier heat map', 'Error rate when each Fourier basis image is added to the digits (Yin et al. 2019), `fourier_map`; centre = low frequencies.', _fourier),
     Page('photos', 'Sample photos', 'Real photos from scikit-image, ready for torchvision models.', _photos),

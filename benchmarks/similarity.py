@@ -1,0 +1,97 @@
+"""Similarity speed and memory: netlens' streamed compare_models against torch_cka's CKA.compare, in one run.
+
+    python benchmarks/similarity.py [--n 1024] [--batch 128] [--skip-memory]
+
+resnet18 vs resnet34 (random init, eval), every residual block and the fc layer of each, n images of 3x32x32, batch 128:
+  - time of netlens.compare_models and of torch_cka (on deep copies: it leaves hooks and switches modes), same loader;
+  - both matrices against a float64 minibatch-CKA reference (Nguyen et al.'s estimator on the same batches);
+  - peak memory (max RSS of a fresh subprocess) of compare_models with n and with 4n images;
+  - svcca and pwcca on (5000, 512) features against a float64 numpy implementation (Google's SVCCA recipe).
+"""
+import argparse, copy, json, resource, subprocess, sys, time, warnings
+import numpy as np, torch, torchvision
+from torch.utils.data import DataLoader, TensorDataset
+from netlens.flat import FlatModel
+from netlens.similarity import compare_models, svcca, pwcca, u_center
+
+def models():
+    torch.manual_seed(0)
+    return torchvision.models.resnet18().eval(), torchvision.models.resnet34().eval()
+
+def blocks(m): return [f"layer{i}.{j}" for i in range(1, 5) for j in range(len(getattr(m, f'layer{i}')))] + ['fc']
+
+def loader(n, batch):
+    g = torch.Generator().manual_seed(1)
+    return DataLoader(TensorDataset(torch.randn(n, 3, 32, 32, generator=g), torch.zeros(n)), batch_size=batch)
+
+def reference(m1, m2, l1, l2, dl):
+    "float64 minibatch CKA: U-centred float64 grams per batch and layer, HSIC sums over batches"
+    kl, kk, ll = 0, 0, 0
+    with torch.no_grad():
+        for xb, _ in dl:
+            with FlatModel(m1).record(l1) as r1: m1(xb)
+            with FlatModel(m2).record(l2) as r2: m2(xb)
+            G1 = torch.stack([u_center((lambda f: f @ f.T)(r1[k].flatten(1).double() - r1[k].flatten(1).double().mean(0))) for k in l1]).flatten(1)
+            G2 = torch.stack([u_center((lambda f: f @ f.T)(r2[k].flatten(1).double() - r2[k].flatten(1).double().mean(0))) for k in l2]).flatten(1)
+            c = 1 / (len(xb) * (len(xb) - 3))
+            kl, kk, ll = kl + G1 @ G2.T * c, kk + (G1 * G1).sum(1) * c, ll + (G2 * G2).sum(1) * c
+    return kl / (kk[:, None] * ll[None]).sqrt()
+
+def peak_rss_mb(n, batch):
+    "Max RSS of a fresh process that builds the models and runs compare_models over n images"
+    code = f"""
+import resource, torch, torchvision, sys
+sys.path.insert(0, 'benchmarks')
+from similarity import models, blocks, loader
+from netlens.similarity import compare_models
+m1, m2 = models()
+dl = loader({n}, {batch})
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+compare_models(m1, m2, dl, blocks(m1), blocks(m2), show_progress=False)
+print(before / 1024, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout.split()
+    return float(out[0]), float(out[1])
+
+def np_svcca(x, y, keep=0.99):
+    def reduce(a):
+        a = a - a.mean(0); U, s, Vt = np.linalg.svd(a, full_matrices=False)
+        k = np.searchsorted(np.cumsum(s ** 2) / np.sum(s ** 2), keep) + 1
+        return a @ Vt[:k].T
+    def cc(a, b):
+        def inv_sqrt(S):
+            w, V = np.linalg.eigh(S); return V @ np.diag(w ** -0.5) @ V.T
+        return np.linalg.svd(inv_sqrt(a.T @ a) @ a.T @ b @ inv_sqrt(b.T @ b), compute_uv=False)
+    return cc(reduce(x), reduce(y)).mean()
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument('--n', type=int, default=1024); p.add_argument('--batch', type=int, default=128)
+    p.add_argument('--skip-memory', action='store_true')
+    a = p.parse_args()
+    m1, m2 = models()
+    l1, l2 = blocks(m1), blocks(m2)
+    dl = loader(a.n, a.batch)
+    t = time.perf_counter(); ours = compare_models(m1, m2, dl, l1, l2, show_progress=False); t_ours = time.perf_counter() - t
+    from torch_cka import CKA
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        c = CKA(copy.deepcopy(m1), copy.deepcopy(m2), model1_layers=l1, model2_layers=l2)
+        t = time.perf_counter(); c.compare(dl); t_theirs = time.perf_counter() - t
+    theirs = c.export()['CKA'].double()
+    ref = reference(m1, m2, l1, l2, dl)
+    print(f"compare_models resnet18 ({len(l1)} layers) vs resnet34 ({len(l2)} layers), {a.n} images 3x32x32, batch {a.batch}, {torch.get_num_threads()} threads")
+    print(f"  netlens   {t_ours:7.2f} s   max |error| vs float64 reference {(ours.matrix - ref).abs().max():.2e}")
+    print(f"  torch_cka {t_theirs:7.2f} s   max |error| vs float64 reference {(theirs - ref).abs().max():.2e}")
+    print(f"  torch_cka / netlens time: {t_theirs / t_ours:.1f}x")
+    if not a.skip_memory:
+        b1, p1 = peak_rss_mb(a.n, a.batch); b4, p4 = peak_rss_mb(4 * a.n, a.batch)
+        print(f"  peak RSS: {a.n} images {p1:.0f} MB (models loaded: {b1:.0f} MB); {4 * a.n} images {p4:.0f} MB (models loaded: {b4:.0f} MB); growth {100 * (p4 - p1) / p1:+.1f} %")
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(5000, 512, generator=g, dtype=torch.float64); y = torch.tanh(x @ torch.randn(512, 512, generator=g, dtype=torch.float64) / 20) + 0.5 * torch.randn(5000, 512, generator=g, dtype=torch.float64)
+    t = time.perf_counter(); s_ours = svcca(x, y).item(); t1 = time.perf_counter() - t
+    t = time.perf_counter(); pw = pwcca(x, y).item(); t2 = time.perf_counter() - t
+    t = time.perf_counter(); s_np = np_svcca(x.numpy(), y.numpy()); t3 = time.perf_counter() - t
+    print(f"svcca (5000, 512) float64: netlens {t1:.2f} s, numpy reference {t3:.2f} s ({t3 / t1:.1f}x), |difference| {abs(s_ours - s_np):.1e}; pwcca netlens {t2:.2f} s")
+
+if __name__ == '__main__': main()
