@@ -4,8 +4,8 @@
 
 resnet18 (random init, eval mode), batch of 8 at 224x224 by default. Each contender runs `reps` times, interleaved,
 and keeps its best time. Ratios below 1 mean netlens is faster. Work per row:
-  IG          n_steps=50 (gausslegendre), 48 scaled inputs per forward for both libraries; floor = 50 forward+backward
-              passes of the batch itself (what IG cannot avoid)
+  IG          n_steps=50 (gausslegendre), 1 or 6 steps of the batch per forward for both libraries; floor = 50
+              forward+backward passes of the batch itself (what IG cannot avoid)
   SmoothGrad  50 noisy samples, 48 per forward for both (Captum: NoiseTunnel(Saliency), nt_samples_batch_size=6)
   GradCAM     layer4, resized to the input (Captum LayerGradCam + LayerAttribution.interpolate; pytorch-grad-cam GradCAM)
   Occlusion   window (3, 15, 15), stride (3, 8, 8), 8 windows per forward for both (64 images)
@@ -41,10 +41,12 @@ def main():
     rows = []
 
     ig_c = IntegratedGradients(model)
-    t = best_of({'floor': lambda: [input_grad(model, x, y) for _ in range(50)],
-                 'netlens': lambda: integrated_gradients(model, x, y, n_steps=50, batch_size=6 * n),
-                 'captum': lambda: ig_c.attribute(x, target=y, n_steps=50, internal_batch_size=6 * n)}, a.reps)
-    rows.append(('IG 50 steps', t['netlens'], t['captum'], None, t['floor']))
+    for steps_per_pass in (1, 6):
+        runs = {'netlens': lambda: integrated_gradients(model, x, y, n_steps=50, batch_size=steps_per_pass * n),
+                'captum': lambda: ig_c.attribute(x, target=y, n_steps=50, internal_batch_size=steps_per_pass * n)}
+        if steps_per_pass == 1: runs['floor'] = lambda: [input_grad(model, x, y) for _ in range(50)]
+        t = best_of(runs, a.reps)
+        rows.append((f'IG 50, {steps_per_pass} step/pass', t['netlens'], t['captum'], None, t.get('floor')))
 
     nt = NoiseTunnel(Saliency(model))
     t = best_of({'netlens': lambda: smooth_grad(model, x, y, n_samples=50, batch_size=6 * n),
