@@ -102,15 +102,19 @@ def _landscape(model, data, loss_fn, dirs, coords, train, show_progress):
     dirs = [[t.detach().to(p.device, p.dtype) for t, p in zip(d, ps)] for d in dirs]
     bufs = [b for b in model.buffers()]
     orig_p, orig_b = [p.detach().clone() for p in ps], [b.clone() for b in bufs]
-    losses = []
+    losses, row_a, row = [], None, None
     try:
         with torch.no_grad(), (nullcontext() if train else eval_mode(model)):
             for c in (progress_bar(coords) if show_progress else coords):
-                moves = [(a, d) for a, d in zip(c, dirs) if a != 0]
+                if len(c) == 2 and c[0] != row_a:           # 2d, row by row: θ0 + a·d1 once per row, then + b·d2 per point
+                    row_a = c[0]
+                    row = orig_p if row_a == 0 else [torch.add(p0, d, alpha=row_a) for p0, d in zip(orig_p, dirs[0])]
                 for i, (p, p0) in enumerate(zip(ps, orig_p)):
-                    if not moves: p.copy_(p0); continue          # the centre: exactly θ0
-                    torch.add(p0, moves[0][1][i], alpha=moves[0][0], out=p)
-                    for a, d in moves[1:]: p.add_(d[i], alpha=a)
+                    if len(c) == 2:
+                        if c[1] == 0: p.copy_(row[i])
+                        else: torch.add(row[i], dirs[1][i], alpha=c[1], out=p)
+                    elif c[0] == 0: p.copy_(p0)                # the centre: exactly θ0
+                    else: torch.add(p0, dirs[0][i], alpha=c[0], out=p)
                 losses.append(dataset_loss(model, data, loss_fn))
     finally:
         with torch.no_grad():
