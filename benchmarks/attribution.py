@@ -10,22 +10,11 @@ and keeps its best time. Ratios below 1 mean netlens is faster. Work per row:
   GradCAM     layer4, resized to the input (Captum LayerGradCam + LayerAttribution.interpolate; pytorch-grad-cam GradCAM)
   Occlusion   window (3, 15, 15), stride (3, 8, 8), 8 windows per forward for both (64 images)
 """
-import argparse, time
+import argparse
 import torch, torchvision
+from timing import best_of
 from captum.attr import IntegratedGradients, NoiseTunnel, Saliency, LayerGradCam, LayerAttribution, Occlusion
 from netlens.attribution import integrated_gradients, smooth_grad, grad_cam, occlusion, input_grad
-
-def clock(f):
-    if torch.cuda.is_available(): torch.cuda.synchronize()
-    t = time.perf_counter(); f()
-    if torch.cuda.is_available(): torch.cuda.synchronize()
-    return time.perf_counter() - t
-
-def best_of(runs, reps):
-    best = {k: float('inf') for k in runs}
-    for _ in range(reps):
-        for k, f in runs.items(): best[k] = min(best[k], clock(f))
-    return best
 
 def main():
     p = argparse.ArgumentParser()

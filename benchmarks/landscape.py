@@ -8,13 +8,11 @@ landscape2d on a steps x steps grid (default 21 x 21, step 0.1 over [-1, 1]^2):
   - netlens:    landscape2d (parameters written in place from a saved copy, restored bit for bit).
 fourier_map against its floor: one forward per basis image and example, on pre-built perturbed batches.
 """
-import argparse, copy, time
+import argparse, copy
 import torch, torch.nn.functional as F, torchvision
 from netlens.data import digits_cnn, digits_data
+from timing import best_of
 from netlens.landscape import fourier_basis, fourier_map, landscape2d, random_direction
-
-def clock(f):
-    t = time.perf_counter(); f(); return time.perf_counter() - t
 
 def floor(model, x, y, n):
     with torch.no_grad():
@@ -42,12 +40,6 @@ def bench_landscape(name, model, x, y, steps):
     return (f"landscape2d {steps}x{steps}", name, len(x), t['floor'], t['anatome'], t['netlens'])
 
 REPS = 2
-def best_of(runs, reps):
-    "Run the contenders interleaved `reps` times (so drifts in machine speed hit all alike) and keep each one's best time"
-    best = {k: float('inf') for k in runs}
-    for _ in range(reps):
-        for k, f in runs.items(): best[k] = min(best[k], clock(f))
-    return best
 
 def bench_fourier(name, model, x, y):
     model.eval()

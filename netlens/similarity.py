@@ -213,8 +213,9 @@ def cknna(X:Tensor, Y:Tensor, k=10) -> Tensor:
     X, Y = [as_features(t).to(torch.promote_types(t.dtype, torch.float32)) for t in (X, Y)]
     if not 0 < k < len(X): raise ValueError(f"k must be between 1 and n - 1 = {len(X) - 1}, got {k}")
     K, L = X @ X.T, Y @ Y.T
-    sim = lambda A, B: unbiased_hsic(_knn_mask(A, k) * _knn_mask(B, k) * A, _knn_mask(A, k) * _knn_mask(B, k) * B)
-    return _ratio(sim(K, L), sim(K, K), sim(L, L))
+    mK, mL = _knn_mask(K, k), _knn_mask(L, k)                        # each kernel's neighbours, found once
+    both = mK * mL
+    return _ratio(unbiased_hsic(both * K, both * L), unbiased_hsic(mK * K, mK * K), unbiased_hsic(mL * L, mL * L))
 
 def regression_r2(X:Tensor, Y:Tensor, ridge=0.) -> Tensor:
     "R² of the least-squares (ridge) linear prediction of `Y` from `X`"

@@ -16,9 +16,9 @@ from ..core import *
 from ..hooks import annotate_errors
 
 # %% auto #0
-__all__ = ['IG_METHODS', 'check_input', 'target_scores', 'guarded', 'input_grad', 'saliency', 'relu_rule', 'guided_backprop',
-           'deconvolution', 'smooth_grad', 'ig_quadrature', 'integrated_gradients', 'attribution_map',
-           'show_attribution', 'show_attributions']
+__all__ = ['IG_METHODS', 'check_input', 'per_example', 'target_scores', 'guarded', 'input_grad', 'saliency', 'relu_rule',
+           'guided_backprop', 'deconvolution', 'smooth_grad', 'ig_quadrature', 'integrated_gradients',
+           'attribution_map', 'show_attribution', 'show_attributions']
 
 # %% ../../nbs/04_gradients.ipynb #3ed4be82
 def check_input(x) -> Tensor:
@@ -28,13 +28,18 @@ def check_input(x) -> Tensor:
     if x.ndim < 2: raise ValueError(f"x must be a batch (N, ...), got shape {tuple(x.shape)}: add a batch dimension with x[None]")
     return x
 
+def per_example(target, n:int, device=None) -> Tensor:
+    "`target` (an int, or one per example) as integer class indices of shape (n,)"
+    t = torch.as_tensor(target, device=device)
+    if t.is_floating_point() or t.dtype == torch.bool: raise TypeError(f"target must be integer class indices, got {t.dtype}")
+    if t.ndim == 0: t = t.expand(n)
+    if t.shape != (n,): raise ValueError(f"target must be an int or one per example ({n}), got shape {tuple(t.shape)}")
+    return t
+
 def target_scores(out:Tensor, target) -> Tensor:
     "The score of class `target` (an int, or one per example) for each example of the model output `out` (N, classes)"
     if out.ndim != 2: raise ValueError(f"the model must return scores (N, classes), got shape {tuple(out.shape)}")
-    t = torch.as_tensor(target, device=out.device)
-    if t.is_floating_point() or t.dtype == torch.bool: raise TypeError(f"target must be integer class indices, got {t.dtype}")
-    if t.ndim == 0: t = t.expand(len(out))
-    if t.shape != (len(out),): raise ValueError(f"target must be an int or one per example ({len(out)}), got shape {tuple(t.shape)}")
+    t = per_example(target, len(out), out.device)
     bad = t[(t < 0) | (t >= out.shape[1])]
     if len(bad): raise IndexError(f"target {bad[0].item()} is out of range: the model has {out.shape[1]} outputs")
     return out.gather(1, t.long()[:, None]).squeeze(1)
@@ -117,8 +122,7 @@ def smooth_grad(model:nn.Module, x:Tensor, target, n_samples=50, stdev=0.15, kin
     if n_samples < 1: raise ValueError(f"n_samples must be at least 1, got {n_samples}")
     x = check_input(x).detach()
     n = len(x)
-    t = torch.as_tensor(target, device=x.device)
-    t = t.expand(n) if t.ndim == 0 else t
+    t = per_example(target, n, x.device)
     sigma = stdev * (x.flatten(1).amax(1) - x.flatten(1).amin(1))          # per example
     per = n_samples if batch_size is None else max(1, batch_size // n)       # samples per forward
     total, total_sq = torch.zeros_like(x), torch.zeros_like(x)
@@ -131,7 +135,8 @@ def smooth_grad(model:nn.Module, x:Tensor, target, n_samples=50, stdev=0.15, kin
                 gr, _ = input_grad(model, noisy, t.repeat_interleave(k))
             if abs: gr = gr.abs()
             gr = gr.view(n, k, *x.shape[1:])
-            total += gr.sum(1); total_sq += (gr * gr).sum(1)
+            total += gr.sum(1)
+            if kind != 'smoothgrad': total_sq += (gr * gr).sum(1)
     mean, mean_sq = total / n_samples, total_sq / n_samples
     return mean if kind == 'smoothgrad' else mean_sq if kind == 'smoothgrad_sq' else mean_sq - mean * mean
 
@@ -166,8 +171,7 @@ def integrated_gradients(model:nn.Module, x:Tensor, target, baseline=None, n_ste
     alphas, weights = ig_quadrature(n_steps, method)
     b = _baseline(baseline, x)
     n, diff = len(x), x - b
-    t = torch.as_tensor(target, device=x.device)
-    t = t.expand(n) if t.ndim == 0 else t
+    t = per_example(target, n, x.device)
     per = n_steps if batch_size is None else max(1, batch_size // n)      # steps per forward
     total = torch.zeros_like(x)
     for s in range(0, n_steps, per):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math, itertools
 import torch, torch.nn as nn
 from torch import Tensor
-from .gradients import check_input, target_scores, _warn_if_training, _baseline, guarded
+from .gradients import check_input, per_example, target_scores, _warn_if_training, _baseline, guarded
 
 # %% auto #0
 __all__ = ['occlusion']
@@ -33,8 +33,7 @@ def occlusion(model:nn.Module, x:Tensor, target, window=(3, 15, 15), stride=(3, 
     starts = list(itertools.product(*[_positions(d, w, s) for d, w, s in zip(feat, window, stride)]))
     _warn_if_training(model)
     n = len(x)
-    t = torch.as_tensor(target, device=x.device)
-    t = t.expand(n) if t.ndim == 0 else t
+    t = per_example(target, n, x.device)
     total, counts = torch.zeros_like(x), torch.zeros(feat, dtype=x.dtype, device=x.device)
     per = max(1, batch_size // n)
     with torch.no_grad(), guarded(model):
