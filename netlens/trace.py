@@ -6,13 +6,13 @@ Docs: https://netlens.github.io/netlens/trace.html.md"""
 
 # %% ../nbs/12_trace.ipynb #73f92ac8
 from __future__ import annotations
-import linecache, os, shutil, sys, time, warnings
+import linecache, os, shutil, sys, time, warnings, weakref
 from collections import Counter
 from fastcore.basics import patch
 import torch, torch.nn as nn
 from torch import Tensor
+from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 from torch.overrides import TorchFunctionMode
-from torch.utils.weak import WeakIdKeyDictionary
 from .core import *
 
 # %% auto #0
@@ -26,6 +26,9 @@ def _fmt_bytes(n):
 
 class TensorOp:
     "One tensor produced during a logged forward pass: the operation, its inputs, where it ran and (if saved) its value"
+    __slots__ = ('index', 'func_name', 'layer_type', 'shape', 'dtype', 'nbytes', 'parents', 'children', 'module_path', 'params', 'elapsed',
+                 '_source', 'inplace', 'output_of', 'tensor', '_grad', '_keep_grads', '_grad_src', 'label', 'layer_label', 'short_label',
+                 'pass_num', 'n_passes', '_func', '_args', '_kwargs', '_rng', '_out_index', '_log')
     def __init__(self, index, func_name, layer_type, out, parents, module_path, params, elapsed, source, inplace):
         self.index, self.func_name, self.layer_type = index, func_name, layer_type
         self.shape, self.dtype = tuple(out.shape), out.dtype
@@ -36,7 +39,7 @@ class TensorOp:
         self.output_of, self.tensor, self._grad, self._keep_grads, self._grad_src = [], None, None, False, None
         self.label = self.layer_label = self.short_label = None
         self.pass_num, self.n_passes = 1, 1
-        self._func = self._args = self._kwargs = self._rng = None
+        self._func = self._args = self._kwargs = self._rng = self._out_index = self._log = None
 
     @property
     def module(self) -> str|None:
@@ -55,7 +58,7 @@ class TensorOp:
 
     @property
     def source(self) -> str|None:
-        "`file:line in function` of the user code that called the operation (the code line itself when logged with `source_lines=True`)"
+        "`file:line in function: code` of the code that called the operation (logged with `source_lines=True`)"
         if self._source is None: return None
         fn, line, func, text = self._source
         return f"{os.path.basename(fn)}:{line} in {func}" + (f": {text}" if text else '')
@@ -72,7 +75,6 @@ class TensorOp:
         if self.n_passes > 1: lines.append(f"  pass {self.pass_num} of {self.n_passes}")
         lines.append(f"  time: {self.elapsed*1e3:.3f} ms" + (f"; source: {self.source}" if self._source else ''))
         return '\n'.join(lines)
-    _log = None
 
 # %% ../nbs/12_trace.ipynb #d6fd43c1
 _TORCH_DIR = os.path.dirname(torch.__file__)
@@ -85,6 +87,15 @@ def _func_name(func):
     name = getattr(func, '__name__', None) or type(func).__name__
     if name == '__get__': name = getattr(getattr(func, '__self__', None), '__name__', name)  # a property: Tensor.T, Tensor.mT...
     return name
+
+_FUNCS = {}   # func -> (name, skip, random, mutates its first argument by name)
+def _func_info(func):
+    name = _func_name(func)
+    info = (name, name in _SKIP_GETTERS and getattr(func, '__name__', '') == '__get__', name in _RANDOM,
+            (name.endswith('_') and not name.startswith('__')) or name == '__setitem__')
+    try: _FUNCS[func] = info
+    except TypeError: pass
+    return info
 
 def _layer_type(name):
     "TorchLens' layer type: the function name in lower case without underscores (`max_pool2d` -> `maxpool2d`, `__add__` -> `add`)"
@@ -102,13 +113,27 @@ class _Ref:
     __slots__ = 'index'
     def __init__(self, index): self.index = index
 
-def _template(x, producer):
-    "`x` with every logged tensor replaced by a `_Ref` to its producer"
+class _Producers:
+    "Log position of the op that last wrote each live tensor, by identity, without keeping tensors alive"
+    def __init__(self): self.d = {}
+    def __setitem__(self, t, i): self.d[id(t)] = (i, weakref.ref(t))
+    def get(self, t):
+        e = self.d.get(id(t))
+        return e[0] if e is not None and e[1]() is t else None
+
+def _scan(x, producers, ins, parents):
+    "`x` with every logged tensor replaced by a `_Ref` to its producer; its tensors appended to `ins`, their producers to `parents`"
     if isinstance(x, Tensor):
-        i = producer.get(x)
-        return x if i is None else _Ref(i)
-    if isinstance(x, (list, tuple)) and any(isinstance(v, (Tensor, list, tuple, dict)) for v in x): return type(x)(_template(v, producer) for v in x)
-    if isinstance(x, dict): return {k: _template(v, producer) for k, v in x.items()}
+        ins.append(x)
+        i = producers.get(x)
+        if i is None: return x
+        parents.append(i)
+        return _Ref(i)
+    if isinstance(x, (list, tuple)):
+        if not any(isinstance(v, (Tensor, list, tuple, dict)) for v in x): return x
+        vals = [_scan(v, producers, ins, parents) for v in x]
+        return vals if type(x) is list else type(x)(*vals) if hasattr(x, '_fields') else type(x)(vals)
+    if isinstance(x, dict): return {k: _scan(v, producers, ins, parents) for k, v in x.items()}
     return x
 
 def _rng_state():
@@ -126,42 +151,42 @@ class _Tracer(TorchFunctionMode):
     def __init__(self, log, wants, params, keep_grads, source_lines):
         super().__init__()
         self.log, self.wants, self.params, self.keep_grads, self.source_lines = log, wants, params, keep_grads, source_lines
-        self.producer, self.stack, self.quiet = WeakIdKeyDictionary(), [], False
+        self.producer, self.stack, self.quiet = _Producers(), [], False
         self.layers, self.type_counts = {}, Counter()   # structural key -> (layer label, short label, type); type -> count
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if self.quiet: return func(*args, **kwargs)
-        name = _func_name(func)
-        rng = _rng_state() if name in _RANDOM else None
+        info = _FUNCS.get(func) or _func_info(func)
+        name, skip, random_op, mutates = info
+        if skip: return func(*args, **kwargs)
+        rng = _rng_state() if random_op else None
         # an in-place op on a tensor made outside the pass (a buffer's counter): keep its value before, for the replay
-        before = args[0].detach().clone() if ((name.endswith('_') and not name.startswith('__')) or name == '__setitem__') \
-                 and args and isinstance(args[0], Tensor) and args[0] not in self.producer else None
+        before = args[0].detach().clone() if mutates and args and isinstance(args[0], Tensor) and self.producer.get(args[0]) is None else None
         t0 = time.perf_counter()
         out = func(*args, **kwargs)
         elapsed = time.perf_counter() - t0
-        if out is None and name == '__setitem__' and isinstance(args[0], Tensor): outs = [args[0]]
+        if isinstance(out, Tensor): outs = (out,)
+        elif out is None and name == '__setitem__' and isinstance(args[0], Tensor): outs = (args[0],)
         else: outs = _tensors(out)
-        if outs and not (name in _SKIP_GETTERS and getattr(func, '__name__', '') == '__get__'):
-            self.add_op(func, name, args, kwargs, outs, elapsed, rng, before)
+        if outs: self.add_op(func, info, args, kwargs, outs, elapsed, rng, before)
         return out
 
-    def add_op(self, func, name, args, kwargs, outs, elapsed, rng, before=None):
-        log, producer = self.log, self.producer
-        ins = _tensors(args) + _tensors(kwargs)
-        parents = list(dict.fromkeys(i for i in map(producer.get, ins) if i is not None))
+    def add_op(self, func, info, args, kwargs, outs, elapsed, rng, before=None):
+        log, producer, ins, parents = self.log, self.producer, [], []
+        name = info[0]
+        targs, tkwargs = _scan(args, producer, ins, parents), (_scan(kwargs, producer, ins, parents) if kwargs else kwargs)
+        if len(parents) > 1: parents = list(dict.fromkeys(parents))
         params = [(self.params[id(t)], t.shape, t.numel()) for t in ins if id(t) in self.params]
-        source = _caller()
-        if source is not None and self.source_lines: source += (linecache.getline(source[0], source[1]).strip(),)
-        elif source is not None: source += ('',)
-        targs, tkwargs = _template(args, producer), _template(kwargs, producer)
+        source = _caller() if self.source_lines or not params else None   # where it was called: for loops, and where asked
+        if source is not None: source += (linecache.getline(source[0], source[1]).strip() if self.source_lines else '',)
         if before is not None: targs = (before,) + tuple(targs[1:])
         path = tuple(self.stack)
         for j, out in enumerate(outs):
             inplace = any(out is t for t in ins)
             if params: key = (name, tuple(p for p, _, _ in params), j)
             else: key = (name, tuple(m for m, _ in path), source[:2] if source else None, tuple(log.entries[i].layer_label for i in parents), j)
-            op = TensorOp(len(log.entries), name, _layer_type(name), out, parents, path, params, elapsed, source, inplace)
+            op = TensorOp(len(log.entries), name, _layer_type(name), out, parents, path, params, elapsed, source if self.source_lines else None, inplace)
             if key in self.layers:
                 op.layer_label, op.short_label = self.layers[key]
                 op.pass_num = log._passes[op.layer_label] = log._passes[op.layer_label] + 1
@@ -186,21 +211,22 @@ class _Tracer(TorchFunctionMode):
 
 # %% ../nbs/12_trace.ipynb #2dfbd473
 class _ModuleContext:
-    "Pre/post hooks on every submodule of `model` that keep the tracer's module stack and mark module outputs"
-    def __init__(self, model, tracer, save_modules):
-        self.tracer, self.save_modules, self.calls, self.handles = tracer, save_modules, Counter(), []
-        try:
-            for name, m in model.named_modules():
-                if not name: continue
-                self.handles.append(m.register_forward_pre_hook(lambda m, inp, name=name: self.enter(name)))
-                self.handles.append(m.register_forward_hook(lambda m, inp, out, name=name: self.exit(name, out), always_call=True))
+    "Module pre/post hooks, for the duration of the pass, that keep the tracer's module stack and mark module outputs"
+    def __init__(self, names, tracer, save_modules):
+        self.names, self.tracer, self.save_modules, self.calls = names, tracer, save_modules, Counter()
+        self.handles = [register_module_forward_pre_hook(self.enter)]
+        try: self.handles.append(register_module_forward_hook(self.exit, always_call=True))
         except BaseException: self.remove(); raise
 
-    def enter(self, name):
+    def enter(self, m, inp):
+        name = self.names.get(id(m))
+        if name is None: return
         self.calls[name] += 1
         self.tracer.stack.append((name, self.calls[name]))
 
-    def exit(self, name, out):
+    def exit(self, m, inp, out):
+        name = self.names.get(id(m))
+        if name is None: return
         tr = self.tracer
         while tr.stack:
             call = tr.stack.pop()
@@ -223,11 +249,11 @@ class _ModuleContext:
 # %% ../nbs/12_trace.ipynb #83491608
 class ModelLog:
     "Every operation of one forward pass, in execution order; look up by label, short label, module name or position"
-    def __init__(self, model, layers_to_save, keep_grads):
+    def __init__(self, model, modules, layers_to_save, keep_grads):
         self.model_name, self.layers_to_save, self.keep_grads = type(model).__name__, layers_to_save, keep_grads
         self.entries, self.output, self._n_layers, self._passes = [], None, 0, Counter()
         self.n_params = sum(p.numel() for p in model.parameters())
-        self.module_types = {n: type(m).__name__ for n, m in model.named_modules() if n}
+        self.module_types = {n: type(m).__name__ for n, m in modules}
         self.elapsed = 0.
 
     def _finish(self, module_calls):
@@ -297,12 +323,11 @@ class ModelLog:
         return '\n'.join(lines)
 
 # %% ../nbs/12_trace.ipynb #fd98d5c4
-def _save_rule(layers_to_save, model):
+def _save_rule(layers_to_save, names):
     "A predicate op -> bool for the online saving decision, the set of module calls to save at their exit, and the string keys to check afterwards"
     if layers_to_save == 'all': return (lambda op: True), set(), []
     if layers_to_save is None: return (lambda op: False), set(), []
     keys = [layers_to_save] if isinstance(layers_to_save, (str, int)) else list(layers_to_save)
-    names = {n for n, _ in model.named_modules() if n}
     positions, modules, labels = set(), set(), []
     for k in keys:
         if isinstance(k, int) and not isinstance(k, bool):
@@ -351,12 +376,13 @@ def log_forward_pass(model:nn.Module, x, layers_to_save='all', keep_grads:bool=F
     if keep_grads:  # leaf copies that require grad, so the inputs get gradients too; the caller's tensors are left alone
         copy = lambda t: t.detach().requires_grad_() if isinstance(t, Tensor) and t.is_floating_point() and not t.requires_grad else t
         args, kw = tuple(map(copy, args)), {k: copy(v) for k, v in kw.items()}
-    wants, save_modules, label_keys = _save_rule(layers_to_save, model)
-    log = ModelLog(model, layers_to_save, keep_grads)
+    modules = [(n, m) for n, m in model.named_modules() if n]
+    wants, save_modules, label_keys = _save_rule(layers_to_save, {n for n, _ in modules})
+    log = ModelLog(model, modules, layers_to_save, keep_grads)
     params = {id(p): n for n, p in model.named_parameters()}
     tracer = _Tracer(log, wants, params, keep_grads, source_lines)
     for k, t in enumerate(_tensors(args) + _tensors(kw), 1): _add_io(log, tracer, t, 'input', k)
-    context = _ModuleContext(model, tracer, save_modules)
+    context = _ModuleContext({id(m): n for n, m in modules}, tracer, save_modules)
     t0 = time.perf_counter()
     try:
         with torch.set_grad_enabled(torch.is_grad_enabled() or keep_grads), tracer: out = model(*args, **kw)

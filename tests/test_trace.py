@@ -1,0 +1,155 @@
+"netlens.trace on torchvision architectures and a loop: module outputs equal forward hooks, labels equal TorchLens', validation passes and fails where it must, nothing is left behind"
+import re, warnings
+import pytest, torch, torch.nn as nn, torchvision
+from conftest import perturbed, plain_outputs, out_of_place
+import netlens.trace as trace
+from netlens.trace import log_forward_pass, validate_saved_activations
+from netlens.hooks import ModelSnapshot, hook_count
+
+class Loop(nn.Module):
+    "One Linear re-used four times"
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+    def forward(self, x):
+        for _ in range(4): x = torch.tanh(self.fc(x))
+        return x
+
+@pytest.fixture(scope='module', params=['resnet18', 'densenet121', 'vgg11', 'mobilenet_v3_small', 'vit_b_16', 'loop'])
+def case(request, tv_models):
+    if request.param == 'loop':
+        torch.manual_seed(0)
+        return 'loop', Loop().eval(), torch.randn(3, 8)
+    return tv_models[request.param]
+
+@pytest.fixture(scope='module')
+def tv_models():
+    from conftest import TORCHVISION
+    out = {}
+    for name, (build, size) in TORCHVISION.items():
+        torch.manual_seed(0)
+        out[name] = name, perturbed(build()), torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+    return out
+
+def _keys(name, n): return [name] if n == 1 else [f"{name}:{i+1}" for i in range(n)]
+
+def test_module_outputs_equal_forward_hooks(case):
+    name, model, x = case
+    snap = ModelSnapshot(model)
+    log = log_forward_pass(model, x)
+    ref, ref_out = plain_outputs(model, x)
+    assert torch.equal(log.output, ref_out) and torch.equal(log['output_1'].tensor, ref_out)
+    checked = 0
+    for n, vals in ref.items():
+        assert log.module_calls[n] == len(vals), f"{name}: {n}"
+        for key, v in zip(_keys(n, len(vals)), vals):
+            want = trace._tensors(v)
+            got = [op.tensor for op in log if key in op.output_of]
+            assert len(got) == len(want) and all(torch.equal(a, b) for a, b in zip(got, want)), f"{name}: {key}"
+            checked += len(want)
+    assert checked >= (4 if name == "loop" else 10)
+    assert snap.diff(model) == [] and hook_count(model) == 0
+    assert torch._C._len_torch_function_stack() == 0
+
+def test_validation_passes(case):
+    name, model, x = case
+    snap = ModelSnapshot(model)
+    assert validate_saved_activations(model, x) is True, name
+    assert snap.diff(model) == []
+
+def test_loop_passes_and_gradients():
+    torch.manual_seed(0)
+    model, x = Loop(), torch.randn(3, 8)
+    log = log_forward_pass(model, x, keep_grads=True)
+    assert [op.label for op in log][1:-1] == [f"{l}:{p}" for p in range(1, 5) for l in ('linear_1_1', 'tanh_1_2')]
+    log.output.pow(2).sum().backward()
+    # oracle: retain_grad on each pass of an untraced run
+    hs, h = [], x
+    for _ in range(4):
+        z = model.fc(h); z.retain_grad(); hs.append(z); h = torch.tanh(z)
+    model.zero_grad(); h.pow(2).sum().backward()
+    for p, z in enumerate(hs, 1): torch.testing.assert_close(log[f'linear_1_1:{p}'].grad, z.grad)
+
+ALEXNET = ['input_1', 'conv2d_1_1', 'relu_1_2', 'maxpool2d_1_3', 'conv2d_2_4', 'relu_2_5', 'maxpool2d_2_6', 'conv2d_3_7',
+           'relu_3_8', 'conv2d_4_9', 'relu_4_10', 'conv2d_5_11', 'relu_5_12', 'maxpool2d_3_13', 'adaptiveavgpool2d_1_14',
+           'flatten_1_15', 'dropout_1_16', 'linear_1_17', 'relu_6_18', 'dropout_2_19', 'linear_2_20', 'relu_7_21', 'linear_3_22', 'output_1']
+
+def test_alexnet_listing():
+    "The 24 layers of TorchLens' README: input, 5 conv2d, 7 relu, 3 maxpool2d, adaptiveavgpool2d, flatten, 2 dropout, 3 linear, output"
+    model = torchvision.models.alexnet().eval()
+    log = log_forward_pass(model, torch.randn(1, 3, 224, 224), layers_to_save=None)
+    assert log.layer_labels == ALEXNET
+    assert log['conv2d_3_7'].output_of == ['features.6'] and log['features.6'].label == 'conv2d_3_7'
+
+@pytest.mark.parametrize('name', ['resnet18', 'densenet121', 'vgg11', 'mobilenet_v3_small', 'alexnet'])
+def test_labels_equal_torchlens(name):
+    "Same labels as TorchLens, whose log also lists buffers as nodes and calls `+=` iadd; ViT differs by design (MultiheadAttention is one op here)"
+    torchlens = pytest.importorskip('torchlens')
+    build = getattr(torchvision.models, name)
+    torch.manual_seed(0)
+    model, x = perturbed(build()), torch.randn(1, 3, 224 if name == 'alexnet' else 32, 224 if name == 'alexnet' else 32)
+    theirs = [re.sub('^iadd', 'add', l) for l in torchlens.trace(model, x).layer_labels if not l.startswith('buffer')]
+    assert log_forward_pass(model, x, layers_to_save=None).layer_labels == theirs
+
+def test_saved_values_survive_inplace_ops(tv_models):
+    "ResNet applies ReLU(inplace=True) to BatchNorm's output: the log keeps BatchNorm's negative values"
+    _, model, x = tv_models['resnet18']
+    log = log_forward_pass(model, x, layers_to_save=['bn1', 'layer1.0.bn1', 'relu'])
+    assert (log['bn1'].tensor < 0).any() and (log['layer1.0.bn1'].tensor < 0).any()
+    assert log['relu'].saved and not (log['relu'].tensor < 0).any()
+    assert not log['conv1'].saved
+
+def test_gradients_equal_retain_grad(tv_models):
+    _, model, x = tv_models['resnet18']
+    log = log_forward_pass(model, x, keep_grads=True)
+    log.output[:, 5].sum().backward()
+    ref, ref_out = plain_outputs(out_of_place(model), x, retain_grad=True)
+    ref_out[:, 5].sum().backward()
+    for name in ['conv1', 'bn1', 'layer1.0.bn2', 'layer2.0.downsample.1', 'layer4.1', 'avgpool', 'fc']:
+        torch.testing.assert_close(log[name].grad, ref[name][0].grad, msg=name)
+    model.zero_grad(set_to_none=True)
+
+def test_validation_catches_wrong_parents(monkeypatch):
+    "A tracer that records the wrong producer for every tensor fails validation: the check is not vacuous"
+    add_op = trace._Tracer.add_op
+    def wrong(self, *a, **k):
+        add_op(self, *a, **k)
+        op = self.log.entries[-1]
+        if op.parents: self.producer[next(t for t in a[4])] = op.parents[0]  # children will read from the grandparent
+    monkeypatch.setattr(trace._Tracer, 'add_op', wrong)
+    torch.manual_seed(0)
+    report = validate_saved_activations(nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2)), torch.randn(3, 4))
+    assert not report and len(report.failures) >= 2
+
+def test_nothing_left_behind_after_an_exception(tv_models):
+    _, model, x = tv_models['resnet18']
+    snap = ModelSnapshot(model)
+    def boom(m, i, o): raise RuntimeError('boom in layer2')
+    h = model.layer2[0].bn2.register_forward_hook(boom)
+    with pytest.raises(RuntimeError, match='boom'): log_forward_pass(model, x)
+    h.remove()
+    assert torch._C._len_torch_function_stack() == 0 and hook_count(model) == 0 and snap.diff(model) == []
+
+def test_bad_input():
+    torch.manual_seed(0)
+    model, x = Loop(), torch.randn(3, 8)
+    log = log_forward_pass(model, x)
+    with pytest.raises(KeyError, match='closest'): log['linaer_1_1:2']
+    with pytest.raises(KeyError, match='fc:1'): log['fc']
+    with pytest.raises(ValueError, match='keep_grads=True'): log['fc:1'].grad
+    with pytest.raises(TypeError, match='no tensor'): log_forward_pass(model, ['a'])
+    with pytest.raises(TypeError, match='nn.Module'): log_forward_pass(lambda x: x, x)
+    with pytest.raises(ValueError, match='nesting_depth'): log.draw(nesting_depth=0)
+    with pytest.raises(KeyError, match="closest: 'tanh'"): log_forward_pass(model, x, layers_to_save=['tahn'])
+    assert hook_count(model) == 0
+
+def test_compiled_model_is_traced_uncompiled():
+    torch.manual_seed(0)
+    model, x = Loop(), torch.randn(3, 8)
+    with pytest.warns(UserWarning, match='uncompiled'): log = log_forward_pass(torch.compile(model), x)
+    assert torch.equal(log.output, model(x)) and len(log) == 10
+
+def test_missing_dot_is_explained(monkeypatch):
+    log = log_forward_pass(Loop(), torch.randn(3, 8), layers_to_save=None)
+    monkeypatch.setattr(trace.shutil, 'which', lambda name: None)
+    with pytest.raises(RuntimeError, match='apt-get install graphviz'): log.draw()
