@@ -117,6 +117,21 @@ def _fourier(ctx):
     plot_fourier_map(m, ax=ax, title='error under a Fourier perturbation (L2 norm 4)')
     return fig
 
+def _trace(ctx):
+    "The graph of every operation in one forward pass of the digits model (Graphviz), as a figure"
+    import io, shutil
+    from PIL import Image
+    from netlens.trace import log_forward_pass
+    log = log_forward_pass(ctx['model'], ctx['x'][:1], layers_to_save=None)
+    if shutil.which('dot') is None:
+        fig, ax = plt.subplots(figsize=(6, 1)); ax.axis('off')
+        ax.text(0, .5, "Graphviz's `dot` is not installed: apt-get install graphviz / brew install graphviz", va='center')
+        return fig
+    img = Image.open(io.BytesIO(log.draw().pipe(format='png')))
+    fig, ax = plt.subplots(figsize=(img.width / 90, img.height / 90)); ax.imshow(img); ax.axis('off')
+    ax.set_title(f"{len(log) - 2} operations of one forward pass\nof the digits model (grey: uses parameters)", fontsize=9)
+    return fig
+
 def _photos(ctx):
     return show_images(ctx['photos'], titles=list(SAMPLE_IMAGES), ncols=4, size=2.2, suptitle='sample photos (scikit-image), for ImageNet models')
 
@@ -129,6 +144,7 @@ TOUR_PAGES = [
     Page('similarity', 'Representation similarity', 'Minibatch CKA of every layer pair of the trained model and an untrained copy, streamed over the held-out digits (`compare_models`); a repeated module contributes each call.', _similarity),
     Page('landscape', 'Loss landscape', 'The loss on a plane of two filter-normalised random directions around the trained weights (Li et al. 2018), `landscape2d` + `plot_landscape`.', _landscape),
     Page('fourier', 'Fourier heat map', 'Error rate when each Fourier basis image is added to the digits (Yin et al. 2019), `fourier_map`; centre = low frequencies.', _fourier),
+    Page('trace', 'Operation graph', 'Every operation of one forward pass, including the functional ReLUs and the residual add that module hooks miss, inside the modules it ran in (`log_forward_pass` + `ModelLog.draw`).', _trace),
     Page('photos', 'Sample photos', 'Real photos from scikit-image, ready for torchvision models.', _photos),
 ]
 
