@@ -126,6 +126,11 @@ class Recording(Mapping):
         if vals[k-1] is None: raise KeyError(missing)
         return vals[k-1]
 
+    def reset(self):
+        "Forget every captured value (and gradient), to record the next forward pass afresh"
+        for h in self._hooks.values(): h.reset()
+        if self._grads is not None: self._grads.reset()
+
     @property
     def grads(self) -> Recording:
         "The gradients of the recorded outputs (with `record(..., grads=True)`)"
