@@ -132,6 +132,31 @@ def _trace(ctx):
     ax.set_title(f"{len(log) - 2} operations of one forward pass\nof the digits model (grey: uses parameters)", fontsize=9)
     return fig
 
+def _optvis(ctx):
+    "Class and channel visualisations of the digits model, DeepDream on a photo, a small style transfer"
+    import torchvision
+    from netlens.optvis import jitter
+    from netlens.dream import class_visualization, channel_visualization, deep_dream
+    from netlens.style import style_transfer
+    model = ctx['model']
+    classes = class_visualization(model, size=32, steps=128, transforms=[jitter(2)], seed=0, show_progress=False)
+    chans = channel_visualization(model, 'conv2', ks=range(16), size=32, steps=64, transforms=[jitter(2)], seed=0, show_progress=False)
+    photo = ctx['photos'][1:2].mean(1, keepdim=True)                          # the astronaut, grey
+    dream = deep_dream(model, photo, 'res', octaves=4, steps=8, seed=0, show_progress=False)
+    with seeded(0): vgg = torchvision.models.vgg11().features.eval()      # random weights: no download
+    content, style = ctx['photos'][1], ctx['photos'][2]
+    styled = style_transfer(content, style, vgg, preset='gatys', steps=40, show_progress=False)
+    fig = plt.figure(figsize=(12, 7))
+    rows = fig.subfigures(3, 1, height_ratios=[1, 2, 1.9])
+    for ax, im, k in zip(rows[0].subplots(1, 10), classes, range(10)): show_image(im, ax=ax, title=f'class {k}')
+    rows[0].suptitle("class visualisation: an image each digit's logit and probability maximise (class_visualization)", fontsize=10)
+    for ax, im, k in zip(rows[1].subplots(2, 8).flat, chans, range(16)): show_image(im, ax=ax, title=f'ch {k}')
+    rows[1].suptitle("channel visualisation: what each of 16 channels of 'conv2' looks for (channel_visualization)", fontsize=10)
+    bottom = rows[2].subfigures(1, 2, width_ratios=[2, 3])
+    for ax, im, t in zip(bottom[0].subplots(1, 2), [photo[0], dream[0]], ['photo', "DeepDream 'res'"]): show_image(im, ax=ax, title=t)
+    for ax, im, t in zip(bottom[1].subplots(1, 3), [content, style, styled], ['content', 'style', 'gatys (random VGG11)']): show_image(im, ax=ax, title=t)
+    return fig
+
 def _photos(ctx):
     return show_images(ctx['photos'], titles=list(SAMPLE_IMAGES), ncols=4, size=2.2, suptitle='sample photos (scikit-image), for ImageNet models')
 
@@ -144,6 +169,7 @@ TOUR_PAGES = [
     Page('similarity', 'Representation similarity', 'Minibatch CKA of every layer pair of the trained model and an untrained copy, streamed over the held-out digits (`compare_models`); a repeated module contributes each call.', _similarity),
     Page('landscape', 'Loss landscape', 'The loss on a plane of two filter-normalised random directions around the trained weights (Li et al. 2018), `landscape2d` + `plot_landscape`.', _landscape),
     Page('fourier', 'Fourier heat map', 'Error rate when each Fourier basis image is added to the digits (Yin et al. 2019), `fourier_map`; centre = low frequencies.', _fourier),
+    Page('optvis', 'Feature visualisation', 'What the digits model looks for: class and channel visualisations rendered with a 1/f spectrum parameterisation and jitter (`netlens.optvis`, `netlens.dream`), DeepDream of its residual block on a photo, and Gatys style transfer on a random-weight VGG11 (`netlens.style`).', _optvis),
     Page('trace', 'Operation graph', 'Every operation of one forward pass, including the functional ReLUs and the residual add that module hooks miss, inside the modules it ran in (`log_forward_pass` + `ModelLog.draw`).', _trace),
     Page('photos', 'Sample photos', 'Real photos from scikit-image, ready for torchvision models.', _photos),
 ]

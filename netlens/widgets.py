@@ -1,4 +1,4 @@
-"""Explorers built on ipywidgets: pick a method, a layer, a channel and a class, and see the attribution change
+"""Explorers built on ipywidgets: pick a method, a layer, a channel and a class, and see the attribution change; pick a layer and a channel, and see what it looks for
 
 Docs: https://netlens.github.io/netlens/widgets.html.md"""
 
@@ -14,9 +14,10 @@ from .core import *
 from .flat import FlatModel
 from .attribution import (saliency, guided_backprop, smooth_grad, integrated_gradients, cam, guided_grad_cam,
                                  occlusion, show_attribution)
+from .optvis import render, channel, input_channels
 
 # %% auto #0
-__all__ = ['LAYER_METHODS', 'fig_to_png', 'AttributionExplorer']
+__all__ = ['LAYER_METHODS', 'fig_to_png', 'AttributionExplorer', 'ChannelExplorer']
 
 # %% ../nbs/13_widgets.ipynb #a069875c
 def fig_to_png(fig) -> bytes:
@@ -88,6 +89,52 @@ class AttributionExplorer:
         what = self.method.value + (f" @ {self.layer.value}" if layer_based else '') + (f"[{self.channel.value}]" if layer_based and self.channel.value >= 0 else '')
         show_attribution(self.attr[0], self.x[0], sign=self.sign.value, ax=axs[1], title=f"{what}, class {self.target.value}", denorm=self.denorm)
         fig.tight_layout()
+        self.image.value = fig_to_png(fig)
+
+    def _repr_mimebundle_(self, **kwargs): return self.box._repr_mimebundle_(**kwargs)
+
+# %% ../nbs/13_widgets.ipynb #e96f090b
+class ChannelExplorer:
+    "Widgets to see what channel k of a layer looks for: a layer dropdown, a channel slider and the rendered image"
+    def __init__(self, model:nn.Module, layers=None, size=64, channels:int|None=None, steps=64, seed=0, **render_kwargs):
+        self.model, self.size, self.steps, self.seed, self.render_kwargs = model, size, steps, seed, render_kwargs
+        self.channels = channels or input_channels(model) or 3
+        self.fm = FlatModel(model)
+        self._probe = torch.zeros(1, self.channels, size, size, device=model_device(model), dtype=model_dtype(model))
+        with eval_mode(model): layers = list(layers) if layers is not None else _map_layers(self.fm, self._probe)
+        if not layers: raise ValueError("the model has no layer with a (N, C, h, w) output: pass layers=")
+        self.layer = W.Dropdown(options=layers, value=layers[0], description='layer')
+        self.channel = W.IntSlider(min=0, max=0, value=0, description='channel', continuous_update=False)
+        self.image, self.cache = W.Image(format='png'), {}
+        self._set_channels()
+        self.layer.observe(self._layer_changed, names='value')
+        self.channel.observe(lambda change: self.update(), names='value')
+        self.box = W.VBox([W.HBox([self.layer, self.channel]), self.image])
+        self.update()
+
+    def _set_channels(self):
+        with eval_mode(self.model): n = self.fm.n_channels(self.layer.value, self._probe)
+        self.channel.max = n - 1
+
+    def _layer_changed(self, change):
+        with self.channel.hold_trait_notifications():
+            self._set_channels()
+            self.channel.value = min(self.channel.value, self.channel.max)
+        self.update()
+
+    def compute(self) -> torch.Tensor:
+        "The rendered image (1, C, size, size) for the current layer and channel (cached)"
+        key = (self.layer.value, self.channel.value)
+        if key not in self.cache:
+            self.cache[key] = render(self.model, channel(*key), size=self.size, channels=self.channels, steps=self.steps, seed=self.seed,
+                                     show_progress=False, **self.render_kwargs)
+        return self.cache[key]
+
+    def update(self):
+        "Render (or fetch) the current channel and redraw"
+        self.images = self.compute()
+        fig, ax = plt.subplots(figsize=(3, 3))
+        show_image(self.images[0], ax=ax, title=f"{self.layer.value} channel {self.channel.value}")
         self.image.value = fig_to_png(fig)
 
     def _repr_mimebundle_(self, **kwargs): return self.box._repr_mimebundle_(**kwargs)
