@@ -92,7 +92,7 @@ def invert_features(model:nn.Module, image:Tensor, layer:str, steps=256, lr=0.05
     check_layers(fm, [layer])
     with torch.no_grad(), frozen(model), fm.record([layer]) as rec: model(_preprocess(preprocess)(image))
     target = rec[layer]
-    param = param or ImageParam(tuple(image.shape[-2:]), image.shape[1], len(image), seed=seed, device=image.device)
+    param = param or ImageParam(tuple(image.shape[-2:]), image.shape[1], len(image), seed=seed, device=image.device).to(dtype=image.dtype)
     return optimize(model, feature_distance(layer, target) - tv_weight * tv(beta), param, transforms, preprocess, None, lr, steps,
                     None, show_progress, seed)
 
