@@ -98,7 +98,8 @@ def _similarity(ctx):
     "Linear minibatch CKA between the layers of the trained digits model and an untrained copy"
     from netlens.data import digits_loader
     layers = ['stem', 'pool1', 'conv2', 'res.relu', 'pool2', 'conv3', 'head']
-    res = compare_models(ctx['model'], digits_cnn(pretrained=False), digits_loader('test', batch_size=90), layers, layers,
+    with seeded(0): untrained = digits_cnn(pretrained=False)
+    res = compare_models(ctx['model'], untrained, digits_loader('test', batch_size=90), layers, layers,
                          names=('trained digits CNN', 'untrained copy'), show_progress=False)
     fig, ax = plt.subplots(figsize=(6.2, 5))
     res.plot(ax=ax, title='minibatch CKA, trained vs untrained (360 held-out digits)')
