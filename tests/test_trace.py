@@ -153,3 +153,7 @@ def test_missing_dot_is_explained(monkeypatch):
     log = log_forward_pass(Loop(), torch.randn(3, 8), layers_to_save=None)
     monkeypatch.setattr(trace.shutil, 'which', lambda name: None)
     with pytest.raises(RuntimeError, match='apt-get install graphviz'): log.draw()
+
+def test_show_model_graph_rolls_loops():
+    g = trace.show_model_graph(Loop(), torch.randn(3, 8), rolled=True)
+    assert g.source.count('x4 passes') == 2 and 'linear_1_1' in g.source
