@@ -81,7 +81,9 @@ _TORCH_DIR = os.path.dirname(torch.__file__)
 _SKIP_GETTERS = {'grad', 'data', '_base', 'grad_fn', 'device', 'shape'}
 _RANDOM = {'dropout', 'dropout_', 'alpha_dropout', 'feature_alpha_dropout', 'dropout1d', 'dropout2d', 'dropout3d', 'feature_dropout',
            'rand', 'randn', 'randint', 'rand_like', 'randn_like', 'randint_like', 'randperm', 'bernoulli', 'bernoulli_',
-           'multinomial', 'normal', 'normal_', 'uniform_', 'exponential_', 'geometric_', 'cauchy_', 'log_normal_', 'random_', 'rrelu', 'poisson'}
+           'multinomial', 'normal', 'normal_', 'uniform_', 'exponential_', 'geometric_', 'cauchy_', 'log_normal_', 'random_', 'rrelu', 'rrelu_',
+           'poisson', 'gumbel_softmax', 'fractional_max_pool2d', 'fractional_max_pool3d',
+           'multi_head_attention_forward', 'scaled_dot_product_attention'}   # composites that run dropout inside
 
 def _func_name(func):
     name = getattr(func, '__name__', None) or type(func).__name__
@@ -91,7 +93,7 @@ def _func_name(func):
 _FUNCS = {}   # func -> (name, skip, random, mutates its first argument by name)
 def _func_info(func):
     name = _func_name(func)
-    info = (name, name in _SKIP_GETTERS and getattr(func, '__name__', '') == '__get__', name in _RANDOM,
+    info = (name, name in _SKIP_GETTERS and getattr(func, '__name__', '') == '__get__', name in _RANDOM or 'dropout' in name,
             (name.endswith('_') and not name.startswith('__')) or name == '__setitem__')
     try: _FUNCS[func] = info
     except TypeError: pass

@@ -157,3 +157,38 @@ def test_missing_dot_is_explained(monkeypatch):
 def test_show_model_graph_rolls_loops():
     g = trace.show_model_graph(Loop(), torch.randn(3, 8), rolled=True)
     assert g.source.count('x4 passes') == 2 and 'linear_1_1' in g.source
+
+class LSTMNet(nn.Module):
+    "Embedding, a fused LSTM (one op in the log) and a head on the last step"
+    def __init__(self):
+        super().__init__()
+        self.emb, self.lstm, self.fc = nn.Embedding(20, 8), nn.LSTM(8, 16, batch_first=True), nn.Linear(16, 3)
+    def forward(self, x):
+        h, _ = self.lstm(self.emb(x))
+        return self.fc(h[:, -1])
+
+MORE = {
+    'efficientnet_b0': (lambda: perturbed(torchvision.models.efficientnet_b0()), lambda: torch.randn(1, 3, 64, 64)),
+    'convnext_tiny': (lambda: perturbed(torchvision.models.convnext_tiny()), lambda: torch.randn(1, 3, 64, 64)),
+    'swin_t': (lambda: perturbed(torchvision.models.swin_t()), lambda: torch.randn(1, 3, 64, 64)),
+    'lstm': (lambda: LSTMNet().eval(), lambda: torch.randint(0, 20, (2, 7))),
+    'transformer_training': (lambda: nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, dropout=0.2, batch_first=True), 2,
+                                                           enable_nested_tensor=False).train(), lambda: torch.randn(2, 5, 16)),
+}
+
+@pytest.mark.parametrize('name', list(MORE))
+def test_more_architectures(name):
+    "Validation passes (dropout inside attention replays with its generator state) and module outputs equal forward hooks"
+    torch.manual_seed(0)
+    build, data = MORE[name]
+    model, x = build(), data()
+    snap = ModelSnapshot(model)
+    assert validate_saved_activations(model, x) is True
+    if not model.training:
+        log = log_forward_pass(model, x)
+        ref, _ = plain_outputs(model, x)
+        for n, vals in ref.items():
+            for key, v in zip(_keys(n, len(vals)), vals):
+                got, want = [op.tensor for op in log if key in op.output_of], trace._tensors(v)
+                assert len(got) == len(want) and all(torch.equal(a, b) for a, b in zip(got, want)), key
+    assert snap.diff(model) == []
