@@ -296,8 +296,9 @@ def optimize(model:nn.Module, objective:Objective, param:nn.Module, transforms='
     with torch.no_grad(): images = param().detach()
     return Rendered(images, snapshots, history) if thresholds else images
 
-def render(model:nn.Module, objective:Objective, param:nn.Module|None=None, size=128, channels=3, batch=1, transforms='standard',
+def render(model:nn.Module, objective:Objective, param:nn.Module|None=None, size=128, channels:int|None=None, batch=1, transforms='standard',
            preprocess=None, optimizer=None, lr=0.05, steps=512, thresholds=None, show_progress=True, seed=None):
-    "Optimise an image batch (batch, channels, size, size) in [0, 1] that maximises `objective` for `model`"
+    "Optimise an image batch (batch, channels, size, size) in [0, 1] that maximises `objective` for `model`; `channels`: what its first convolution takes"
+    channels = channels or input_channels(model) or 3
     if param is None: param = ImageParam(size, channels, batch, seed=seed, device=model_device(model)).to(dtype=model_dtype(model))
     return optimize(model, objective, param, transforms, preprocess, optimizer, lr, steps, thresholds, show_progress, seed)

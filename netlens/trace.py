@@ -150,9 +150,10 @@ def _caller():
 
 class _Tracer(TorchFunctionMode):
     "Log every tensor-producing torch call into `log`"
-    def __init__(self, log, wants, params, keep_grads, source_lines):
+    def __init__(self, log, wants, params, keep_grads, source_lines, save_device=None):
         super().__init__()
         self.log, self.wants, self.params, self.keep_grads, self.source_lines = log, wants, params, keep_grads, source_lines
+        self.save_device = save_device
         self.producer, self.stack, self.quiet = _Producers(), [], False
         self.layers, self.type_counts = {}, Counter()   # structural key -> (layer label, short label, type); type -> count
 
@@ -205,9 +206,14 @@ class _Tracer(TorchFunctionMode):
             log.entries.append(op)
             producer[out] = op.index
 
+    def copy(self, t):
+        "A copy of `t` to save: attached to the graph with `keep_grads`, on `save_device` where asked"
+        t = t if self.keep_grads else t.detach()
+        return t.clone() if self.save_device is None else t.to(self.save_device, copy=True)
+
     def keep(self, op, t):
         "Save a copy of `t` for `op` if asked, and its gradient when `keep_grads`"
-        if self.wants(op): op.tensor = t.clone() if self.keep_grads else t.detach().clone()
+        if self.wants(op): op.tensor = self.copy(t)
         op._keep_grads = self.keep_grads
         if self.keep_grads and t.requires_grad: t.register_hook(lambda g, op=op: setattr(op, '_grad', g.detach().clone()))
 
@@ -241,7 +247,7 @@ class _ModuleContext:
                 op = tr.log.entries[i]
                 op.output_of.append(call)
                 if op.tensor is None and (name in self.save_modules or f"{name}:{call[1]}" in self.save_modules):
-                    op.tensor = t.clone() if tr.keep_grads else t.detach().clone()
+                    op.tensor = tr.copy(t)
         finally: tr.quiet = False
 
     def remove(self):
@@ -367,8 +373,9 @@ def _add_io(log, tracer, t, kind, k, parent=None):
         src.children.append(op.index)
     log.entries.append(op)
 
-def log_forward_pass(model:nn.Module, x, layers_to_save='all', keep_grads:bool=False, source_lines:bool=False, kwargs:dict|None=None) -> ModelLog:
-    "Run `model` on `x` once and log every tensor operation; save the values of `layers_to_save`"
+def log_forward_pass(model:nn.Module, x, layers_to_save='all', keep_grads:bool=False, source_lines:bool=False, kwargs:dict|None=None,
+                     save_device=None) -> ModelLog:
+    "Run `model` on `x` once and log every tensor operation; save the values of `layers_to_save` (on `save_device`, e.g. 'cpu', if given)"
     if not isinstance(model, nn.Module): raise TypeError(f"log_forward_pass needs a torch.nn.Module, got {type(model).__name__}")
     if hasattr(model, '_orig_mod') and type(model).__name__ == 'OptimizedModule':
         warnings.warn("log_forward_pass traces a torch.compile'd model uncompiled (its original module): compiled graphs run no Python per op")
@@ -382,7 +389,7 @@ def log_forward_pass(model:nn.Module, x, layers_to_save='all', keep_grads:bool=F
     wants, save_modules, label_keys = _save_rule(layers_to_save, {n for n, _ in modules})
     log = ModelLog(model, modules, layers_to_save, keep_grads)
     params = {id(p): n for n, p in model.named_parameters()}
-    tracer = _Tracer(log, wants, params, keep_grads, source_lines)
+    tracer = _Tracer(log, wants, params, keep_grads, source_lines, save_device)
     for k, t in enumerate(_tensors(args) + _tensors(kw), 1): _add_io(log, tracer, t, 'input', k)
     context = _ModuleContext({id(m): n for n, m in modules}, tracer, save_modules)
     t0 = time.perf_counter()
