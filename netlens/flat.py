@@ -113,7 +113,7 @@ class Recording(Mapping):
 
     def __getitem__(self, key):
         name, k = _split_call(key) if isinstance(key, str) else (key, None)
-        if name not in self._hooks: raise unknown_key_error(key, list(self._hooks), f'recorded layer')
+        if name not in self._hooks: raise unknown_key_error(key, list(self._hooks), 'recorded layer')
         vals = self._calls(name)
         missing = (f"no gradient reached layer {name!r}: run backward inside the `record` block, on an output that requires grad (gradients are kept for layers that output one tensor)"
                    if self.what == 'gradient' else

@@ -6,8 +6,8 @@ Docs: https://netlens.github.io/netlens/similarity.html.md"""
 
 # %% ../nbs/10_similarity.ipynb #78ec503e
 from __future__ import annotations
-import json, math, warnings
-from dataclasses import dataclass, field
+import json, warnings
+from dataclasses import dataclass
 from pathlib import Path
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor

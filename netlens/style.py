@@ -12,7 +12,7 @@ from torch import Tensor
 from fastprogress.fastprogress import progress_bar
 from .core import *
 from .flat import FlatModel
-from .optvis import frozen, check_layers, _preprocess
+from .optvis import frozen, _preprocess
 
 # %% auto #0
 __all__ = ['PRESETS', 'vgg_layer_names', 'gram', 'style_loss', 'content_loss', 'avg_pooling', 'default_style_model',
