@@ -12,7 +12,7 @@ from fastprogress.fastprogress import progress_bar
 from .core import *
 from .flat import FlatModel
 from .optvis import (Objective, ImageParam, channel, class_logit, class_prob, tv, render, optimize, frozen, input_channels,
-                            check_layers, _preprocess, _Run)
+                            check_layers, generator, blank_input, _preprocess, _Run)
 from .optvis import layer as layer_objective
 
 # %% auto #0
@@ -42,7 +42,7 @@ def deep_dream(model:nn.Module, image:Tensor, layer:str, octaves=4, octave_scale
     objective, prep = layer_objective(layer, 'l2'), _preprocess(preprocess)
     H, W = image.shape[-2:]
     sizes = [(max(8, round(H / octave_scale ** i)), max(8, round(W / octave_scale ** i))) for i in reversed(range(octaves))]
-    g = torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(2**62, (1,))))
+    g = generator(seed)
     detail, norms = torch.zeros_like(_resize(image, sizes[0])), []
     with frozen(model), fm.record([layer], detach=False, clone=True) as rec:
         for size in progress_bar(sizes, leave=False) if show_progress else sizes:
@@ -71,7 +71,7 @@ def net_dreamer(model:nn.Module, layer:str, size=128, channels:int|None=None, ba
     "DeepDream from grey noise (`batch` images of `size`): the patterns `layer` makes on its own; keyword arguments go to `deep_dream`"
     channels = channels or input_channels(model) or 3
     h, w = (size, size) if isinstance(size, int) else size
-    g = torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(2**62, (1,))))
+    g = generator(seed)
     start = (0.5 + noise * torch.randn(batch, channels, h, w, generator=g)).clamp(0, 1)
     return deep_dream(model, start, layer, seed=seed, **kwargs)
 
@@ -99,7 +99,6 @@ def invert_features(model:nn.Module, image:Tensor, layer:str, steps=256, lr=0.05
 # %% ../nbs/08_dream.ipynb #c57acd44
 def _render_each(model, objectives, size, channels, batch_size, **kwargs):
     "Render one image per objective-maker `make(i)`, `batch_size` at a time"
-    channels = channels or input_channels(model) or 3
     out = []
     for s in range(0, len(objectives), batch_size):
         chunk = objectives[s:s + batch_size]
@@ -109,15 +108,12 @@ def _render_each(model, objectives, size, channels, batch_size, **kwargs):
 def class_visualization(model:nn.Module, classes=None, size=128, channels:int|None=None, prob_weight=3., batch_size=16, **kwargs):
     "One image per class in `classes` (all outputs by default) maximising its logit plus `prob_weight` times its log-probability; keyword arguments go to `render`"
     if classes is None:
-        channels_ = channels or input_channels(model) or 3
-        with torch.no_grad(), frozen(model):
-            classes = range(model(torch.zeros(1, channels_, *((size, size) if isinstance(size, int) else size), device=model_device(model), dtype=model_dtype(model))).shape[1])
+        with torch.no_grad(), frozen(model): classes = range(model(blank_input(model, size, channels)).shape[1])
     makers = [lambda i, k=k: class_logit(k, batch=i) + prob_weight * class_prob(k, batch=i) for k in classes]
     return _render_each(model, makers, size, channels, batch_size, **kwargs)
 
 def channel_visualization(model:nn.Module, layer:str, ks=None, size=128, channels:int|None=None, batch_size=16, **kwargs):
     "One image per channel `ks` of `layer` (all of them by default) maximising that channel; keyword arguments go to `render`"
     if ks is None:
-        channels_ = channels or input_channels(model) or 3
-        ks = range(FlatModel(model).n_channels(layer, torch.zeros(1, channels_, *((size, size) if isinstance(size, int) else size), device=model_device(model))))
+        with frozen(model): ks = range(FlatModel(model).n_channels(layer, blank_input(model, size, channels)))
     return _render_each(model, [lambda i, k=k: channel(layer, k, batch=i) for k in ks], size, channels, batch_size, **kwargs)

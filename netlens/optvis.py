@@ -18,8 +18,8 @@ from .flat import FlatModel
 # %% auto #0
 __all__ = ['COLOR_CORRELATION', 'Rendered', 'decorrelate_colors', 'correlate_colors', 'ImageParam', 'pad', 'jitter',
            'random_scale', 'random_rotate', 'compose', 'standard_transforms', 'Objective', 'channel', 'neuron', 'layer',
-           'class_logit', 'class_prob', 'direction', 'diversity', 'tv', 'l1', 'l2', 'frozen', 'input_channels',
-           'check_layers', 'optimize', 'render']
+           'class_logit', 'class_prob', 'direction', 'diversity', 'total_variation', 'tv', 'l1', 'l2', 'frozen',
+           'input_channels', 'generator', 'blank_input', 'check_layers', 'optimize', 'render']
 
 # %% ../nbs/07_optvis.ipynb #48d12937
 # square root of ImageNet's colour correlation matrix (lucid's constants), columns normalised to at most 1
@@ -174,21 +174,19 @@ def layer(name:str, kind='mean', batch=None) -> Objective:
     if kind not in ('mean', 'l2'): raise ValueError(f"kind is 'mean' or 'l2', got {kind!r}")
     return Objective(lambda r: _pick((r[name] if kind == 'mean' else r[name] ** 2).flatten(1).mean(1), batch), f"layer({name!r}, {kind!r})", [name])
 
+def _output_of(r, k):
+    "The model's output, once class `k` is known to be one of its columns"
+    out = r.output
+    if not 0 <= k < out.shape[1]: raise IndexError(f"class {k}: the model has {out.shape[1]} outputs (0 to {out.shape[1] - 1})")
+    return out
+
 def class_logit(k:int, batch=None) -> Objective:
     "The model's output (logit) for class `k`"
-    def f(r):
-        out = r.output
-        if not 0 <= k < out.shape[1]: raise IndexError(f"class {k}: the model has {out.shape[1]} outputs (0 to {out.shape[1] - 1})")
-        return _pick(out[:, k], batch)
-    return Objective(f, f"class_logit({k})")
+    return Objective(lambda r: _pick(_output_of(r, k)[:, k], batch), f"class_logit({k})")
 
 def class_prob(k:int, batch=None) -> Objective:
     "The log-probability of class `k` (log-softmax of the output): raising it lowers the other classes' scores too"
-    def f(r):
-        out = r.output
-        if not 0 <= k < out.shape[1]: raise IndexError(f"class {k}: the model has {out.shape[1]} outputs (0 to {out.shape[1] - 1})")
-        return _pick(F.log_softmax(out, 1)[:, k], batch)
-    return Objective(f, f"class_prob({k})")
+    return Objective(lambda r: _pick(F.log_softmax(_output_of(r, k), 1)[:, k], batch), f"class_prob({k})")
 
 def direction(layer:str, vector, batch=None) -> Objective:
     "Cosine similarity between `layer`'s activation at each position and `vector` (one value per channel), averaged over positions"
@@ -211,13 +209,14 @@ def diversity(layer:str) -> Objective:
         return -(sim.sum() - sim.diagonal().sum()) / n
     return Objective(f, f"diversity({layer!r})", [layer])
 
+def total_variation(x:Tensor, beta:float|None=None) -> Tensor:
+    "Mean |dx| + |dy| over the image `x`, or with `beta` Mahendran & Vedaldi's mean (dx^2 + dy^2)^(beta/2); both differences on one grid"
+    dx, dy = x[..., :-1, 1:] - x[..., :-1, :-1], x[..., 1:, :-1] - x[..., :-1, :-1]
+    return (dx.abs() + dy.abs()).mean() if beta is None else (dx ** 2 + dy ** 2).pow(beta / 2).mean()
+
 def tv(beta:float|None=None) -> Objective:
-    "Total variation of the image, a penalty: mean |dx| + |dy|, or with `beta` Mahendran & Vedaldi's mean (dx^2 + dy^2)^(beta/2)"
-    def f(r):
-        x = r.image
-        dx, dy = x[..., :-1, 1:] - x[..., :-1, :-1], x[..., 1:, :-1] - x[..., :-1, :-1]
-        return (dx.abs() + dy.abs()).mean() if beta is None else (dx ** 2 + dy ** 2).pow(beta / 2).mean()
-    return Objective(f, 'tv()' if beta is None else f"tv(beta={beta})")
+    "Total variation of the image (`total_variation`), a penalty"
+    return Objective(lambda r: total_variation(r.image, beta), 'tv()' if beta is None else f"tv(beta={beta})")
 
 def l1(constant=0.5) -> Objective:
     "Mean |image - constant|, a penalty"
@@ -250,6 +249,15 @@ def input_channels(model:nn.Module) -> int|None:
     conv = next((m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)), None)
     return None if conv is None else conv.in_channels
 
+def generator(seed=None) -> torch.Generator:
+    "A CPU generator for transforms and jitter: seeded by `seed`, or by torch's global generator when `None`"
+    return torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(2**62, (1,))))
+
+def blank_input(model:nn.Module, size, channels:int|None=None) -> Tensor:
+    "A zero image (1, C, H, W) on the model's device and dtype, C the channels its first convolution takes: for probing shapes"
+    h, w = (size, size) if isinstance(size, int) else size
+    return torch.zeros(1, channels or input_channels(model) or 3, h, w, device=model_device(model), dtype=model_dtype(model))
+
 def _preprocess(preprocess):
     if preprocess is None: return lambda x: x
     if preprocess == 'imagenet': return normalize
@@ -279,7 +287,7 @@ def optimize(model:nn.Module, objective:Objective, param:nn.Module, transforms='
     if any(not 1 <= t <= steps for t in thresholds): raise ValueError(f"thresholds must lie in 1..steps={steps}, got {thresholds}")
     transform, prep = _transforms(transforms), _preprocess(preprocess)
     opt = optimizer(param.parameters()) if optimizer is not None else torch.optim.Adam(param.parameters(), lr=lr)
-    g = torch.Generator().manual_seed(seed) if seed is not None else torch.Generator().manual_seed(int(torch.randint(2**62, (1,))))
+    g = generator(seed)
     snapshots, history = {}, []
     recording = fm.record(objective.layers, detach=False, clone=True) if objective.layers else nullcontext()
     with frozen(model), recording as rec:

@@ -12,7 +12,7 @@ from torch import Tensor
 from fastprogress.fastprogress import progress_bar
 from .core import *
 from .flat import FlatModel
-from .optvis import frozen, _preprocess
+from .optvis import frozen, total_variation, _preprocess
 
 # %% auto #0
 __all__ = ['PRESETS', 'vgg_layer_names', 'gram', 'style_loss', 'content_loss', 'avg_pooling', 'default_style_model',
@@ -133,8 +133,7 @@ def style_transfer(content:Tensor, style:Tensor, model:nn.Module|None=None, pres
             fc, fs = features(x)
             lc = sum(content_loss(f, t, norm) for f, t in zip(fc, targets_c)) / (len(fc) if norm == 'gatys' else 1)
             ls = sum(style_loss(f, t, norm) for f, t in zip(fs, targets_s)) / (len(fs) if norm == 'gatys' else 1)
-            dx, dy = x[..., :-1, 1:] - x[..., :-1, :-1], x[..., 1:, :-1] - x[..., :-1, :-1]
-            loss = content_weight * lc + style_weight * ls + tv_weight * (dx.abs() + dy.abs()).mean()
+            loss = content_weight * lc + style_weight * ls + tv_weight * total_variation(x)
             loss.backward()
             for k, v in (('content', lc), ('style', ls), ('total', loss)): history[k].append(v.item())
             if bar is not None: bar.update(min(len(history['total']), steps))

@@ -14,6 +14,7 @@ from torch import Tensor
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 from torch.overrides import TorchFunctionMode
 from .core import *
+from .flat import _split_call
 
 # %% auto #0
 __all__ = ['TensorOp', 'ModelLog', 'log_forward_pass', 'ValidationReport', 'validate_saved_activations', 'show_model_graph']
@@ -27,7 +28,7 @@ def _fmt_bytes(n):
 class TensorOp:
     "One tensor produced during a logged forward pass: the operation, its inputs, where it ran and (if saved) its value"
     __slots__ = ('index', 'func_name', 'layer_type', 'shape', 'dtype', 'nbytes', 'parents', 'children', 'module_path', 'params', 'elapsed',
-                 '_source', 'inplace', 'output_of', 'tensor', '_grad', '_keep_grads', '_grad_src', 'label', 'layer_label', 'short_label',
+                 '_source', 'inplace', 'output_of', 'tensor', '_grad', '_grad_src', 'label', 'layer_label', 'short_label',
                  'pass_num', 'n_passes', '_func', '_args', '_kwargs', '_rng', '_out_index', '_log')
     def __init__(self, index, func_name, layer_type, out, parents, module_path, params, elapsed, source, inplace):
         self.index, self.func_name, self.layer_type = index, func_name, layer_type
@@ -36,7 +37,7 @@ class TensorOp:
         self.parents, self.children = parents, []
         self.module_path, self.params, self.elapsed = module_path, params, elapsed
         self._source, self.inplace = source, inplace
-        self.output_of, self.tensor, self._grad, self._keep_grads, self._grad_src = [], None, None, False, None
+        self.output_of, self.tensor, self._grad, self._grad_src = [], None, None, None
         self.label = self.layer_label = self.short_label = None
         self.pass_num, self.n_passes = 1, 1
         self._func = self._args = self._kwargs = self._rng = self._out_index = self._log = None
@@ -53,7 +54,7 @@ class TensorOp:
     @property
     def grad(self) -> Tensor|None:
         "Gradient of the backward pass run from the log's tensors (`None` until one reached this tensor)"
-        if not self._keep_grads: raise ValueError(f"{self.label}: gradients were not kept; log with log_forward_pass(..., keep_grads=True), then call .backward() on a logged tensor")
+        if not (self._log and self._log.keep_grads): raise ValueError(f"{self.label}: gradients were not kept; log with log_forward_pass(..., keep_grads=True), then call .backward() on a logged tensor")
         return self._grad if self._grad_src is None else self._grad_src._grad
 
     @property
@@ -214,7 +215,6 @@ class _Tracer(TorchFunctionMode):
     def keep(self, op, t):
         "Save a copy of `t` for `op` if asked, and its gradient when `keep_grads`"
         if self.wants(op): op.tensor = self.copy(t)
-        op._keep_grads = self.keep_grads
         if self.keep_grads and t.requires_grad: t.register_hook(lambda g, op=op: setattr(op, '_grad', g.detach().clone()))
 
 # %% ../nbs/12_trace.ipynb #2dfbd473
@@ -298,12 +298,11 @@ class ModelLog:
         if not isinstance(key, str): raise TypeError(f"look ops up by label, module name or position, not {type(key).__name__}")
         if key in self._by_label: return self._by_label[key]
         if key in self._by_module: return self._by_module[key]
-        base, sep, p = key.rpartition(':')
-        if not (sep and p.isdigit()): base, p = key, None
+        base, p = _split_call(key)
         if base in self._layers:
             ops = self._layers[base]
             if p is None and len(ops) == 1: return ops[0]
-            if p is not None and 1 <= int(p) <= len(ops) and len({o.layer_label for o in ops}) == 1: return ops[int(p) - 1]
+            if p is not None and 1 <= p <= len(ops) and len({o.layer_label for o in ops}) == 1: return ops[p - 1]
             raise KeyError(f"{key!r} ran {len(ops)} times; ask for one pass: {', '.join(o.label for o in ops[:8])}")
         if key in self.module_calls:
             if self.module_calls[key] > 1: raise KeyError(f"module {key!r} ran {self.module_calls[key]} times; ask for one call: {key}:1 ... {key}:{self.module_calls[key]}")
@@ -342,14 +341,10 @@ def _save_rule(layers_to_save, names):
             if k < 0: raise ValueError(f"layers_to_save: negative position {k} needs the op count, unknown before the pass; log with layers_to_save=None first and use len(log) + {k}")
             positions.add(k)
         elif isinstance(k, str):
-            base, sep, p = k.rpartition(':')
-            if (base if sep and p.isdigit() else k) in names: modules.add(k)
+            if _split_call(k)[0] in names: modules.add(k)
             else: labels.append(k)
         else: raise TypeError(f"layers_to_save takes 'all', None, or labels, module names and positions; got {k!r}")
-    def split(k):
-        base, sep, p = k.rpartition(':')
-        return (base, int(p)) if sep and p.isdigit() else (k, None)
-    parsed = [split(k) for k in labels]
+    parsed = [_split_call(k) for k in labels]
     def wants(op):
         if op.index in positions: return True
         for base, p in parsed:
@@ -369,17 +364,21 @@ def _add_io(log, tracer, t, kind, k, parent=None):
     if kind == 'input': tracer.keep(op, t); tracer.producer[t] = op.index
     else:
         src = log.entries[parent]
-        op.tensor, op._keep_grads, op._grad_src = src.tensor, log.keep_grads, src
+        op.tensor, op._grad_src = src.tensor, src
         src.children.append(op.index)
     log.entries.append(op)
+
+def _uncompiled(model, warn=False):
+    "The original module of a `torch.compile`d model (compiled graphs run no Python per op), else `model`"
+    if type(model).__name__ != 'OptimizedModule' or not hasattr(model, '_orig_mod'): return model
+    if warn: warnings.warn("log_forward_pass traces a torch.compile'd model uncompiled (its original module): compiled graphs run no Python per op")
+    return model._orig_mod
 
 def log_forward_pass(model:nn.Module, x, layers_to_save='all', keep_grads:bool=False, source_lines:bool=False, kwargs:dict|None=None,
                      save_device=None) -> ModelLog:
     "Run `model` on `x` once and log every tensor operation; save the values of `layers_to_save` (on `save_device`, e.g. 'cpu', if given)"
     if not isinstance(model, nn.Module): raise TypeError(f"log_forward_pass needs a torch.nn.Module, got {type(model).__name__}")
-    if hasattr(model, '_orig_mod') and type(model).__name__ == 'OptimizedModule':
-        warnings.warn("log_forward_pass traces a torch.compile'd model uncompiled (its original module): compiled graphs run no Python per op")
-        model = model._orig_mod
+    model = _uncompiled(model, warn=True)
     args, kw = _inputs_of(x, kwargs)
     if not _tensors(args) + _tensors(kw): raise TypeError("log_forward_pass: the input holds no tensor; pass a tensor, a tuple/list of positional arguments or a dict of keyword arguments")
     if keep_grads:  # leaf copies that require grad, so the inputs get gradients too; the caller's tensors are left alone
@@ -403,7 +402,7 @@ def log_forward_pass(model:nn.Module, x, layers_to_save='all', keep_grads:bool=F
         if i is not None: _add_io(log, tracer, t, 'output', k, i)
     log._finish(context.calls)
     for key in label_keys:
-        base = key.rpartition(':')[0] if key.rpartition(':')[2].isdigit() else key
+        base = _split_call(key)[0]
         if not any(base in op.layer_label or base == op.short_label for op in log.entries):
             options = dict.fromkeys([op.layer_type for op in log] + [op.short_label for op in log] + log.layer_labels + list(log.module_types))
             raise unknown_key_error(key, options, 'op in layers_to_save')
@@ -443,7 +442,7 @@ class ValidationReport:
 
 def validate_saved_activations(model:nn.Module, x, rtol=1e-4, atol=1e-5, kwargs:dict|None=None):
     "Replay every logged op from its saved parents, compare the output with a fresh forward, and check that perturbed parents change results: `True` or a `ValidationReport`"
-    if hasattr(model, '_orig_mod') and type(model).__name__ == 'OptimizedModule': model = model._orig_mod
+    model = _uncompiled(model)
     devices = [d.index for d in {t.device for t in _tensors(_inputs_of(x, kwargs))} | {p.device for p in model.parameters()} if d.type == 'cuda']
     failures = []
     with keep_buffers(model), torch.random.fork_rng(devices=devices):
@@ -481,7 +480,7 @@ def _require_dot():
         raise RuntimeError("drawing needs Graphviz's `dot` program, which is not installed (the `graphviz` Python package alone is not enough): "
                            "apt-get install graphviz (Debian/Ubuntu), brew install graphviz (macOS), conda install -c conda-forge graphviz, or winget install graphviz")
 
-def _strip_call(c): return c.rpartition(':')[0] if c.rpartition(':')[2].isdigit() else c
+def _strip_call(c): return _split_call(c)[0]
 
 def _draw(log, rolled=False, nesting_depth=None, module=None, direction='TB', path=None, show_shapes=True):
     import graphviz

@@ -14,7 +14,7 @@ from .core import *
 from .flat import FlatModel
 from .attribution import (saliency, guided_backprop, smooth_grad, integrated_gradients, cam, guided_grad_cam,
                                  occlusion, show_attribution)
-from .optvis import render, channel, input_channels
+from .optvis import render, channel, input_channels, blank_input
 
 # %% auto #0
 __all__ = ['LAYER_METHODS', 'fig_to_png', 'AttributionExplorer', 'ChannelExplorer']
@@ -100,7 +100,7 @@ class ChannelExplorer:
         self.model, self.size, self.steps, self.seed, self.render_kwargs = model, size, steps, seed, render_kwargs
         self.channels = channels or input_channels(model) or 3
         self.fm = FlatModel(model)
-        self._probe = torch.zeros(1, self.channels, size, size, device=model_device(model), dtype=model_dtype(model))
+        self._probe = blank_input(model, size, self.channels)
         with eval_mode(model): layers = list(layers) if layers is not None else _map_layers(self.fm, self._probe)
         if not layers: raise ValueError("the model has no layer with a (N, C, h, w) output: pass layers=")
         self.layer = W.Dropdown(options=layers, value=layers[0], description='layer')

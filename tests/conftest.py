@@ -1,5 +1,6 @@
 "Shared fixtures: non-degenerate random-init torchvision models and the oracles the tests compare against"
 from copy import deepcopy
+from functools import lru_cache
 import pytest, torch, torch.nn as nn, torchvision
 
 def perturbed(model, seed=0):
@@ -26,12 +27,21 @@ TORCHVISION = {
     'vit_b_16': (lambda: torchvision.models.vit_b_16(image_size=32), 32),
 }
 
+@lru_cache(maxsize=None)
+def tv_case(name):
+    "(name, model, input) for torchvision architecture `name`, built once per session (tests leave models as they found them)"
+    build, size = TORCHVISION[name]
+    torch.manual_seed(0)
+    return name, perturbed(build()), torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+
 @pytest.fixture(scope='session', params=list(TORCHVISION))
 def tv_model(request):
     "(name, model, input) for each torchvision architecture"
-    build, size = TORCHVISION[request.param]
-    torch.manual_seed(0)
-    return request.param, perturbed(build()), torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+    return tv_case(request.param)
+
+def call_keys(name, n):
+    "Recording / log keys of a module that ran `n` times: `name`, or `name:1` ... `name:n`"
+    return [name] if n == 1 else [f"{name}:{i+1}" for i in range(n)]
 
 def out_of_place(model):
     "A deep copy of `model` with every in-place module made out of place"

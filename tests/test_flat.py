@@ -1,10 +1,9 @@
 "FlatModel on torchvision architectures: what it records equals plain hooks on an out-of-place copy, and the model is left as it was"
 import pytest, torch
-from conftest import out_of_place, plain_outputs
+from conftest import out_of_place, plain_outputs, call_keys as _keys
 from netlens.flat import FlatModel
 from netlens.hooks import ModelSnapshot, hook_count
 
-def _keys(name, n): return [name] if n == 1 else [f"{name}:{i+1}" for i in range(n)]
 
 def _equal(a, b):
     if isinstance(a, torch.Tensor): return torch.equal(a, b)

@@ -1,6 +1,6 @@
 "Feature visualisation on torchvision models: parameterisation equal to Lucent's, objectives read what the layer produced, the model left as it was"
 import pytest, torch, torch.nn as nn, torchvision
-from conftest import perturbed
+from conftest import tv_case
 from netlens.flat import FlatModel
 from netlens.hooks import ModelSnapshot, hook_count
 from netlens.core import normalize
@@ -10,9 +10,7 @@ from netlens.dream import deep_dream, invert_features, net_dreamer
 from netlens.style import style_transfer
 
 @pytest.fixture(scope='module')
-def resnet():
-    torch.manual_seed(0)
-    return perturbed(torchvision.models.resnet18())
+def resnet(): return tv_case('resnet18')[1]
 
 @pytest.mark.parametrize('decorrelate', [True, False])
 def test_fft_param_equals_lucent(decorrelate):

@@ -1,7 +1,7 @@
 "netlens.trace on torchvision architectures and a loop: module outputs equal forward hooks, labels equal TorchLens', validation passes and fails where it must, nothing is left behind"
 import re, warnings
 import pytest, torch, torch.nn as nn, torchvision
-from conftest import perturbed, plain_outputs, out_of_place
+from conftest import perturbed, plain_outputs, out_of_place, tv_case, call_keys
 import netlens.trace as trace
 from netlens.trace import log_forward_pass, validate_saved_activations
 from netlens.hooks import ModelSnapshot, hook_count
@@ -16,38 +16,29 @@ class Loop(nn.Module):
         return x
 
 @pytest.fixture(scope='module', params=['resnet18', 'densenet121', 'vgg11', 'mobilenet_v3_small', 'vit_b_16', 'loop'])
-def case(request, tv_models):
+def case(request):
     if request.param == 'loop':
         torch.manual_seed(0)
         return 'loop', Loop().eval(), torch.randn(3, 8)
-    return tv_models[request.param]
+    return tv_case(request.param)
 
-@pytest.fixture(scope='module')
-def tv_models():
-    from conftest import TORCHVISION
-    out = {}
-    for name, (build, size) in TORCHVISION.items():
-        torch.manual_seed(0)
-        out[name] = name, perturbed(build()), torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
-    return out
-
-def _keys(name, n): return [name] if n == 1 else [f"{name}:{i+1}" for i in range(n)]
-
-def test_module_outputs_equal_forward_hooks(case):
-    name, model, x = case
-    snap = ModelSnapshot(model)
-    log = log_forward_pass(model, x)
+def check_module_outputs(log, model, x):
+    "Every call of every module: the log's tensors for it equal a forward hook's clones; returns how many were compared"
     ref, ref_out = plain_outputs(model, x)
     assert torch.equal(log.output, ref_out) and torch.equal(log['output_1'].tensor, ref_out)
     checked = 0
     for n, vals in ref.items():
-        assert log.module_calls[n] == len(vals), f"{name}: {n}"
-        for key, v in zip(_keys(n, len(vals)), vals):
-            want = trace._tensors(v)
-            got = [op.tensor for op in log if key in op.output_of]
-            assert len(got) == len(want) and all(torch.equal(a, b) for a, b in zip(got, want)), f"{name}: {key}"
+        assert log.module_calls[n] == len(vals), n
+        for key, v in zip(call_keys(n, len(vals)), vals):
+            want, got = trace._tensors(v), [op.tensor for op in log if key in op.output_of]
+            assert len(got) == len(want) and all(torch.equal(a, b) for a, b in zip(got, want)), key
             checked += len(want)
-    assert checked >= (4 if name == "loop" else 10)
+    return checked
+
+def test_module_outputs_equal_forward_hooks(case):
+    name, model, x = case
+    snap = ModelSnapshot(model)
+    assert check_module_outputs(log_forward_pass(model, x), model, x) >= (4 if name == "loop" else 10)
     assert snap.diff(model) == [] and hook_count(model) == 0
     assert torch._C._len_torch_function_stack() == 0
 
@@ -84,23 +75,23 @@ def test_alexnet_listing():
 @pytest.mark.parametrize('name', ['resnet18', 'densenet121', 'vgg11', 'mobilenet_v3_small', 'alexnet'])
 def test_labels_equal_torchlens(name):
     "Same labels as TorchLens, whose log also lists buffers as nodes and calls `+=` iadd; ViT differs by design (MultiheadAttention is one op here)"
-    torchlens = pytest.importorskip('torchlens')
+    import torchlens
     build = getattr(torchvision.models, name)
     torch.manual_seed(0)
     model, x = perturbed(build()), torch.randn(1, 3, 224 if name == 'alexnet' else 32, 224 if name == 'alexnet' else 32)
     theirs = [re.sub('^iadd', 'add', l) for l in torchlens.trace(model, x).layer_labels if not l.startswith('buffer')]
     assert log_forward_pass(model, x, layers_to_save=None).layer_labels == theirs
 
-def test_saved_values_survive_inplace_ops(tv_models):
+def test_saved_values_survive_inplace_ops():
     "ResNet applies ReLU(inplace=True) to BatchNorm's output: the log keeps BatchNorm's negative values"
-    _, model, x = tv_models['resnet18']
+    _, model, x = tv_case('resnet18')
     log = log_forward_pass(model, x, layers_to_save=['bn1', 'layer1.0.bn1', 'relu'])
     assert (log['bn1'].tensor < 0).any() and (log['layer1.0.bn1'].tensor < 0).any()
     assert log['relu'].saved and not (log['relu'].tensor < 0).any()
     assert not log['conv1'].saved
 
-def test_gradients_equal_retain_grad(tv_models):
-    _, model, x = tv_models['resnet18']
+def test_gradients_equal_retain_grad():
+    _, model, x = tv_case('resnet18')
     log = log_forward_pass(model, x, keep_grads=True)
     log.output[:, 5].sum().backward()
     ref, ref_out = plain_outputs(out_of_place(model), x, retain_grad=True)
@@ -121,8 +112,8 @@ def test_validation_catches_wrong_parents(monkeypatch):
     report = validate_saved_activations(nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2)), torch.randn(3, 4))
     assert not report and len(report.failures) >= 2
 
-def test_nothing_left_behind_after_an_exception(tv_models):
-    _, model, x = tv_models['resnet18']
+def test_nothing_left_behind_after_an_exception():
+    _, model, x = tv_case('resnet18')
     snap = ModelSnapshot(model)
     def boom(m, i, o): raise RuntimeError('boom in layer2')
     h = model.layer2[0].bn2.register_forward_hook(boom)
@@ -184,11 +175,5 @@ def test_more_architectures(name):
     model, x = build(), data()
     snap = ModelSnapshot(model)
     assert validate_saved_activations(model, x) is True
-    if not model.training:
-        log = log_forward_pass(model, x)
-        ref, _ = plain_outputs(model, x)
-        for n, vals in ref.items():
-            for key, v in zip(_keys(n, len(vals)), vals):
-                got, want = [op.tensor for op in log if key in op.output_of], trace._tensors(v)
-                assert len(got) == len(want) and all(torch.equal(a, b) for a, b in zip(got, want)), key
+    if not model.training: check_module_outputs(log_forward_pass(model, x), model, x)
     assert snap.diff(model) == []

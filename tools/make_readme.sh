@@ -16,7 +16,7 @@ p = pathlib.Path('README.md'); s = p.read_text()
 m = re.match(r'\A---\n(.*?)\n---\n+', s, flags=re.S)
 meta = dict(l.split(': ', 1) for l in m.group(1).splitlines() if ': ' in l)
 s = f"# {meta['title']}\n\n> {meta['description']}\n\n" + s[m.end():]
-lines, fence = [], False  # nbconvert leaves code cells' fences without a language, and cell directives (#| eval: false) in
+lines, fence = [], False  # nbconvert leaves code cells' fences without a language, and `#|` cell directives in
 for l in s.replace('](../images/', '](images/').splitlines():
     if l.startswith('```'):
         if not fence and l == '```': l = '```python'
