@@ -6,7 +6,7 @@ root = Path(__file__).parent.parent
 def test_readme_two_commands():
     block = re.search(r"```sh\n(.*?)```", (root/'README.md').read_text(), re.S).group(1)
     cmds = [l.split('  #')[0].strip() for l in block.splitlines() if l.strip()]
-    assert cmds == ['pip install -e . && netlens tour', 'pip install -e ".[dev]" && bash tools/test.sh']
+    assert cmds == ['pip install . && netlens tour', 'pip install ".[dev]" && bash tools/test.sh']
 
 def test_readme_pictures_exist():
     pics = re.findall(r"\]\((images/[^)]+)\)", (root/'README.md').read_text())
