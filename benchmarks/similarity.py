@@ -3,10 +3,18 @@
     python benchmarks/similarity.py [--n 1024] [--batch 128] [--skip-memory]
 
 resnet18 vs resnet34 (random init, eval), every residual block and the fc layer of each, n images of 3x32x32, batch 128:
-  - time of netlens.compare_models and of torch_cka (on deep copies: it leaves hooks and switches modes), same loader;
+  - time of netlens.compare_models and of torch_cka (on deep copies: it leaves hooks and switches modes), same loader,
+    both under torch.no_grad (torch_cka's CKA.compare does not turn autograd off, and the copies' parameters require
+    grad, so as shipped it records a graph in every forward; compare_models and the floor run without one), after one
+    untimed forward of each model on a batch, so that none of the three pays the first touch of that batch size.
+    Same work otherwise: one forward per model and batch, float32 features and grams, every layer pair of the matrix.
+    torch_cka recomputes model 2's gram and HSIC(L, L) for every layer of model 1 (cka.py, compare) and reads each
+    batch twice from the loader (zip(dataloader1, dataloader2) on the same loader): that is its algorithm;
   - both matrices against a float64 minibatch-CKA reference (Nguyen et al.'s estimator on the same batches);
   - peak memory (max RSS of a fresh subprocess) of compare_models with n and with 4n images;
-  - svcca and pwcca on (5000, 512) features against a float64 numpy implementation (Google's SVCCA recipe).
+  - svcca and pwcca on (5000, 512) features against a float64 numpy implementation (Google's SVCCA recipe), each after
+    a small warm-up call; both keep the same number of directions (99 % of the variance), torch uses
+    torch.get_num_threads() threads and numpy its BLAS's own count (set OMP_NUM_THREADS to make them equal).
 """
 import argparse, copy, json, resource, subprocess, sys, time, warnings
 import numpy as np, torch, torchvision
@@ -82,12 +90,16 @@ def main():
     for what, l1, l2 in [('every residual block and fc', blocks(m1), blocks(m2)),
                          ('every conv layer', [n for n, m in m1.named_modules() if isinstance(m, torch.nn.Conv2d)],
                           [n for n, m in m2.named_modules() if isinstance(m, torch.nn.Conv2d)])]:
-        t = time.perf_counter(); forward_floor(m1, m2, dl); t_floor = time.perf_counter() - t
-        t = time.perf_counter(); ours = compare_models(m1, m2, dl, l1, l2, show_progress=False); t_ours = time.perf_counter() - t
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
             c = CKA(copy.deepcopy(m1), copy.deepcopy(m2), model1_layers=l1, model2_layers=l2)
-            t = time.perf_counter(); c.compare(dl); t_theirs = time.perf_counter() - t
+            xb = next(iter(dl))[0]
+            with torch.no_grad():                 # warm-up: one forward of each model (and of torch_cka's copies) at the batch size
+                for m in (m1, m2, c.model1, c.model2): m(xb)
+            t = time.perf_counter(); forward_floor(m1, m2, dl); t_floor = time.perf_counter() - t
+            t = time.perf_counter(); ours = compare_models(m1, m2, dl, l1, l2, show_progress=False); t_ours = time.perf_counter() - t
+            with torch.no_grad():                 # as compare_models and the floor: no autograd graph in the forwards
+                t = time.perf_counter(); c.compare(dl); t_theirs = time.perf_counter() - t
         theirs = c.export()['CKA'].double()
         ref = reference(m1, m2, l1, l2, dl)
         print(f"compare_models resnet18 vs resnet34, {what} ({len(l1)} x {len(l2)}), {a.n} images 3x32x32, batch {a.batch}, {torch.get_num_threads()} threads")
@@ -101,6 +113,7 @@ def main():
               f"peak growth {100 * (p4 - p1) / p1:+.1f} %, growth of the increment {100 * ((p4 - b4) - (p1 - b1)) / max(p1 - b1, 1e-9):+.1f} %")
     g = torch.Generator().manual_seed(2)
     x = torch.randn(5000, 512, generator=g, dtype=torch.float64); y = torch.tanh(x @ torch.randn(512, 512, generator=g, dtype=torch.float64) / 20) + 0.5 * torch.randn(5000, 512, generator=g, dtype=torch.float64)
+    svcca(x[:64, :16], y[:64, :16]); np_svcca(x[:64, :16].numpy(), y[:64, :16].numpy())   # warm-up: first LAPACK calls of each side
     t = time.perf_counter(); s_ours = svcca(x, y).item(); t1 = time.perf_counter() - t
     t = time.perf_counter(); pw = pwcca(x, y).item(); t2 = time.perf_counter() - t
     t = time.perf_counter(); s_np = np_svcca(x.numpy(), y.numpy()); t3 = time.perf_counter() - t
