@@ -14,6 +14,8 @@ import torch, torch.nn as nn
 import matplotlib.pyplot as plt
 from .core import *
 from .hooks import *
+from .hooks import _check_module
+from .adapters import check_count
 
 # %% auto #0
 __all__ = ['FlatModel', 'Recording', 'Channel', 'show_channels']
@@ -24,18 +26,26 @@ def _split_call(key:str):
     name, sep, k = key.rpartition(':')
     return (name, int(k)) if sep and k.isdigit() else (key, None)
 
+def _unwrap(model:nn.Module) -> nn.Module:
+    "The module behind `torch.compile` (`_orig_mod`) and DataParallel / DistributedDataParallel (`.module`) wrappers, however nested"
+    while True:
+        if type(model).__name__ == 'OptimizedModule' and isinstance(getattr(model, '_orig_mod', None), nn.Module): model = model._orig_mod
+        elif isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)): model = model.module
+        else: return model
+
 class FlatModel:
-    "Every named layer of `model` by dotted name, ordinal or type; `record` captures outputs and gradients"
+    "Every named layer of `model` (unwrapped from `torch.compile` and DataParallel) by dotted name, ordinal or type; `record` captures outputs and gradients"
     def __init__(self, model:nn.Module):
-        if not isinstance(model, nn.Module): raise TypeError(f"FlatModel needs a torch.nn.Module, got {type(model).__name__}")
-        self.model = model
-        self._modules = {n: m for n, m in model.named_modules() if n}
+        _check_module(model, 'FlatModel')
+        self.model = _unwrap(model)
+        self.wrapper = None if self.model is model else model   # run `self.model`: a compiled wrapper ignores hooks added after compiling
+        self._modules = {n: m for n, m in self.model.named_modules() if n}
         self.layer_names = list(self._modules)
 
     def __len__(self): return len(self.layer_names)
     def __iter__(self): return iter(self.layer_names)
     def __contains__(self, name): return name in self._modules
-    def __repr__(self): return f"FlatModel({type(self.model).__name__}, {len(self)} layers)"
+    def __repr__(self): return f"FlatModel({type(self.model).__name__}{f' in {type(self.wrapper).__name__}' if self.wrapper is not None else ''}, {len(self)} layers)"
 
     def name_of(self, key) -> str:
         "The layer name for `key`: a name (or `name:k`, its k-th call), an ordinal (negative from the end), or a submodule"
@@ -47,8 +57,10 @@ class FlatModel:
             if not -len(self) <= key < len(self): raise IndexError(f"layer ordinal {key} is out of range: the model has {len(self)} layers")
             return self.layer_names[key]
         if isinstance(key, str):
-            name = _split_call(key)[0]
+            name, k = _split_call(key)
+            if k == 0: raise ValueError(f"layer {key!r}: calls count from 1 ({name}:1 is the first call)")
             if name in self._modules: return name
+            if not self._modules: raise KeyError(f"{type(self.model).__name__} has no submodules to name: hook the model itself with netlens.hooks.hook_output(model)")
             raise unknown_key_error(key, self.layer_names, 'layer')
         raise TypeError(f"a layer is named by a str, an int ordinal or a submodule, not {type(key).__name__}")
 
@@ -59,10 +71,12 @@ class FlatModel:
     def find(self, pattern) -> list[str]:
         "Names of the layers of type `pattern` (a class), or whose type name contains `pattern` (case-insensitive)"
         if isinstance(pattern, type): return [n for n, m in self._modules.items() if isinstance(m, pattern)]
+        if not isinstance(pattern, str) or not pattern.strip(): raise TypeError(f"find takes a module class or a non-empty part of a type name such as 'conv', got {pattern!r}")
         return [n for n, m in self._modules.items() if pattern.lower() in type(m).__name__.lower()]
 
     def resolve(self, layers) -> list[str]:
         "Layer names for `layers`: one or a list of names, ordinals, submodules, or types ('conv' or `nn.Conv2d`: all of them)"
+        if layers is None or isinstance(layers, str) and not layers.strip(): raise TypeError(f"layers: pass a layer name, an ordinal, a type such as 'conv', or a list of them; got {layers!r}")
         keys = [layers] if isinstance(layers, (str, int, nn.Module, type)) else list(layers)
         if not keys: raise ValueError("no layers given: pass a layer name, an ordinal, a type such as 'conv', or a list of them")
         names = []
@@ -98,8 +112,8 @@ def summary(self:FlatModel, x=None) -> str:
 # %% ../nbs/03_flat.ipynb #e0bc59f0
 class Recording(Mapping):
     "Captured values by layer name; a layer called k > 1 times appears as `name:1` ... `name:k`"
-    def __init__(self, names, hooks, what='output'):
-        self._hooks, self.what, self._grads = dict(zip(names, hooks)), what, None
+    def __init__(self, names, hooks, what='output', hint=''):
+        self._hooks, self.what, self._grads, self._hint = dict(zip(names, hooks)), what, None, hint
 
     def _calls(self, name): return self._hooks[name].stored
 
@@ -117,7 +131,7 @@ class Recording(Mapping):
         vals = self._calls(name)
         missing = (f"no gradient reached layer {name!r}: run backward inside the `record` block, on an output that requires grad (gradients are kept for layers that output one tensor)"
                    if self.what == 'gradient' else
-                   f"layer {name!r} did not run in the forward pass (its parent may use its weights directly, as nn.MultiheadAttention does with out_proj)")
+                   f"layer {name!r} did not run in the forward pass (its parent may use its weights directly, as nn.MultiheadAttention does with out_proj)") + self._hint
         if not vals: raise KeyError(missing)
         if k is None:
             if len(vals) > 1: raise KeyError(f"layer {name!r} ran {len(vals)} times: ask for {', '.join(repr(f'{name}:{i+1}') for i in range(len(vals)))}")
@@ -147,10 +161,12 @@ def record(self:FlatModel, layers, grads=False, detach=True, clone=True, cpu=Fal
     "Capture the outputs of `layers` (with `grads`, also their gradients) in forward passes inside the block, into a `Recording`"
     names = self.resolve(layers)
     mods = [self._modules[n] for n in names]
+    hint = '' if self.wrapper is None else (f"; the model is wrapped in {type(self.wrapper).__name__}: run FlatModel(model).model, the module behind it "
+                                            "(a torch.compile'd model does not call hooks added after compiling)")
     with ExitStack() as stack:
         stack.enter_context(annotate_errors(self.model))
-        rec = Recording(names, stack.enter_context(Hooks(mods, detach=detach, clone=clone, cpu=cpu, every_call=True)))
-        if grads: rec._grads = Recording(names, stack.enter_context(Hooks(mods, is_forward=False, every_call=True)), 'gradient')
+        rec = Recording(names, stack.enter_context(Hooks(mods, detach=detach, clone=clone, cpu=cpu, every_call=True)), hint=hint)
+        if grads: rec._grads = Recording(names, stack.enter_context(Hooks(mods, is_forward=False, every_call=True)), 'gradient', hint)
         yield rec
 
 # %% ../nbs/03_flat.ipynb #8918ed41
@@ -166,21 +182,28 @@ class Channel:
 def n_channels(self:FlatModel, layer, x=None) -> int:
     "Channels (dim 1) of `layer`'s output, from its definition or from a probe forward on example input `x`"
     name = self.name_of(layer)
+    call = _split_call(layer)[1] if isinstance(layer, str) else None
     m = self._modules[name]
     for attr in ('out_channels', 'num_features', 'out_features'):
         if isinstance(getattr(m, attr, None), int): return getattr(m, attr)
     if x is None: raise ValueError(f"{name!r} ({type(m).__name__}) does not say how many channels it outputs: pass an example input x")
     with eval_mode(self.model), torch.no_grad(), self.record(name, clone=False) as rec: self.model(x)
-    return next(iter(rec.values())).shape[1]
+    outs = [rec[f"{name}:{call}"]] if call is not None else list(rec.values())
+    if not outs: raise ValueError(f"{name!r} did not run on the example input x")
+    if not all(isinstance(o, torch.Tensor) and o.ndim >= 2 for o in outs): raise ValueError(f"{name!r} outputs {type(outs[0]).__name__}, not a tensor (N, C, ...) with channels")
+    counts = {o.shape[1] for o in outs}
+    if len(counts) > 1: raise ValueError(f"{name!r} ran {len(outs)} times with different channel counts {sorted(counts)}: ask for one call, {name}:1 ... {name}:{len(outs)}")
+    return counts.pop()
 
 @patch
 def channel(self:FlatModel, layer, k:int, x=None) -> Channel:
     "Channel `k` of `layer`, checked against its channel count where that is known"
-    name = self.name_of(layer)
-    try: n = self.n_channels(name, x)
+    name, k = self.name_of(layer), check_count(k, 'k', low=0)
+    key = f"{name}:{_split_call(layer)[1]}" if isinstance(layer, str) and _split_call(layer)[1] else name   # keep the call: `res.relu:2`
+    try: n = self.n_channels(key, x)
     except ValueError: n = None
-    if n is not None and not 0 <= k < n: raise IndexError(f"{name!r} has {n} channels (0 to {n-1}); got k={k}")
-    return Channel(name, k)
+    if n is not None and not 0 <= k < n: raise IndexError(f"{key!r} has {n} channels (0 to {n-1}); got k={k}")
+    return Channel(key, k)
 
 # %% ../nbs/03_flat.ipynb #5c49fcca
 def show_channels(acts:torch.Tensor, max_channels=32, ncols=8, cmap='viridis', shared=False, size=1.2, title=None):

@@ -6,7 +6,8 @@ Docs: https://netlens.github.io/netlens/trace.html.md"""
 
 # %% ../nbs/12_trace.ipynb #73f92ac8
 from __future__ import annotations
-import linecache, os, shutil, sys, time, warnings, weakref
+import linecache, numbers, os, shutil, sys, time, warnings, weakref
+from functools import partial
 from collections import Counter
 from fastcore.basics import patch
 import torch, torch.nn as nn
@@ -14,7 +15,7 @@ from torch import Tensor
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 from torch.overrides import TorchFunctionMode
 from .core import *
-from .flat import _split_call
+from .flat import _split_call, _unwrap
 
 # %% auto #0
 __all__ = ['TensorOp', 'ModelLog', 'log_forward_pass', 'ValidationReport', 'validate_saved_activations', 'show_model_graph']
@@ -29,7 +30,7 @@ class TensorOp:
     "One tensor produced during a logged forward pass: the operation, its inputs, where it ran and (if saved) its value"
     __slots__ = ('index', 'func_name', 'layer_type', 'shape', 'dtype', 'nbytes', 'parents', 'children', 'module_path', 'params', 'elapsed',
                  '_source', 'inplace', 'output_of', 'tensor', '_grad', '_grad_src', 'label', 'layer_label', 'short_label',
-                 'pass_num', 'n_passes', '_func', '_args', '_kwargs', '_rng', '_out_index', '_log')
+                 'pass_num', 'n_passes', '_func', '_args', '_kwargs', '_rng', '_out_index', '_log', '_keep_grads', '__weakref__')
     def __init__(self, index, func_name, layer_type, out, parents, module_path, params, elapsed, source, inplace):
         self.index, self.func_name, self.layer_type = index, func_name, layer_type
         self.shape, self.dtype = tuple(out.shape), out.dtype
@@ -40,7 +41,8 @@ class TensorOp:
         self.output_of, self.tensor, self._grad, self._grad_src = [], None, None, None
         self.label = self.layer_label = self.short_label = None
         self.pass_num, self.n_passes = 1, 1
-        self._func = self._args = self._kwargs = self._rng = self._out_index = self._log = None
+        self._func = self._args = self._kwargs = self._rng = self._out_index = self._log = None   # _log: a weak reference (ops do not keep their log alive)
+        self._keep_grads = False
 
     @property
     def module(self) -> str|None:
@@ -54,7 +56,7 @@ class TensorOp:
     @property
     def grad(self) -> Tensor|None:
         "Gradient of the backward pass run from the log's tensors (`None` until one reached this tensor)"
-        if not (self._log and self._log.keep_grads): raise ValueError(f"{self.label}: gradients were not kept; log with log_forward_pass(..., keep_grads=True), then call .backward() on a logged tensor")
+        if not self._keep_grads: raise ValueError(f"{self.label}: gradients were not kept; log with log_forward_pass(..., keep_grads=True), then call .backward() on a logged tensor")
         return self._grad if self._grad_src is None else self._grad_src._grad
 
     @property
@@ -67,8 +69,9 @@ class TensorOp:
     def __repr__(self):
         lines = [f"{self.label}: {self.func_name}{' (in place)' if self.inplace else ''}, op {self.index}",
                  f"  output: {self.shape} {str(self.dtype).replace('torch.', '')}, {_fmt_bytes(self.nbytes)}, {'saved' if self.saved else 'not saved'}"]
-        if self._log is not None:
-            name = lambda ix: ', '.join(self._log.entries[i].label for i in ix) or '-'
+        log = self._log() if self._log is not None else None
+        if log is not None:
+            name = lambda ix: ', '.join(log.entries[i].label for i in ix) or '-'
             lines.append(f"  parents: {name(self.parents)}; children: {name(self.children)}")
         if self.output_of: lines.append(f"  output of: {', '.join(self.output_of)}")
         lines.append(f"  inside: {self.module or '(model forward)'}")
@@ -149,6 +152,11 @@ def _caller():
     while f is not None and f.f_code.co_filename.startswith(_TORCH_DIR): f = f.f_back
     return (f.f_code.co_filename, f.f_lineno, f.f_code.co_name) if f is not None else None
 
+def _store_grad(ref, g):
+    "Tensor hook: keep `g` on the op behind weak reference `ref` (a strong one would be a cycle through autograd that gc cannot see)"
+    op = ref()
+    if op is not None: op._grad = g.detach().clone()
+
 class _Tracer(TorchFunctionMode):
     "Log every tensor-producing torch call into `log`"
     def __init__(self, log, wants, params, keep_grads, source_lines, save_device=None):
@@ -215,7 +223,7 @@ class _Tracer(TorchFunctionMode):
     def keep(self, op, t):
         "Save a copy of `t` for `op` if asked, and its gradient when `keep_grads`"
         if self.wants(op): op.tensor = self.copy(t)
-        if self.keep_grads and t.requires_grad: t.register_hook(lambda g, op=op: setattr(op, '_grad', g.detach().clone()))
+        if self.keep_grads and t.requires_grad: t.register_hook(partial(_store_grad, weakref.ref(op)))
 
 # %% ../nbs/12_trace.ipynb #2dfbd473
 class _ModuleContext:
@@ -267,8 +275,9 @@ class ModelLog:
     def _finish(self, module_calls):
         "Final labels (`:pass` where a layer ran more than once) and module-call names (`name:k` where a module ran more than once)"
         call = lambda c: c[0] if module_calls[c[0]] == 1 else f"{c[0]}:{c[1]}"
+        me = weakref.ref(self)
         for op in self.entries:
-            op._log = self
+            op._log, op._keep_grads = me, self.keep_grads
             op.n_passes = self._passes[op.layer_label] if op.layer_type not in ('input', 'output') else 1
             op.label = f"{op.layer_label}:{op.pass_num}" if op.n_passes > 1 else op.layer_label
             op.module_path = tuple(map(call, op.module_path))
@@ -308,6 +317,10 @@ class ModelLog:
             if self.module_calls[key] > 1: raise KeyError(f"module {key!r} ran {self.module_calls[key]} times; ask for one call: {key}:1 ... {key}:{self.module_calls[key]}")
             raise KeyError(f"module {key!r} ran but returned no logged tensor")
         if key in self.module_types: raise KeyError(f"module {key!r} did not run in this forward pass")
+        if p is not None and base in self.module_types:
+            n = self.module_calls.get(base, 0)
+            if p == 1 and n == 1 and base in self._by_module: return self._by_module[base]   # `name:1` of a module that ran once
+            raise KeyError(f"module {base!r} ran {n} time(s): there is no call {p}" + (f"; ask for {base}:1 ... {base}:{n}" if n > 1 else f"; ask for {base!r}" if n else ''))
         raise unknown_key_error(key, self.layer_labels + list(self._by_module), 'op or module')
 
     def __repr__(self):
@@ -331,16 +344,18 @@ class ModelLog:
 
 # %% ../nbs/12_trace.ipynb #fd98d5c4
 def _save_rule(layers_to_save, names):
-    "A predicate op -> bool for the online saving decision, the set of module calls to save at their exit, and the string keys to check afterwards"
-    if layers_to_save == 'all': return (lambda op: True), set(), []
-    if layers_to_save is None: return (lambda op: False), set(), []
-    keys = [layers_to_save] if isinstance(layers_to_save, (str, int)) else list(layers_to_save)
+    "A predicate op -> bool for the online saving decision, and the positions, module calls and label keys to check afterwards"
+    if isinstance(layers_to_save, str) and layers_to_save == 'all': return (lambda op: True), set(), set(), []
+    if layers_to_save is None: return (lambda op: False), set(), set(), []
+    keys = [layers_to_save] if isinstance(layers_to_save, (str, numbers.Integral)) else list(layers_to_save)
     positions, modules, labels = set(), set(), []
     for k in keys:
-        if isinstance(k, int) and not isinstance(k, bool):
+        if isinstance(k, numbers.Integral) and not isinstance(k, bool):
             if k < 0: raise ValueError(f"layers_to_save: negative position {k} needs the op count, unknown before the pass; log with layers_to_save=None first and use len(log) + {k}")
-            positions.add(k)
+            positions.add(int(k))
         elif isinstance(k, str):
+            if not k.strip(): raise ValueError("layers_to_save: an empty label would match every op; pass 'all' to save everything")
+            if _split_call(k)[1] == 0: raise ValueError(f"layers_to_save: {k!r} asks for call 0; calls and passes count from 1 ({_split_call(k)[0]}:1)")
             if _split_call(k)[0] in names: modules.add(k)
             else: labels.append(k)
         else: raise TypeError(f"layers_to_save takes 'all', None, or labels, module names and positions; got {k!r}")
@@ -350,7 +365,27 @@ def _save_rule(layers_to_save, names):
         for base, p in parsed:
             if (p is None or p == op.pass_num) and (base == op.layer_label or base == op.short_label or base in op.layer_label): return True
         return False
-    return wants, modules, labels
+    return wants, positions, modules, labels
+
+def _check_saved(log, positions, modules, labels):
+    "Raise for any key of `layers_to_save` that matched nothing: a position past the end, a call or pass that did not happen, an unknown label"
+    for i in sorted(positions):
+        if i >= len(log): raise IndexError(f"layers_to_save: position {i} is out of range: the pass logged {len(log)} ops (positions 0 to {len(log) - 1}); see log.layer_labels")
+    for key in sorted(modules):
+        base, k = _split_call(key)
+        n = log.module_calls.get(base, 0)
+        if n == 0: raise KeyError(f"layers_to_save: module {base!r} did not run in this forward pass, so nothing of it was saved")
+        if k is not None and k > n: raise KeyError(f"layers_to_save: module {base!r} ran {n} time(s): there is no call {k} (ask for {base!r}" + (f", or one call {base}:1 ... {base}:{n})" if n > 1 else ")"))
+        if not any(_split_call(c)[0] == base and (k is None or n == 1 or c == key) for op in log for c in op.output_of):
+            raise KeyError(f"layers_to_save: module {base!r} ran but returned no tensor of the pass; save the op that computes it by label instead")
+    for key in labels:
+        base, p = _split_call(key)
+        found = [op for op in log if base in op.layer_label or base == op.short_label]
+        if not found:
+            options = dict.fromkeys([op.layer_type for op in log] + [op.short_label for op in log] + log.layer_labels + list(log.module_types))
+            raise unknown_key_error(key, options, 'op in layers_to_save')
+        if p is not None and not any(op.pass_num == p for op in found):
+            raise KeyError(f"layers_to_save: {base!r} ran at most {max(op.n_passes for op in found)} pass(es): there is no pass {p} (see log.layer_labels)")
 
 def _inputs_of(x, kwargs):
     if isinstance(x, dict): return (), {**x, **(kwargs or {})}
@@ -365,14 +400,16 @@ def _add_io(log, tracer, t, kind, k, parent=None):
     else:
         src = log.entries[parent]
         op.tensor, op._grad_src = src.tensor, src
+        if op.tensor is None and tracer.wants(op): op.tensor = tracer.copy(t)   # asked for by position or as `output_k`
         src.children.append(op.index)
     log.entries.append(op)
 
 def _uncompiled(model, warn=False):
-    "The original module of a `torch.compile`d model (compiled graphs run no Python per op), else `model`"
-    if type(model).__name__ != 'OptimizedModule' or not hasattr(model, '_orig_mod'): return model
-    if warn: warnings.warn("log_forward_pass traces a torch.compile'd model uncompiled (its original module): compiled graphs run no Python per op")
-    return model._orig_mod
+    "The module behind `torch.compile` and DataParallel wrappers, as `FlatModel` takes it (compiled graphs run no Python per op, replicas run in other threads)"
+    inner = _unwrap(model)
+    compiled = any(type(m).__name__ == 'OptimizedModule' for m in (model, getattr(model, 'module', None)))
+    if warn and compiled: warnings.warn("log_forward_pass traces a torch.compile'd model uncompiled (its original module): compiled graphs run no Python per op")
+    return inner
 
 def log_forward_pass(model:nn.Module, x, layers_to_save='all', keep_grads:bool=False, source_lines:bool=False, kwargs:dict|None=None,
                      save_device=None) -> ModelLog:
@@ -385,7 +422,7 @@ def log_forward_pass(model:nn.Module, x, layers_to_save='all', keep_grads:bool=F
         copy = lambda t: t.detach().requires_grad_() if isinstance(t, Tensor) and t.is_floating_point() and not t.requires_grad else t
         args, kw = tuple(map(copy, args)), {k: copy(v) for k, v in kw.items()}
     modules = [(n, m) for n, m in model.named_modules() if n]
-    wants, save_modules, label_keys = _save_rule(layers_to_save, {n for n, _ in modules})
+    wants, positions, save_modules, label_keys = _save_rule(layers_to_save, {n for n, _ in modules})
     log = ModelLog(model, modules, layers_to_save, keep_grads)
     params = {id(p): n for n, p in model.named_parameters()}
     tracer = _Tracer(log, wants, params, keep_grads, source_lines, save_device)
@@ -401,11 +438,7 @@ def log_forward_pass(model:nn.Module, x, layers_to_save='all', keep_grads:bool=F
         i = tracer.producer.get(t)
         if i is not None: _add_io(log, tracer, t, 'output', k, i)
     log._finish(context.calls)
-    for key in label_keys:
-        base = _split_call(key)[0]
-        if not any(base in op.layer_label or base == op.short_label for op in log.entries):
-            options = dict.fromkeys([op.layer_type for op in log] + [op.short_label for op in log] + log.layer_labels + list(log.module_types))
-            raise unknown_key_error(key, options, 'op in layers_to_save')
+    _check_saved(log, positions, save_modules, label_keys)
     return log
 
 # %% ../nbs/12_trace.ipynb #cd6a589e

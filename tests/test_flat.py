@@ -89,3 +89,30 @@ def test_record_stays_on_device_or_moves_to_cpu(device):
     assert rec['conv3'].device == out.device and rec_cpu['conv3'].device.type == 'cpu'
     assert torch.equal(rec['conv3'].cpu(), rec_cpu['conv3'])
     assert rec['conv3'].abs().sum() > 0
+
+def test_compiled_and_parallel_models_are_unwrapped():
+    "Layers of a torch.compile'd / DataParallel model keep their own names and are recorded through `fm.model`; the compiled wrapper, which calls no hook added after compiling, gets an error that says so"
+    from netlens.data import digits_cnn, digits_data
+    model, x = digits_cnn(), digits_data('test')[0][:4]
+    plain = FlatModel(model)
+    with plain.record(['conv2', 'res.relu']) as ref: model(x)
+    compiled = torch.compile(model, backend='eager')
+    compiled(x)   # compiled before the hooks go on
+    snap = ModelSnapshot(model)
+    for wrapped in (compiled, torch.nn.DataParallel(model), torch.nn.DataParallel(compiled)):
+        fm = FlatModel(wrapped)
+        assert fm.layer_names == plain.layer_names and fm.model is model
+        with fm.record(['conv2', 'res.relu']) as rec: fm.model(x)
+        assert sorted(rec) == sorted(ref) and all(torch.equal(rec[k], ref[k]) for k in ref)
+    with FlatModel(compiled).record('conv2') as rec: compiled(x)
+    with pytest.raises(KeyError, match=r"did not run.*wrapped in OptimizedModule: run FlatModel\(model\).model"): rec['conv2']
+    assert snap.diff(model) == [] and hook_count(model) == 0
+
+def test_bad_layer_keys_are_explained():
+    from netlens.data import digits_cnn
+    fm = FlatModel(digits_cnn())
+    with pytest.raises(KeyError, match="unknown layer 'res.rleu'; closest: 'res.relu'"): fm['res.rleu']
+    with pytest.raises(KeyError, match="unknown layer 'res.rleu:2'; closest: 'res.relu'"): fm.resolve(['res.rleu:2'])
+    with pytest.raises(ValueError, match='calls count from 1'): fm.resolve('res.relu:0')
+    with pytest.raises(TypeError, match='got Tensor'): FlatModel(torch.ones(2))
+    with pytest.raises(TypeError, match='not float'): fm[1.0]

@@ -177,3 +177,24 @@ def test_more_architectures(name):
     assert validate_saved_activations(model, x) is True
     if not model.training: check_module_outputs(log_forward_pass(model, x), model, x)
     assert snap.diff(model) == []
+
+def test_parallel_and_compiled_wrappers_are_traced_as_the_model():
+    "DataParallel (whose replicas run in other threads, outside the tracer's thread-local mode) and compile(DataParallel) are traced as the module inside"
+    torch.manual_seed(0)
+    model, x = Loop(), torch.randn(3, 8)
+    ref = log_forward_pass(model, x)
+    log = log_forward_pass(nn.DataParallel(model), x)
+    assert log.layer_labels == ref.layer_labels and list(log.module_types) == ['fc'] and torch.equal(log.output, ref.output)
+    with pytest.warns(UserWarning, match='uncompiled'): log = log_forward_pass(torch.compile(nn.DataParallel(model)), x)
+    assert log.layer_labels == ref.layer_labels
+    assert validate_saved_activations(nn.DataParallel(model), x) is True
+
+def test_layers_to_save_that_saves_nothing_is_refused():
+    torch.manual_seed(0)
+    model, x = Loop(), torch.randn(3, 8)
+    n = len(log_forward_pass(model, x, layers_to_save=None))
+    with pytest.raises(IndexError, match=f'position {n} is out of range: the pass logged {n} ops'): log_forward_pass(model, x, layers_to_save=[0, n])
+    with pytest.raises(KeyError, match="module 'fc' ran 4 time"): log_forward_pass(model, x, layers_to_save=['fc:5'])
+    with pytest.raises(KeyError, match="'linear_1_1' ran at most 4 pass"): log_forward_pass(model, x, layers_to_save=['linear_1_1:5'])
+    saved = lambda keys: [op.label for op in log_forward_pass(model, x, layers_to_save=keys) if op.saved]
+    assert saved(['fc:4']) == ['linear_1_1:4'] and saved([n - 1]) == ['output_1'] and saved(['linear_1_1:2']) == ['linear_1_1:2']
