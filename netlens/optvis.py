@@ -6,14 +6,14 @@ Docs: https://netlens.github.io/netlens/optvis.html.md"""
 
 # %% ../nbs/07_optvis.ipynb #90c8c57b
 from __future__ import annotations
-import math
+import math, functools
 from collections import namedtuple
 from contextlib import contextmanager, nullcontext
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
-from fastprogress.fastprogress import progress_bar
 from .core import *
 from .flat import FlatModel
+from .adapters import as_images, check_count, check_scores, progress, _describe
 
 # %% auto #0
 __all__ = ['COLOR_CORRELATION', 'Rendered', 'decorrelate_colors', 'correlate_colors', 'ImageParam', 'pad', 'jitter',
@@ -26,13 +26,25 @@ __all__ = ['COLOR_CORRELATION', 'Rendered', 'decorrelate_colors', 'correlate_col
 _COLOR_SQRT = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
 COLOR_CORRELATION = _COLOR_SQRT / _COLOR_SQRT.norm(dim=0).max()
 
+def _rgb(x, name='x'):
+    if not isinstance(x, Tensor) or x.ndim != 4 or x.shape[1] != 3: raise ValueError(f"{name} must be a batch of RGB images (N, 3, H, W), got {tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+    return x
+
 def decorrelate_colors(x:Tensor) -> Tensor:
     "Map `x` (N, 3, H, W) from the decorrelated colour basis to RGB"
+    x = _rgb(x)
     return torch.einsum('ij,njhw->nihw', COLOR_CORRELATION.to(x), x)
 
 def correlate_colors(x:Tensor) -> Tensor:
     "The inverse of `decorrelate_colors`: RGB to the decorrelated basis"
+    x = _rgb(x)
     return torch.einsum('ij,njhw->nihw', torch.linalg.inv(COLOR_CORRELATION.double()).to(x), x)
+
+def _hw(size, name='size') -> tuple:
+    "(h, w) from `size` (an int or a pair), each a positive integer"
+    hw = (size, size) if isinstance(size, int) or not hasattr(size, '__len__') else tuple(size)
+    if len(hw) != 2: raise ValueError(f"{name} is an int or a pair (h, w), got {size!r}")
+    return tuple(check_count(v, name) for v in hw)
 
 def _spectrum_scale(h, w, decay_power):
     "1 / f^decay_power for the real FFT frequencies of an (h, w) image, with f at least 1/max(h, w)"
@@ -43,7 +55,8 @@ class ImageParam(nn.Module):
     "A batch of images in [0, 1] made from learnable parameters: pixels or a 1/f-scaled spectrum, with decorrelated colour"
     def __init__(self, size, channels=3, batch=1, fft=True, decorrelate=True, valid='sigmoid', sd=0.01, decay_power=1., seed=None, device=None):
         super().__init__()
-        h, w = (size, size) if isinstance(size, int) else size
+        h, w = _hw(size)
+        channels, batch = check_count(channels, 'channels'), check_count(batch, 'batch')
         if valid not in ('sigmoid', 'clamp'): raise ValueError(f"valid must be 'sigmoid' or 'clamp', got {valid!r}")
         if decorrelate and channels != 3: decorrelate = False  # colour statistics are for RGB
         self.shape, self.fft, self.decorrelate, self.valid = (batch, channels, h, w), fft, decorrelate, valid
@@ -58,7 +71,7 @@ class ImageParam(nn.Module):
     @classmethod
     def from_image(cls, image:Tensor, fft=False, decorrelate=False, valid='clamp'):
         "Start from `image` (C, H, W) or (N, C, H, W) in [0, 1] (pixels: exactly; spectrum: through its inverse)"
-        if image.ndim == 3: image = image[None]
+        image = as_images(image, 'image').detach()
         n, c, h, w = image.shape
         p = cls((h, w), c, n, fft=fft, decorrelate=decorrelate, valid=valid, device=image.device)
         with torch.no_grad():
@@ -82,6 +95,11 @@ class ImageParam(nn.Module):
     def __repr__(self): return f"ImageParam({'x'.join(map(str, self.shape))}, {'fft' if self.fft else 'pixels'}{', decorrelated' if self.decorrelate else ''}, {self.valid})"
 
 # %% ../nbs/07_optvis.ipynb #a4b18551
+def _options(v, name):
+    v = list(v) if hasattr(v, '__iter__') else [v]
+    if not v: raise ValueError(f"{name} is empty: give at least one value to draw from")
+    return v
+
 def _choice(options, g):
     return options[int(torch.randint(len(options), (1,), generator=g))]
 
@@ -91,13 +109,16 @@ def pad(width:int, mode='constant', value=0.5):
 
 def jitter(d:int):
     "Crop a random (H-d, W-d) window: a shift of up to `d` pixels"
+    d = check_count(d, 'd', 0)
     def f(x, g):
+        if min(x.shape[-2:]) <= d: raise ValueError(f"jitter({d}) crops {d} pixels from an image of {tuple(x.shape[-2:])}: nothing would be left; render a larger size or jitter less")
         ox, oy = (int(v) for v in torch.randint(d + 1, (2,), generator=g))
         return x[..., oy:x.shape[-2] - d + oy, ox:x.shape[-1] - d + ox]
     return f
 
 def random_scale(scales):
     "Resize by a factor drawn from `scales`"
+    scales = _options(scales, 'scales')
     def f(x, g):
         s = _choice(scales, g)
         return x if s == 1 else F.interpolate(x, scale_factor=s, mode='bilinear', align_corners=False)
@@ -105,6 +126,7 @@ def random_scale(scales):
 
 def random_rotate(angles):
     "Rotate by a number of degrees drawn from `angles`, about the centre"
+    angles = _options(angles, 'angles')
     def f(x, g):
         a = math.radians(_choice(angles, g))
         if a == 0: return x
@@ -166,7 +188,9 @@ def neuron(layer:str, k:int, x=None, y=None, batch=None) -> Objective:
     def f(r):
         a = _channel_of(r, layer, k)
         h, w = a.shape[-2:]
-        return _pick(a[:, h // 2 if y is None else y, w // 2 if x is None else x], batch)
+        i, j = h // 2 if y is None else y, w // 2 if x is None else x
+        if not (0 <= i < h and 0 <= j < w): raise IndexError(f"neuron (x={j}, y={i}) of layer {layer!r}: its maps are {h}x{w} (x in 0..{w - 1}, y in 0..{h - 1})")
+        return _pick(a[:, i, j], batch)
     return Objective(f, f"neuron({layer!r}, {k}, {x}, {y})", [layer])
 
 def layer(name:str, kind='mean', batch=None) -> Objective:
@@ -174,9 +198,16 @@ def layer(name:str, kind='mean', batch=None) -> Objective:
     if kind not in ('mean', 'l2'): raise ValueError(f"kind is 'mean' or 'l2', got {kind!r}")
     return Objective(lambda r: _pick((r[name] if kind == 'mean' else r[name] ** 2).flatten(1).mean(1), batch), f"layer({name!r}, {kind!r})", [name])
 
+_WRAP_SCORES = "wrap the model in an nn.Module whose forward returns the scores (N, classes)"
+
+def _scores(out, fix=_WRAP_SCORES) -> Tensor:
+    "`out` checked as scores (N, classes) by `check_scores`; a model output that is not a tensor gets `fix` (these functions need an nn.Module, not a function)"
+    if not isinstance(out, Tensor): raise TypeError(f"the model's output is {_describe(out)}, not a tensor of scores (N, classes): {fix}")
+    return check_scores(out)
+
 def _output_of(r, k):
     "The model's output, once class `k` is known to be one of its columns"
-    out = r.output
+    out = _scores(r.output, f"select them in an objective of your own, e.g. Objective(lambda r: r.output[0][:, {k}].sum(), 'class {k}'), or {_WRAP_SCORES}")
     if not 0 <= k < out.shape[1]: raise IndexError(f"class {k}: the model has {out.shape[1]} outputs (0 to {out.shape[1] - 1})")
     return out
 
@@ -211,6 +242,7 @@ def diversity(layer:str) -> Objective:
 
 def total_variation(x:Tensor, beta:float|None=None) -> Tensor:
     "Mean |dx| + |dy| over the image `x`, or with `beta` Mahendran & Vedaldi's mean (dx^2 + dy^2)^(beta/2); both differences on one grid"
+    if x.ndim < 2 or min(x.shape[-2:]) < 2: raise ValueError(f"total_variation needs an image (..., H, W) with H, W >= 2, got shape {tuple(x.shape)}")
     dx, dy = x[..., :-1, 1:] - x[..., :-1, :-1], x[..., 1:, :-1] - x[..., :-1, :-1]
     return (dx.abs() + dy.abs()).mean() if beta is None else (dx ** 2 + dy ** 2).pow(beta / 2).mean()
 
@@ -232,7 +264,10 @@ Rendered = namedtuple('Rendered', 'images snapshots history')
 class _Run:
     "One forward pass as objectives see it"
     def __init__(self, rec, image, output): self.rec, self.image, self.output = rec, image, output
-    def __getitem__(self, layer): return self.rec[layer]
+    def __getitem__(self, layer):
+        a = self.rec[layer]
+        if not isinstance(a, Tensor): raise TypeError(f"layer {layer!r} outputs a {type(a).__name__}, not a tensor: objectives read layers with one tensor output; pick a submodule that gives one")
+        return a
 
 @contextmanager
 def frozen(model:nn.Module):
@@ -255,7 +290,7 @@ def generator(seed=None) -> torch.Generator:
 
 def blank_input(model:nn.Module, size, channels:int|None=None) -> Tensor:
     "A zero image (1, C, H, W) on the model's device and dtype, C the channels its first convolution takes: for probing shapes"
-    h, w = (size, size) if isinstance(size, int) else size
+    h, w = _hw(size)
     return torch.zeros(1, channels or input_channels(model) or 3, h, w, device=model_device(model), dtype=model_dtype(model))
 
 def _preprocess(preprocess):
@@ -274,11 +309,39 @@ def check_layers(fm:FlatModel, layers):
     "Raise a clear error for any of `layers` that `fm` does not have"
     for l in layers: fm.name_of(l)
 
+def _keeps_rng(f):
+    "`f`, made to leave torch's global RNG where the call found it when it raises: a refused or interrupted call moves nothing"
+    @functools.wraps(f)
+    def _f(*args, **kwargs):
+        state = torch.get_rng_state()
+        try: return f(*args, **kwargs)
+        except BaseException:
+            torch.set_rng_state(state)
+            raise
+    return _f
+
+def _forward(model, x, image, step):
+    "`model(x)`; an error on the first step says which batch the loop fed the model"
+    try: return model(x)
+    except RuntimeError as e:
+        if step == 1 and hasattr(e, 'add_note'): e.add_note(f"netlens: the model got a batch {tuple(x.shape)} (the image {tuple(image.shape)} after transforms and preprocess): a larger size= or lighter transforms= may fix it")
+        raise
+
+def _scalar(value, objective, step) -> float:
+    "The objective's value as a float: one finite number, else an error naming the objective and the step"
+    if not isinstance(value, Tensor) or value.numel() != 1:
+        got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+        raise TypeError(f"objective {objective.name} must give one number (a scalar tensor), got {got}: reduce it with .sum() or .mean()")
+    v = value.item()
+    if not math.isfinite(v): raise ValueError(f"objective {objective.name} is {v} at step {step}: the image or the model gives NaN or infinity; lower lr, or check the model on this input")
+    return v
+
+@_keeps_rng
 def optimize(model:nn.Module, objective:Objective, param:nn.Module, transforms='standard', preprocess=None, optimizer=None, lr=0.05,
              steps=512, thresholds=None, show_progress=True, seed=None):
     "Maximise `objective` over the images `param()` makes: the loop behind `render` and the dream functions"
     if not isinstance(objective, Objective): raise TypeError(f"objective must be an Objective (channel(...), class_logit(...) ...), got {type(objective).__name__}")
-    if not isinstance(steps, int) or steps < 1: raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    steps = check_count(steps, 'steps')
     fm = FlatModel(model)
     check_layers(fm, objective.layers)
     c_in, c = input_channels(model), param.shape[1] if hasattr(param, 'shape') else None
@@ -291,22 +354,23 @@ def optimize(model:nn.Module, objective:Objective, param:nn.Module, transforms='
     snapshots, history = {}, []
     recording = fm.record(objective.layers, detach=False, clone=True) if objective.layers else nullcontext()
     with frozen(model), recording as rec:
-        for step in progress_bar(range(1, steps + 1), leave=False) if show_progress else range(1, steps + 1):
+        for step in progress(range(1, steps + 1), leave=False, show=show_progress):
             opt.zero_grad()
             if rec is not None: rec.reset()
             image = param()
-            value = objective(_Run(rec, image, model(prep(transform(image, g)))))
+            value = objective(_Run(rec, image, _forward(model, prep(transform(image, g)), image, step)))
+            history.append(_scalar(value, objective, step))
             (-value).backward()
             opt.step()
-            history.append(value.item())
             if step in thresholds:
                 with torch.no_grad(): snapshots[step] = param().detach().clone()
     with torch.no_grad(): images = param().detach()
     return Rendered(images, snapshots, history) if thresholds else images
 
+@_keeps_rng
 def render(model:nn.Module, objective:Objective, param:nn.Module|None=None, size=128, channels:int|None=None, batch=1, transforms='standard',
            preprocess=None, optimizer=None, lr=0.05, steps=512, thresholds=None, show_progress=True, seed=None):
     "Optimise an image batch (batch, channels, size, size) in [0, 1] that maximises `objective` for `model`; `channels`: what its first convolution takes"
-    channels = channels or input_channels(model) or 3
+    channels = check_count(channels, 'channels') if channels is not None else input_channels(model) or 3
     if param is None: param = ImageParam(size, channels, batch, seed=seed, device=model_device(model)).to(dtype=model_dtype(model))
     return optimize(model, objective, param, transforms, preprocess, optimizer, lr, steps, thresholds, show_progress, seed)

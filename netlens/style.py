@@ -6,13 +6,14 @@ Docs: https://netlens.github.io/netlens/style.html.md"""
 
 # %% ../nbs/09_style.ipynb #750d4e30
 from __future__ import annotations
+import math
 from contextlib import contextmanager, nullcontext
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
-from fastprogress.fastprogress import progress_bar
 from .core import *
 from .flat import FlatModel
-from .optvis import frozen, total_variation, _preprocess
+from .adapters import as_images, check_count, progress
+from .optvis import frozen, total_variation, input_channels, _preprocess, _keeps_rng
 
 # %% auto #0
 __all__ = ['PRESETS', 'vgg_layer_names', 'gram', 'style_loss', 'content_loss', 'avg_pooling', 'default_style_model',
@@ -23,6 +24,7 @@ _POOLS = (nn.MaxPool2d, nn.AvgPool2d)
 
 def vgg_layer_names(model:nn.Module) -> dict:
     "VGG-style names -> FlatModel names: `conv{b}_{i}`, `relu{b}_{i}`, `pool{b}` (blocks end at poolings) and `conv_k`, `relu_k`, `pool_k` (k-th of its kind)"
+    if not isinstance(model, nn.Module): raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     names, block, i, last, counts = {}, 1, 0, None, {'conv': 0, 'relu': 0, 'pool': 0}
     for name, m in model.named_modules():
         if not name or next(m.children(), None) is not None: continue
@@ -39,6 +41,8 @@ def vgg_layer_names(model:nn.Module) -> dict:
 # %% ../nbs/09_style.ipynb #3c47cbb7
 def gram(f:Tensor, norm='gatys') -> Tensor:
     "Gram matrices (N, C, C) of features (N, C, H, W): F Fᵀ (`'gatys'`), or divided by C·H·W·N (`'tutorial'`)"
+    if norm not in ('gatys', 'tutorial'): raise ValueError(f"norm is 'gatys' or 'tutorial', got {norm!r}")
+    if f.ndim < 3: raise ValueError(f"features must be (N, C, H, W) (or (N, C, ...)), got shape {tuple(f.shape)}")
     fl = f.flatten(2)
     g = fl @ fl.transpose(1, 2)
     return g if norm == 'gatys' else g / f.numel()
@@ -46,11 +50,13 @@ def gram(f:Tensor, norm='gatys') -> Tensor:
 def style_loss(f:Tensor, target_gram:Tensor, norm='gatys') -> Tensor:
     "Gatys' E = Σ(G - A)² / (4 N² M²) (N channels, M positions), or the tutorial's mean squared error of normalised Grams"
     g = gram(f, norm)
+    if g.shape[1:] != target_gram.shape[-2:]: raise ValueError(f"the features have {f.shape[1]} channels, the target Gram matrix is {tuple(target_gram.shape)}: take both from the same layer")
     if norm == 'gatys': return ((g - target_gram) ** 2).sum() / (4 * f.shape[1] ** 2 * f[0, 0].numel() ** 2) / len(f)
     return F.mse_loss(g, target_gram)
 
 def content_loss(f:Tensor, target:Tensor, norm='gatys') -> Tensor:
     "Gatys' ½ Σ(F - P)², or the tutorial's mean squared error"
+    if f.shape != target.shape: raise ValueError(f"the features are {tuple(f.shape)}, the target {tuple(target.shape)}: take both from the same layer and image size")
     return 0.5 * ((f - target) ** 2).sum() if norm == 'gatys' else F.mse_loss(f, target)
 
 # %% ../nbs/09_style.ipynb #5d59819b
@@ -76,34 +82,37 @@ def avg_pooling(model:nn.Module):
     finally:
         for parent, attr, m in swapped: setattr(parent, attr, m)
 
-def _image(x, name):
-    if not isinstance(x, Tensor): raise TypeError(f"{name} must be a tensor (C, H, W) or (1, C, H, W) in [0, 1], got {type(x).__name__}")
-    if x.ndim == 3: x = x[None]
-    if x.ndim != 4 or len(x) != 1: raise ValueError(f"{name} must be one image (C, H, W) or (1, C, H, W), got shape {tuple(x.shape)}")
-    return x
+def _image(x, name, model):
+    "One image `x` (see `as_images`) as a new contiguous, detached (1, C, H, W) batch on the model's device and dtype"
+    x = as_images(x, name, channels=input_channels(model))
+    if len(x) != 1: raise ValueError(f"{name} must be one image (C, H, W) or (1, C, H, W), got shape {tuple(x.shape)}: pass {name}[i]")
+    return x.detach().to(model_device(model), model_dtype(model)).contiguous()
 
 def default_style_model() -> nn.Module:
     "VGG19's convolutional part with ImageNet weights (a download on first use)"
     import torchvision
     return torchvision.models.vgg19(weights='IMAGENET1K_V1').features.eval()
 
+@_keeps_rng
 def style_transfer(content:Tensor, style:Tensor, model:nn.Module|None=None, preset='gatys', content_layers=None, style_layers=None,
                    style_weight=None, content_weight=None, tv_weight=0., steps=300, optimizer='lbfgs', lr=None, pooling='max',
                    init='content', preprocess='imagenet', show_progress=True, seed=None, return_history=False):
     "Render `content` (C, H, W) in [0, 1] in the style of `style` with a conv backbone (VGG19 by default); see `PRESETS`"
     if preset not in PRESETS: raise unknown_key_error(preset, list(PRESETS), 'preset')
     cfg = PRESETS[preset]
-    content_layers, style_layers = content_layers or cfg['content_layers'], style_layers or cfg['style_layers']
+    as_list = lambda v, d: list(d) if v is None else [v] if isinstance(v, (str, int)) else list(v)
+    content_layers, style_layers = as_list(content_layers, cfg['content_layers']), as_list(style_layers, cfg['style_layers'])
+    if not content_layers and not style_layers: raise ValueError("content_layers and style_layers are both empty: name at least one layer (None takes the preset's)")
     style_weight = cfg['style_weight'] if style_weight is None else style_weight
     content_weight = cfg['content_weight'] if content_weight is None else content_weight
     norm = cfg['norm']
     if optimizer not in ('lbfgs', 'adam'): raise ValueError(f"optimizer is 'lbfgs' or 'adam', got {optimizer!r}")
     if pooling not in ('max', 'avg'): raise ValueError(f"pooling is 'max' or 'avg', got {pooling!r}")
-    if not isinstance(steps, int) or steps < 1: raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    steps = check_count(steps, 'steps')
     model = model if model is not None else default_style_model().to(default_device())
-    squeeze = content.ndim == 3
+    squeeze = not (isinstance(content, Tensor) and content.ndim == 4)   # (C, H, W) in, (C, H, W) out; a PIL image or an array gives (C, H, W)
     dev, dt = model_device(model), model_dtype(model)
-    content, style = _image(content, 'content').to(dev, dt), _image(style, 'style').to(dev, dt)
+    content, style = _image(content, 'content', model), _image(style, 'style', model)
     if content.shape[1] != style.shape[1]: raise ValueError(f"content has {content.shape[1]} channels, style {style.shape[1]}: convert one")
     names = vgg_layer_names(model)
     fm = FlatModel(model)
@@ -120,28 +129,46 @@ def style_transfer(content:Tensor, style:Tensor, model:nn.Module|None=None, pres
         with torch.no_grad():
             targets_c = [t.detach() for t in features(content)[0]]
             targets_s = [gram(t.detach(), norm) for t in features(style)[1]]
-        if isinstance(init, Tensor): start = _image(init, 'init').to(dev, dt)
-        elif init == 'content': start = content
+        if isinstance(init, str) and init == 'content': start = content
         elif init == 'noise': start = torch.rand(content.shape, generator=g).to(dev, dt)
-        else: raise ValueError(f"init is 'content', 'noise' or an image, got {init!r}")
-        x = start.clone().requires_grad_()
+        elif isinstance(init, str): raise ValueError(f"init is 'content', 'noise' or an image, got {init!r}")
+        else:
+            start = _image(init, 'init', model)
+            if start.shape != content.shape: raise ValueError(f"init has shape {tuple(start.shape)}, content {tuple(content.shape)}: the optimised image starts from init, so they must match")
+        x = start.clone(memory_format=torch.contiguous_format).requires_grad_()   # a leaf, contiguous (L-BFGS flattens it with view)
         opt = torch.optim.LBFGS([x], lr=lr or 1., max_iter=20, tolerance_grad=0., tolerance_change=0., line_search_fn='strong_wolfe') if optimizer == 'lbfgs' else torch.optim.Adam([x], lr=lr or 0.02)
-        bar = progress_bar(range(steps), leave=False) if show_progress else None
+        bar = progress(range(steps), leave=False, show=show_progress)
+        ticks = iter(bar)                    # one tick per evaluation of the loss: L-BFGS evaluates several times per step
+        last = {}                            # the image of the last evaluation
+        def losses():
+            fc, fs = features(x)
+            zero = x.new_zeros(())           # no content layers: texture synthesis; no style layers: a reconstruction
+            lc = sum((content_loss(f, t, norm) for f, t in zip(fc, targets_c)), zero) / (max(len(fc), 1) if norm == 'gatys' else 1)
+            ls = sum((style_loss(f, t, norm) for f, t in zip(fs, targets_s)), zero) / (max(len(fs), 1) if norm == 'gatys' else 1)
+            loss = content_weight * lc + style_weight * ls + tv_weight * total_variation(x)
+            for k, v in (('content', lc), ('style', ls), ('total', loss)): history[k].append(v.item())
+            if not math.isfinite(history['total'][-1]): raise ValueError(f"the loss is {history['total'][-1]} at evaluation {len(history['total'])} (content {history['content'][-1]:.3g}, style {history['style'][-1]:.3g}): lower lr or the weights")
+            last['x'] = x.detach().clone()
+            return loss
         def closure():
             with torch.no_grad(): x.clamp_(0, 1)
             opt.zero_grad()
-            fc, fs = features(x)
-            lc = sum(content_loss(f, t, norm) for f, t in zip(fc, targets_c)) / (len(fc) if norm == 'gatys' else 1)
-            ls = sum(style_loss(f, t, norm) for f, t in zip(fs, targets_s)) / (len(fs) if norm == 'gatys' else 1)
-            loss = content_weight * lc + style_weight * ls + tv_weight * total_variation(x)
+            loss = losses()
             loss.backward()
-            for k, v in (('content', lc), ('style', ls), ('total', loss)): history[k].append(v.item())
-            if bar is not None: bar.update(min(len(history['total']), steps))
+            next(ticks, None)
             return loss
-        while len(history['total']) < steps:
-            n = len(history['total'])
-            opt.step(closure)
-            if len(history['total']) == n + 1 and optimizer == 'lbfgs': break   # L-BFGS found nothing more to do
-    with torch.no_grad(): out = x.detach().clamp(0, 1)
+        try:
+            while len(history['total']) < steps:
+                n = len(history['total'])
+                if optimizer == 'lbfgs': opt.param_groups[0]['max_eval'] = steps - n   # one step() evaluates up to 25 times: stop at `steps`
+                opt.step(closure)
+                if len(history['total']) == n + 1 and optimizer == 'lbfgs': break   # L-BFGS found nothing more to do
+        finally:
+            for b in (ticks, bar): getattr(b, 'close', lambda: None)()          # a bar stopped early still ends its line
+        with torch.no_grad():
+            x.clamp_(0, 1)
+            # Adam's last update and L-BFGS's rejected line-search trials leave the last evaluation elsewhere: the history ends with the returned image
+            if not torch.equal(x, last['x']): losses()
+    out = x.detach().clone()
     out = out[0] if squeeze else out
     return (out, history) if return_history else out

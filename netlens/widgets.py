@@ -7,14 +7,15 @@ Docs: https://netlens.github.io/netlens/widgets.html.md"""
 # %% ../nbs/13_widgets.ipynb #45ee1a3a
 from __future__ import annotations
 import io
-import torch, torch.nn as nn
+import numpy as np, torch, torch.nn as nn
 import ipywidgets as W
 import matplotlib.pyplot as plt
 from .core import *
 from .flat import FlatModel
 from .attribution import (saliency, guided_backprop, smooth_grad, integrated_gradients, cam, guided_grad_cam,
                                  occlusion, show_attribution)
-from .optvis import render, channel, input_channels, blank_input
+from .adapters import as_images, check_batch, check_count
+from .optvis import render, channel, input_channels, blank_input, _hw, _scores
 
 # %% auto #0
 __all__ = ['LAYER_METHODS', 'fig_to_png', 'AttributionExplorer', 'ChannelExplorer']
@@ -31,26 +32,47 @@ def _map_layers(fm, x):
     "Layers that run once and output a map (N, C, h, w) with more than one position for example input `x`, in definition order"
     return [n for n, s in fm.output_shapes(x).items() if len(s) == 1 and isinstance(s[0], tuple) and len(s[0]) == 4 and s[0][2] * s[0][3] > 1]
 
+def _explorer_input(x, model, denorm) -> torch.Tensor:
+    "One input (1, C, H, W), detached, contiguous, on the model's device and dtype: an image in [0, 1] (see `as_images`), or with `denorm` a normalised image"
+    c = input_channels(model)
+    if denorm:
+        x = check_batch(x[None] if isinstance(x, torch.Tensor) and x.ndim == 3 else x, 'x', ndim=4, what='an image (C, H, W) or (1, C, H, W)')
+        if c is not None and x.shape[1] != c: raise ValueError(f"x has {x.shape[1]} channels, the model takes {c}")
+    else:
+        try: x = as_images(x, 'x', channels=c)
+        except ValueError as e:
+            if 'in [0, 1]' in str(e): raise ValueError(f"{e}; or, if the model takes normalised input, pass denorm=True") from None
+            raise
+    if len(x) != 1: raise ValueError(f"the explorer shows one image (1, C, H, W), got shape {tuple(x.shape)}: pass x[i:i+1]")
+    return x.detach().to(model_device(model), model_dtype(model)).contiguous()
+
+def _class_index(target, n:int) -> int:
+    "`target` as a class index in 0..n-1, else an error naming it"
+    if isinstance(target, torch.Tensor) and target.numel() == 1 and not target.is_floating_point(): target = target.item()
+    if isinstance(target, bool) or not isinstance(target, (int, np.integer)): raise TypeError(f"target must be a class index (an int), got {target!r}")
+    if not 0 <= target < n: raise IndexError(f"target {target} is out of range: the model has {n} classes (0 to {n - 1})")
+    return int(target)
+
 LAYER_METHODS = ('gradcam', 'gradcam++', 'xgradcam', 'layercam', 'guided gradcam')
 
 class AttributionExplorer:
     "Widgets to explore attributions of one image `x` (1,C,H,W) for `model`: method, layer, channel and target class"
     methods = ('saliency', 'guided backprop', 'smoothgrad', 'integrated gradients', 'occlusion') + LAYER_METHODS
     def __init__(self, model:nn.Module, x:torch.Tensor, target=None, layers=None, denorm=False, occlusion_window=None, n_samples=16):
-        if x.ndim == 3: x = x[None]
-        if x.ndim != 4 or len(x) != 1: raise ValueError(f"the explorer shows one image (1, C, H, W), got shape {tuple(x.shape)}")
-        self.model, self.x, self.denorm, self.n_samples = model, x, denorm, n_samples
+        x = _explorer_input(x, model, denorm)
+        self.model, self.x, self.denorm, self.n_samples = model, x, denorm, check_count(n_samples, 'n_samples')
         self.fm = FlatModel(model)
-        with torch.no_grad(), eval_mode(model): scores = model(x)
+        with torch.no_grad(), eval_mode(model): scores = _scores(model(x))
         self.n_classes = scores.shape[1]
-        layers = list(layers) if layers is not None else _map_layers(self.fm, x)
+        target = int(scores.argmax(1)) if target is None else _class_index(target, self.n_classes)
+        layers = [self.fm.name_of(l) for l in layers] if layers is not None else _map_layers(self.fm, x)
         if not layers: raise ValueError("the model has no layer with a (N, C, h, w) output: pass layers=")
         c, h, w = x.shape[1:]
         self.occlusion_window = occlusion_window or (c, max(1, h // 8), max(1, w // 8))
         self.method = W.Dropdown(options=self.methods, value='gradcam', description='method')
         self.layer = W.Dropdown(options=layers, value=layers[-1], description='layer')
         self.channel = W.IntSlider(min=-1, max=0, value=-1, description='channel', continuous_update=False)
-        self.target = W.BoundedIntText(min=0, max=self.n_classes - 1, value=int(scores.argmax(1)) if target is None else int(target), description='class')
+        self.target = W.BoundedIntText(min=0, max=self.n_classes - 1, value=target, description='class')
         self.sign = W.Dropdown(options=['absolute', 'positive', 'negative', 'all'], value='positive', description='sign')
         self.image = W.Image(format='png')
         self._set_channels()
@@ -97,11 +119,11 @@ class AttributionExplorer:
 class ChannelExplorer:
     "Widgets to see what channel k of a layer looks for: a layer dropdown, a channel slider and the rendered image"
     def __init__(self, model:nn.Module, layers=None, size=64, channels:int|None=None, steps=64, seed=0, **render_kwargs):
-        self.model, self.size, self.steps, self.seed, self.render_kwargs = model, size, steps, seed, render_kwargs
-        self.channels = channels or input_channels(model) or 3
+        self.model, self.size, self.steps, self.seed, self.render_kwargs = model, _hw(size), check_count(steps, 'steps'), seed, render_kwargs
+        self.channels = check_count(channels, 'channels') if channels is not None else input_channels(model) or 3
         self.fm = FlatModel(model)
         self._probe = blank_input(model, size, self.channels)
-        with eval_mode(model): layers = list(layers) if layers is not None else _map_layers(self.fm, self._probe)
+        with eval_mode(model): layers = [self.fm.name_of(l) for l in layers] if layers is not None else _map_layers(self.fm, self._probe)
         if not layers: raise ValueError("the model has no layer with a (N, C, h, w) output: pass layers=")
         self.layer = W.Dropdown(options=layers, value=layers[0], description='layer')
         self.channel = W.IntSlider(min=0, max=0, value=0, description='channel', continuous_update=False)

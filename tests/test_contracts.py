@@ -105,7 +105,7 @@ ENTRIES = [
           extra=[('window larger than x', lambda: A.occlusion(MODEL, X, TARGET, window=(1, 64, 64), stride=(1, 8, 8)), ['window']),
                  ('batch_size 0', lambda: A.occlusion(MODEL, X, TARGET, window=(1, 8, 8), stride=(1, 8, 8), batch_size=0), ['batch_size'])]),
     Entry('AttributionExplorer', lambda m, x, p='': W.AttributionExplorer(m, x, target=int(TARGET[0])).attr, kind='batch', x=X[:1], per_example=False,
-          extra=[('target out of range', lambda: W.AttributionExplorer(MODEL, X, target=12), ['target'])]),
+          extra=[('target out of range', lambda: W.AttributionExplorer(MODEL, X[:1], target=12), ['target'])]),
     Entry('log_forward_pass', lambda m, x, p='': T.log_forward_pass(m, x).output.detach(), kind='batch', scores=False, finite_only=False, empty_ok=True,
           extra=[('layers_to_save out of range', lambda: T.log_forward_pass(MODEL, X, layers_to_save=[9999]), ['9999']),
                  ('unknown layer to save', lambda: T.log_forward_pass(MODEL, X, layers_to_save=['bogus']), ['bogus'])]),
