@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 from torchvision.transforms.v2 import functional as TF
-from fastprogress.fastprogress import progress_bar
 from .core import *
+from .adapters import check_count, check_scores, progress
 
 # %% auto #0
 __all__ = ['DIGITS_SPLITS', 'DIGITS_WEIGHTS', 'SAMPLE_IMAGES', 'digits_data', 'digits_loader', 'ResBlock', 'DigitsCNN',
@@ -36,14 +36,14 @@ def _digits(size):
 def digits_data(split='train', size=32) -> tuple[torch.Tensor, torch.Tensor]:
     "Images (N,1,`size`,`size`) in [0, 1] and labels (N,) of the digits `split`: 'train', 'test' or 'all'"
     if split not in DIGITS_SPLITS: raise unknown_key_error(split, DIGITS_SPLITS, 'split')
-    x, y, idx = _digits(size)
+    x, y, idx = _digits(check_count(size, 'size'))
     return x[idx[split]], y[idx[split]]
 
 def digits_loader(split='train', batch_size=64, shuffle=None, size=32, seed=0) -> DataLoader:
     "A `DataLoader` over the digits `split`; shuffled (reproducibly, by `seed`) for 'train' unless `shuffle` says otherwise"
     if shuffle is None: shuffle = split == 'train'
     x, y = digits_data(split, size)
-    return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=shuffle,
+    return DataLoader(TensorDataset(x, y), batch_size=check_count(batch_size, 'batch_size'), shuffle=shuffle,
                       generator=torch.Generator().manual_seed(seed) if shuffle else None)
 
 # %% ../nbs/01_data.ipynb #372e7584
@@ -88,15 +88,15 @@ def _jitter(x, g):
                          torch.stack([s * ang.sin(), s * ang.cos(), ty], 1)], 1)
     return F.grid_sample(x, F.affine_grid(theta, list(x.shape), align_corners=False), align_corners=False)
 
-def accuracy(model:nn.Module, loader:DataLoader) -> float:
-    "Fraction of examples in `loader` that `model` classifies correctly (evaluated in eval mode, mode restored)"
-    was_training, dev = model.training, model_device(model)
-    model.eval()
-    try:
-        with torch.no_grad():
-            hits = [(model(xb.to(dev)).argmax(1).cpu() == yb).sum().item() for xb, yb in loader]
-    finally: model.train(was_training)
-    return sum(hits) / len(loader.dataset)
+def accuracy(model:nn.Module, loader) -> float:
+    "Fraction of the examples in `loader` (any iterable of `(x, y)` batches) that `model` classifies correctly, in eval mode (each module's flag restored)"
+    dev, hits, n = model_device(model), 0, 0
+    with torch.no_grad(), eval_mode(model):
+        for xb, yb in loader:
+            hits += (check_scores(model(xb.to(dev)), len(xb)).argmax(1).cpu() == yb).sum().item()
+            n += len(yb)
+    if n == 0: raise ValueError("loader gave no examples")
+    return hits / n
 
 def train_digits_cnn(seed=0, epochs=12, lr=4e-3, batch_size=64, show_progress=True) -> DigitsCNN:
     "Train a `DigitsCNN` on the digits training split; deterministic for a given `seed`; returned in eval mode"
@@ -104,12 +104,13 @@ def train_digits_cnn(seed=0, epochs=12, lr=4e-3, batch_size=64, show_progress=Tr
         prev_det = torch.are_deterministic_algorithms_enabled()
         torch.use_deterministic_algorithms(True, warn_only=True)
         try:
+            epochs, batch_size = check_count(epochs, 'epochs'), check_count(batch_size, 'batch_size')
             model, g = DigitsCNN(), torch.Generator().manual_seed(seed)
             x, y = digits_data('train')
             steps = epochs * -(-len(x) // batch_size)
             opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
             sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
-            for _ in (progress_bar(range(epochs)) if show_progress else range(epochs)):
+            for _ in progress(range(epochs), show=show_progress):
                 model.train()
                 for idx in torch.randperm(len(x), generator=g).split(batch_size):
                     loss = F.cross_entropy(model(_jitter(x[idx], g)), y[idx])

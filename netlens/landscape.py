@@ -7,36 +7,46 @@ Docs: https://netlens.github.io/netlens/landscape.html.md"""
 # %% ../nbs/11_landscape.ipynb #bf595ad0
 from __future__ import annotations
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 import numpy as np, torch, torch.nn as nn
 from torch import Tensor
 import matplotlib.pyplot as plt
-from fastprogress.fastprogress import progress_bar
 from .core import *
+from .adapters import check_batch, check_count, check_scores, progress
 
 # %% auto #0
 __all__ = ['dataset_loss', 'normalize_direction', 'random_direction', 'direction_to', 'landscape1d', 'landscape2d',
            'plot_landscape', 'fourier_basis', 'conjugate', 'fourier_map', 'plot_fourier_map']
 
 # %% ../nbs/11_landscape.ipynb #2b65c5e7
-def _batches(data, device):
-    "Batches `(x, y)` of `data` (one batch, or an iterable of batches) on `device`"
+def _batches(data, device=None, dtype=None):
+    "Batches `(x, y)` of `data` (one batch, or an iterable of batches): `x` checked (a non-empty batch of finite floats), on `device` in `dtype`"
     if isinstance(data, (tuple, list)) and len(data) >= 2 and isinstance(data[0], Tensor): data = [data]
     elif not isinstance(data, Iterable): raise TypeError(f"data must be a batch (x, y) or an iterable of batches such as a DataLoader, not {type(data).__name__}")
-    for b in data:
+    for i, b in enumerate(data):
         if not (isinstance(b, (tuple, list)) and len(b) >= 2): raise TypeError(f"each batch must be (x, y, ...), got {type(b).__name__}")
-        yield b[0].to(device), b[1].to(device)
+        x = check_batch(b[0], f"data (batch {i}, x)")
+        y = b[1].to(device) if isinstance(b[1], Tensor) else b[1]
+        yield x.to(device=device, dtype=dtype), y
 
-def _check_x(x):
-    if not x.is_floating_point(): raise TypeError(f"inputs must be floating point, got {x.dtype}: convert them, e.g. x.float() / 255")
+def _reusable(data):
+    "`data` if it can be read again (a batch, a list, a DataLoader); a one-shot iterator (a generator, `map`) is read once into a list"
+    return list(data) if isinstance(data, Iterator) else data
+
+def _describe(out):
+    return f"a dict with keys {list(out)}" if isinstance(out, dict) else f"a {type(out).__name__}"
 
 def dataset_loss(model:nn.Module, data, loss_fn) -> Tensor:
-    "Mean of `loss_fn(model(x), y)` over the batches of `data`, weighted by batch size (0-dim tensor)"
+    "Mean of `loss_fn(model(x), y)` over the batches of `data`, weighted by batch size (0-dim tensor); inputs in the model's dtype"
     losses, sizes = [], []
-    for x, y in _batches(data, model_device(model)):
-        _check_x(x)
-        l = loss_fn(model(x), y)
+    for x, y in _batches(data, model_device(model), model_dtype(model)):
+        out = model(x)
+        try: l = loss_fn(out, y)
+        except (TypeError, AttributeError) as e:
+            if isinstance(out, Tensor): raise
+            sel = "out['logits']" if isinstance(out, dict) else 'out[0]'
+            raise TypeError(f"loss_fn failed on the model's output, {_describe(out)}: make it select the scores, e.g. lambda out, y: F.cross_entropy({sel}, y)") from e
         if not isinstance(l, Tensor) or l.dim() != 0:
             raise ValueError(f"loss_fn must return a scalar (mean over the batch), got {getattr(l, 'shape', type(l))}: use reduction='mean'")
         losses.append(l); sizes.append(len(x))
@@ -70,9 +80,13 @@ def normalize_direction(direction:list[Tensor], model:nn.Module, normalize='filt
     return out
 
 def _check_direction(direction, ps):
+    if isinstance(direction, Tensor) or not all(isinstance(d, Tensor) for d in direction):
+        raise TypeError("a direction is a list of tensors, one per parameter of the model (as random_direction returns)")
     if len(direction) != len(ps) or any(d.shape != p.shape for d, p in zip(direction, ps)):
         raise ValueError(f"a direction is one tensor per parameter, shaped like it: the model has {len(ps)} parameters, the direction {len(direction)} tensors"
                          + ("" if len(direction) != len(ps) else ", and some shapes differ"))
+    bad = [i for i, d in enumerate(direction) if not torch.isfinite(d).all()]
+    if bad: raise ValueError(f"the direction holds NaN or infinite values (tensors {bad[:5]}): every loss along it would be NaN")
 
 def random_direction(model:nn.Module, normalize='filter', ignore='biasbn', seed=None) -> list[Tensor]:
     "A random Gaussian direction in `model`'s parameter space, normalised by `normalize_direction`; reproducible with `seed`"
@@ -89,8 +103,8 @@ def direction_to(model:nn.Module, other:nn.Module) -> list[Tensor]:
 # %% ../nbs/11_landscape.ipynb #3a62c734
 def _grid(lo_hi, step) -> Tensor:
     lo, hi = lo_hi
-    if step is None or step <= 0: raise ValueError(f"step_size must be positive, got {step}")
-    if not lo < hi: raise ValueError(f"a range is (low, high) with low < high, got {lo_hi}")
+    if step is None or not 0 < step < math.inf: raise ValueError(f"step_size must be positive, got {step}")
+    if not -math.inf < lo < hi < math.inf: raise ValueError(f"a range is (low, high) with finite low < high, got {lo_hi}")
     n = int(math.floor((hi - lo) / step + 1e-9)) + 1
     c = lo + step * torch.arange(n, dtype=torch.float64)
     c[c.abs() < step * 1e-9] = 0.  # the centre is exactly 0
@@ -98,6 +112,7 @@ def _grid(lo_hi, step) -> Tensor:
 
 def _landscape(model, data, loss_fn, dirs, coords, train, show_progress):
     ps = _params(model)
+    data = _reusable(data)                                  # read at every grid point
     for d in dirs: _check_direction(d, ps)
     dirs = [[t.detach().to(p.device, p.dtype) for t, p in zip(d, ps)] for d in dirs]
     bufs = [b for b in model.buffers()]
@@ -105,7 +120,7 @@ def _landscape(model, data, loss_fn, dirs, coords, train, show_progress):
     losses, row_a, row = [], None, None
     try:
         with torch.no_grad(), (nullcontext() if train else eval_mode(model)):
-            for c in (progress_bar(coords) if show_progress else coords):
+            for c in progress(coords, show=show_progress):
                 if len(c) == 2 and c[0] != row_a:           # 2d, row by row: θ0 + a·d1 once per row, then + b·d2 per point
                     row_a = c[0]
                     row = orig_p if row_a == 0 else [torch.add(p0, d, alpha=row_a) for p0, d in zip(orig_p, dirs[0])]
@@ -171,7 +186,10 @@ def plot_landscape(*result, log=False, levels=20, cmap='viridis', title=None, fi
 # %% ../nbs/11_landscape.ipynb #b0a28939
 def fourier_basis(h:int, w:int, freqs, dtype=torch.float32, device=None) -> Tensor:
     "Unit-norm real plane waves `U(i,j)` of size (h, w) for each `(i, j)` in `freqs`: shape (len(freqs), h, w)"
-    f = torch.as_tensor(freqs, dtype=torch.float64).view(-1, 2)
+    h, w = check_count(h, 'h'), check_count(w, 'w')
+    f = torch.as_tensor(freqs, dtype=torch.float64)
+    if f.numel() and f.shape[-1:] != (2,): raise ValueError(f"freqs must be (i, j) pairs, got shape {tuple(f.shape)}")
+    f = f.view(-1, 2)
     yy = torch.arange(h, dtype=torch.float64).view(1, h, 1)
     xx = torch.arange(w, dtype=torch.float64).view(1, 1, w)
     u = torch.cos(2 * math.pi * (f[:, 0].view(-1, 1, 1) * yy / h + f[:, 1].view(-1, 1, 1) * xx / w))
@@ -179,28 +197,43 @@ def fourier_basis(h:int, w:int, freqs, dtype=torch.float32, device=None) -> Tens
 
 def conjugate(i:int, j:int, h:int, w:int) -> tuple[int, int]:
     "Index of the frequency conjugate to `(i, j)` in an unshifted (h, w) spectrum"
-    return (-i) % h, (-j) % w
+    return (-i) % check_count(h, 'h'), (-j) % check_count(w, 'w')
 
 # %% ../nbs/11_landscape.ipynb #3f828fd2
 def _metric_values(metric, out, y, k):
     "Per-basis mean of `metric` over the n examples of each of the k perturbed copies in `out` (k*n, ...)"
+    name = "fourier_map: the model's output"
+    if metric == 'error': out = check_scores(out, k * len(y), name)
+    elif not isinstance(out, Tensor): check_scores(out, name=name)      # says what the model returned and how to select the scores
+    elif len(out) != k * len(y): raise ValueError(f"{name} has {len(out)} rows for {k * len(y)} images: the model must return one row per image")
     out = out.view(k, -1, *out.shape[1:])
     if metric == 'error': return (out.argmax(-1) != y).float().mean(1)
     vals = [metric(o, y) for o in out]
     if any(not isinstance(v, Tensor) or v.dim() != 0 for v in vals): raise ValueError("metric must return a scalar (mean over the batch)")
-    return torch.stack(vals).float()
+    vals = torch.stack(vals).float()
+    if not torch.isfinite(vals).all(): raise ValueError("metric returned NaN or infinity on a perturbed batch: check the metric and the model's outputs")
+    return vals
+
+def _check_images(batches, metric):
+    for i, (x, y) in enumerate(batches):
+        if x.ndim != 4: raise ValueError(f"fourier_map needs images (N, C, H, W), got shape {tuple(x.shape)}")
+        if x.shape[-2:] != batches[0][0].shape[-2:]: raise ValueError(f"every image must be {tuple(batches[0][0].shape[-2:])} as in the first batch, batch {i} holds {tuple(x.shape[-2:])}: resize them first")
+        if metric == 'error' and not (isinstance(y, Tensor) and y.shape == (len(x),) and not y.is_floating_point()):
+            raise ValueError(f"metric='error' needs class indices y of shape ({len(x)},), got {getattr(y, 'dtype', type(y).__name__)} {tuple(getattr(y, 'shape', ()))}: pass labels, or a metric function of (outputs, y)")
 
 def fourier_map(model:nn.Module, data, metric='error', norm=4., random_sign=True, max_freq=None, batch_size=2048,
                 seed=0, train=False, show_progress=True) -> Tensor:
     "Error (or `metric(outputs, y)`) under a perturbation of L2 norm `norm` along each Fourier basis image: an (H, W) map, centred"
     if metric != 'error' and not callable(metric): raise ValueError(f"metric must be 'error' or a callable (outputs, y) -> scalar, got {metric!r}")
-    if norm <= 0: raise ValueError(f"norm must be positive, got {norm}")
-    dev = model_device(model)
-    batches = list(_batches(data, dev))
+    if isinstance(norm, bool) or not isinstance(norm, (int, float)) or not 0 < norm < math.inf: raise ValueError(f"norm must be a positive number, got {norm!r}")
+    batch_size = check_count(batch_size, 'batch_size')
+    if max_freq is not None: max_freq = check_count(max_freq, 'max_freq', low=0)
+    module = model if isinstance(model, nn.Module) else None
+    if module is None and not callable(model): raise TypeError(f"model must be a torch.nn.Module or a function of x returning scores, got {type(model).__name__}")
+    dev, dt = (model_device(module), model_dtype(module)) if module is not None else (None, None)
+    batches = list(_batches(data, dev, dt))
     if not batches: raise ValueError("data yielded no batches: pass a non-empty batch or loader")
-    for x, _ in batches:
-        _check_x(x)
-        if x.ndim != 4: raise ValueError(f"fourier_map needs images (N, C, H, W), got shape {tuple(x.shape)}")
+    _check_images(batches, metric)
     h, w = batches[0][0].shape[-2:]
     signed = lambda i, n: i if i <= n // 2 else i - n
     todo = [(i, j) for i in range(h) for j in range(w) if (i, j) <= conjugate(i, j, h, w)
@@ -210,15 +243,14 @@ def fourier_map(model:nn.Module, data, metric='error', norm=4., random_sign=True
              else torch.ones(len(todo), len(x), x.shape[1], 1, 1) for x, _ in batches]
     total = torch.zeros(len(todo), dtype=torch.float64)
     n = sum(len(x) for x, _ in batches)
-    with torch.no_grad(), (nullcontext() if train else eval_mode(model)):
-        for (x, y), sg in zip(batches, signs):
-            k = max(1, batch_size // len(x))
-            chunks = range(0, len(todo), k)
-            for s in (progress_bar(chunks) if show_progress else chunks):
-                U = fourier_basis(h, w, todo[s:s + k], x.dtype, dev)                              # (k, H, W)
-                xp = x + norm * sg[s:s + k].to(dev, x.dtype) * U[:, None, None]                    # (k, n, C, H, W)
-                vals = _metric_values(metric, model(xp.flatten(0, 1)), y, len(U))
-                total[s:s + k] += vals.double().cpu() * len(x)
+    work = [(b, s, k) for b, (x, _) in enumerate(batches) for k in [max(1, batch_size // len(x))] for s in range(0, len(todo), k)]
+    with torch.no_grad(), (nullcontext() if train or module is None else eval_mode(module)):
+        for b, s, k in progress(work, show=show_progress):
+            (x, y), sg = batches[b], signs[b]
+            U = fourier_basis(h, w, todo[s:s + k], x.dtype, x.device)                             # (k, H, W)
+            xp = x + norm * sg[s:s + k].to(x.device, x.dtype) * U[:, None, None]                  # (k, n, C, H, W)
+            vals = _metric_values(metric, model(xp.flatten(0, 1)), y, len(U))
+            total[s:s + k] += vals.double().cpu() * len(x)
     m = torch.full((h, w), float('nan'), dtype=torch.float64)
     for (i, j), v in zip(todo, (total / n).tolist()):
         m[i, j] = m[conjugate(i, j, h, w)] = v
@@ -228,6 +260,7 @@ def fourier_map(model:nn.Module, data, metric='error', norm=4., random_sign=True
 def plot_fourier_map(m:Tensor, ax=None, cmap='viridis', title='Fourier heat map', colorbar=True):
     "Draw a centred `fourier_map` (NaN where not computed is left blank, cropped away); returns the axis"
     if ax is None: _, ax = plt.subplots(figsize=(4.2, 3.6))
+    if not isinstance(m, Tensor) or m.ndim != 2: raise ValueError(f"m must be a map (H, W) from fourier_map, got {tuple(getattr(m, 'shape', ())) or type(m).__name__}")
     a = m.detach().cpu().float().numpy()
     h, w = a.shape
     fy, fx = np.arange(h) - h // 2, np.arange(w) - w // 2

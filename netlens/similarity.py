@@ -6,48 +6,56 @@ Docs: https://netlens.github.io/netlens/similarity.html.md"""
 
 # %% ../nbs/10_similarity.ipynb #78ec503e
 from __future__ import annotations
-import json, warnings
+import itertools, json, warnings
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
 import matplotlib.pyplot as plt
-from fastprogress.fastprogress import progress_bar
 from .core import *
-from .flat import FlatModel
+from .adapters import check_tensor, check_finite, check_count, progress
+from .flat import FlatModel, _split_call
 
 # %% auto #0
-__all__ = ['REDUCTIONS', 'MEASURES', 'DISTANCES', 'as_features', 'linear_cka', 'rbf_gram', 'kernel_cka', 'u_center',
-           'unbiased_hsic', 'unbiased_cka', 'cca', 'svcca', 'pwcca', 'procrustes', 'angular_procrustes', 'dcka', 'rsa',
-           'distance_correlation', 'mutual_knn', 'cknna', 'regression_r2', 'SimilarityResult', 'batch_input',
-           'compare_models', 'layer_similarity']
+__all__ = ['REDUCTIONS', 'MEASURES', 'DISTANCES', 'MEASURE_ALIASES', 'as_features', 'linear_cka', 'rbf_gram', 'kernel_cka',
+           'u_center', 'unbiased_hsic', 'unbiased_cka', 'cca', 'svcca', 'pwcca', 'procrustes', 'angular_procrustes',
+           'dcka', 'rsa', 'distance_correlation', 'mutual_knn', 'cknna', 'regression_r2', 'SimilarityResult',
+           'batch_input', 'compare_models', 'layer_similarity']
 
 # %% ../nbs/10_similarity.ipynb #4a4aa0af
 REDUCTIONS = ('flatten', 'avgpool', 'mean', 'positions')
 
-def as_features(x:Tensor, reduce='flatten', size=None) -> Tensor:
-    "Activations `x` (n, ...) as features (m, p) by `reduce`: 'flatten', 'avgpool' (to `size` x `size`), 'mean' or 'positions'"
+def as_features(x:Tensor, reduce='flatten', size=None, name='x') -> Tensor:
+    "Activations `x` (n, ...) as features (m, p) by `reduce`: 'flatten', 'avgpool' (to `size` x `size`), 'mean' or 'positions'; integers become float32"
+    x = check_tensor(x, name)
     if reduce not in REDUCTIONS: raise unknown_key_error(reduce, REDUCTIONS, 'reduction')
-    if x.ndim < 2: raise ValueError(f"activations must be (n, ...) with one row per example, got shape {tuple(x.shape)}")
+    if x.ndim < 2:
+        hint = f": for one feature per example use {name}[:, None]" if name.isidentifier() else ""
+        raise ValueError(f"{name} must be (n, ...) with one row per example, got shape {tuple(x.shape)}{hint}")
+    if not x.is_floating_point(): x = x.float()                     # counts, token ids, bool masks: pooling and sums need floats
     if x.ndim == 2: return x
     if reduce == 'flatten': return x.flatten(1)
     if reduce == 'avgpool':
         if x.ndim != 4 or size is None: raise ValueError(f"reduce='avgpool' needs conv maps (n, C, H, W) and size=, got shape {tuple(x.shape)}, size={size}")
-        return F.adaptive_avg_pool2d(x, size).flatten(1)
+        return F.adaptive_avg_pool2d(x, check_count(size, 'size')).flatten(1)
     maps = x.ndim == 4                                               # (n, C, H, W); otherwise tokens (n, T, D)
     if reduce == 'mean': return x.flatten(2).mean(2) if maps else x.mean(1)
     return x.flatten(2).transpose(1, 2).reshape(-1, x.shape[1]) if maps else x.reshape(-1, x.shape[-1])
 
-def _pair(X, Y, min_n=2):
-    "Both as centred 2-D floating features with the same number of examples"
-    X, Y = [as_features(t) for t in (X, Y)]
-    if X.shape[0] != Y.shape[0]: raise ValueError(f"X and Y must hold the same examples: {X.shape[0]} rows vs {Y.shape[0]}")
+def _as_pair(X, Y, min_n=2, names=('X', 'Y')):
+    "Both as finite 2-D features of the same `min_n`+ examples, in one floating dtype (float32 at least: float16 sums of squares overflow), on `X`'s device"
+    X, Y = [as_features(t, name=nm) for t, nm in zip((X, Y), names)]
+    if X.shape[0] != Y.shape[0]: raise ValueError(f"{names[0]} and {names[1]} must hold the same examples: {X.shape[0]} rows vs {Y.shape[0]}")
     if X.shape[0] < min_n: raise ValueError(f"need at least {min_n} examples, got {X.shape[0]}")
-    for nm, t in (('X', X), ('Y', Y)):
-        if t.shape[1] == 0: raise ValueError(f"{nm} has no features")
-        if not torch.isfinite(t).all(): raise ValueError(f"{nm} contains NaN or Inf")
+    for nm, t in zip(names, (X, Y)):
+        if t.shape[1] == 0: raise ValueError(f"{nm} has no features (shape {tuple(t.shape)})")
+        check_finite(t, nm)
     dt = torch.promote_types(torch.promote_types(X.dtype, Y.dtype), torch.float32)
-    X, Y = X.to(dt), Y.to(Y.device if X.device == Y.device else X.device, dt)
+    return X.to(dt), Y.to(X.device, dt)
+
+def _pair(X, Y, min_n=2, names=('X', 'Y')):
+    "Both as centred features (`_as_pair`)"
+    X, Y = _as_pair(X, Y, min_n, names)
     return X - X.mean(0), Y - Y.mean(0)
 
 # %% ../nbs/10_similarity.ipynb #a7ec8323
@@ -75,21 +83,32 @@ def _median(t):
     m = len(v) // 2
     return v[m] if len(v) % 2 else (v[m - 1] + v[m]) / 2
 
-def rbf_gram(X:Tensor, sigma=None, threshold=1.0) -> Tensor:
-    "RBF gram `exp(-‖xi − xj‖² / (2σ²))`, σ = `threshold` · sqrt(median squared distance) unless `sigma` is given"
+def _rbf(X, sigma, threshold, name):
+    if sigma is not None and not sigma > 0: raise ValueError(f"sigma must be positive, got {sigma!r}")
+    if not threshold > 0: raise ValueError(f"threshold must be positive, got {threshold!r}")
     sq = torch.cdist(X, X).pow(2)
     s2 = sigma ** 2 if sigma is not None else threshold ** 2 * _median(sq)
-    if s2 <= 0: raise _no_variance('X')
+    if s2 <= 0:
+        if sq.max() == 0: raise _no_variance(name)
+        raise ValueError(f"the median distance between the examples of {name} is 0 (most of them are identical): pass sigma= for the RBF bandwidth")
     return torch.exp(-sq / (2 * s2))
+
+def rbf_gram(X:Tensor, sigma=None, threshold=1.0) -> Tensor:
+    "RBF gram `exp(-‖xi − xj‖² / (2σ²))`, σ = `threshold` · sqrt(median squared distance) unless `sigma` is given"
+    X = as_features(X, name='X')
+    return _rbf(check_finite(X.to(torch.promote_types(X.dtype, torch.float32)), 'X'), sigma, threshold, 'X')
 
 def kernel_cka(X:Tensor, Y:Tensor, sigma=None, threshold=1.0) -> Tensor:
     "CKA with RBF kernels (bandwidth as `rbf_gram`)"
     X, Y = _pair(X, Y)
-    K, L = _center_gram(rbf_gram(X, sigma, threshold)), _center_gram(rbf_gram(Y, sigma, threshold))
+    K, L = _center_gram(_rbf(X, sigma, threshold, 'X')), _center_gram(_rbf(Y, sigma, threshold, 'Y'))
     return _ratio((K * L).sum(), (K * K).sum(), (L * L).sum())
 
 def u_center(K:Tensor) -> Tensor:
     "U-centred gram (Song et al. 2012): zero diagonal, rows and columns centred so that ⟨K̃, L̃⟩/(n(n−3)) is the unbiased HSIC"
+    K = check_tensor(K, 'K')
+    if K.ndim < 2 or K.shape[-1] != K.shape[-2]: raise ValueError(f"K must be a square gram (..., n, n), got shape {tuple(K.shape)}")
+    check_finite(K, 'K')
     n = K.shape[-1]
     if n < 4: raise ValueError(f"the unbiased HSIC needs at least 4 examples, got {n}")
     eye = torch.eye(n, dtype=torch.bool, device=K.device)
@@ -99,6 +118,7 @@ def u_center(K:Tensor) -> Tensor:
 
 def unbiased_hsic(K:Tensor, L:Tensor) -> Tensor:
     "Unbiased HSIC of two grams (n, n)"
+    if check_tensor(K, 'K').shape != check_tensor(L, 'L').shape: raise ValueError(f"K and L must be grams of the same examples, got shapes {tuple(K.shape)} and {tuple(L.shape)}")
     n = K.shape[-1]
     return (u_center(K) * u_center(L)).sum((-2, -1)) / (n * (n - 3))
 
@@ -135,6 +155,8 @@ def _top_directions(X, keep, k):
 
 def svcca(X:Tensor, Y:Tensor, keep=0.99, k=None, eps=1e-10) -> Tensor:
     "SVCCA: mean canonical correlation after keeping the singular directions of each side that explain `keep` of its variance (or `k`)"
+    if not 0 < keep <= 1: raise ValueError(f"keep is the share of variance to keep, in (0, 1], got {keep!r}")
+    if k is not None: k = check_count(k, 'k')
     X, Y = _pair(X, Y)
     return _cca(_top_directions(X, keep, k), _top_directions(Y, keep, k), eps)[1].mean()
 
@@ -168,7 +190,7 @@ def _residual(K, Kz):
 def dcka(X:Tensor, Y:Tensor, Z:Tensor) -> Tensor:
     "Deconfounded linear CKA (Cui et al. 2022): the input `Z`'s similarity regressed out of both grams"
     X, Y = _pair(X, Y)
-    X, Z = _pair(X, Z)
+    X, Z = _pair(X, Z, names=('X', 'Z'))
     Kz = _center_gram(Z @ Z.T)
     if (Kz * Kz).sum() == 0: raise _no_variance('Z')
     K, L = _residual(_center_gram(X @ X.T), Kz), _residual(_center_gram(Y @ Y.T), Kz)
@@ -176,18 +198,29 @@ def dcka(X:Tensor, Y:Tensor, Z:Tensor) -> Tensor:
 
 # %% ../nbs/10_similarity.ipynb #84d910f8
 def _ranks(v):
-    r = torch.empty_like(v)
-    r[v.argsort()] = torch.arange(len(v), dtype=v.dtype, device=v.device)
-    return r
+    "Ranks of `v` from 0, ties sharing their average rank (scipy's `rankdata` − 1): Spearman's correlation with ties"
+    _, inv, counts = torch.unique(v, sorted=True, return_inverse=True, return_counts=True)
+    counts = counts.to(v.dtype)
+    return (counts.cumsum(0) - (counts + 1) / 2)[inv]
 
-def _pearson(a, b):
+def _pearson(a, b, names=('X', 'Y')):
     a, b = a - a.mean(), b - b.mean()
+    for nm, t in zip(names, (a, b)):
+        if t.norm() == 0: raise ValueError(f"every pair of examples of {nm} is equally dissimilar: the correlation of the RDMs is undefined")
     return (a * b).sum() / (a.norm() * b.norm())
+
+def _varies(X, Y):
+    "`_no_variance` unless each of `X` and `Y` has two different rows"
+    for nm, t in (('X', X), ('Y', Y)):
+        if (t == t[:1]).all(): raise _no_variance(nm)
 
 def rsa(X:Tensor, Y:Tensor) -> Tensor:
     "Spearman correlation of the upper triangles of the correlation-distance RDMs of `X` and `Y`"
-    _pair(X, Y, min_n=3)                                             # checks only: RDMs compare examples as they are
-    X, Y = [as_features(t).to(torch.promote_types(t.dtype, torch.float32)) for t in (X, Y)]
+    X, Y = _as_pair(X, Y, min_n=3)                                   # RDMs compare examples as they are: no centring
+    _varies(X, Y)
+    for nm, t in (('X', X), ('Y', Y)):
+        flat = (t == t[:, :1]).all(1)
+        if flat.any(): raise ValueError(f"examples {flat.nonzero().flatten().tolist()[:5]} of {nm} hold one value in every feature: their correlation distance to the others is undefined; drop them, or use another measure")
     iu = torch.triu_indices(len(X), len(X), 1, device=X.device)
     rdm = lambda A: (1 - torch.corrcoef(A))[iu[0], iu[1]]
     return _pearson(_ranks(rdm(X)), _ranks(rdm(Y)))
@@ -202,16 +235,21 @@ def _knn_mask(K, k):
     K = K.clone().fill_diagonal_(float('-inf'))
     return torch.zeros_like(K).scatter_(1, K.topk(k, dim=1).indices, 1.)
 
+def _knn_pair(X, Y, k):
+    "`X`, `Y` checked as `_as_pair` (not centred: neighbours by inner product), with variance, and `k` in [1, n − 1]"
+    X, Y = _as_pair(X, Y)
+    if check_count(k, 'k') >= len(X): raise ValueError(f"k must be below the number of examples, {len(X)}, got {k}")
+    _varies(X, Y)
+    return X, Y
+
 def mutual_knn(X:Tensor, Y:Tensor, k=10) -> Tensor:
     "Mean share of each example's `k` nearest neighbours (by inner product) common to `X` and `Y` (Huh et al. 2024)"
-    X, Y = [as_features(t) for t in (X, Y)]
-    if not 0 < k < len(X): raise ValueError(f"k must be between 1 and n - 1 = {len(X) - 1}, got {k}")
+    X, Y = _knn_pair(X, Y, k)
     return ((_knn_mask(X @ X.T, k) * _knn_mask(Y @ Y.T, k)).sum(1) / k).mean()
 
 def cknna(X:Tensor, Y:Tensor, k=10) -> Tensor:
     "CKA (unbiased HSIC) restricted to the pairs that are among each other's `k` nearest neighbours in both (Huh et al. 2024)"
-    X, Y = [as_features(t).to(torch.promote_types(t.dtype, torch.float32)) for t in (X, Y)]
-    if not 0 < k < len(X): raise ValueError(f"k must be between 1 and n - 1 = {len(X) - 1}, got {k}")
+    X, Y = _knn_pair(X, Y, k)
     K, L = X @ X.T, Y @ Y.T
     mK, mL = _knn_mask(K, k), _knn_mask(L, k)                        # each kernel's neighbours, found once
     both = mK * mL
@@ -219,6 +257,7 @@ def cknna(X:Tensor, Y:Tensor, k=10) -> Tensor:
 
 def regression_r2(X:Tensor, Y:Tensor, ridge=0.) -> Tensor:
     "R² of the least-squares (ridge) linear prediction of `Y` from `X`"
+    if not ridge >= 0: raise ValueError(f"ridge must be >= 0, got {ridge!r}")
     X, Y = _pair(X, Y)
     if ridge: W = torch.linalg.solve(X.T @ X + ridge * torch.eye(X.shape[1], dtype=X.dtype, device=X.device), X.T @ Y)
     else: W = torch.linalg.lstsq(X, Y).solution if X.device.type == 'cpu' else torch.linalg.pinv(X) @ Y
@@ -231,10 +270,12 @@ MEASURES = {'linear_cka': linear_cka, 'kernel_cka': kernel_cka, 'unbiased_cka': 
             'procrustes': procrustes, 'angular_procrustes': angular_procrustes, 'rsa': rsa,
             'distance_correlation': distance_correlation, 'mutual_knn': mutual_knn, 'cknna': cknna, 'regression_r2': regression_r2}
 DISTANCES = ('procrustes', 'angular_procrustes')
+MEASURE_ALIASES = {'cka': 'unbiased_cka'}  # compare_models' streamed CKA: on one batch it is exactly unbiased_cka
 
 def _measure(measure):
     if callable(measure): return measure
-    if measure not in MEASURES: raise unknown_key_error(measure, ['cka', *MEASURES], 'measure')
+    measure = MEASURE_ALIASES.get(measure, measure)
+    if measure not in MEASURES: raise unknown_key_error(measure, [*MEASURES, *MEASURE_ALIASES], 'measure')
     return MEASURES[measure]
 
 # %% ../nbs/10_similarity.ipynb #1ae6d15e
@@ -251,7 +292,10 @@ class SimilarityResult:
 
     def __getitem__(self, key):
         "Value for a pair of layer names `(layer1, layer2)`"
+        if not (isinstance(key, tuple) and len(key) == 2): raise TypeError(f"index with a pair of layer names, e.g. res[{self.layers1[0]!r}, {self.layers2[0]!r}], got {key!r}")
         l1, l2 = key
+        if l1 not in self.layers1: raise unknown_key_error(l1, self.layers1, f'layer of {self.model1} (rows)')
+        if l2 not in self.layers2: raise unknown_key_error(l2, self.layers2, f'layer of {self.model2} (columns)')
         return self.matrix[self.layers1.index(l1), self.layers2.index(l2)].item()
 
     def export(self, path=None) -> dict:
@@ -292,18 +336,43 @@ def batch_input(batch, input_key=None):
 
 def _leaf_layers(fm): return [n for n in fm.layer_names if not any(True for _ in fm[n].children())]
 
-def _features(rec, keys, reduce, size, what):
+def _layer_specs(fm, layers) -> list:
+    "`(name, call)` for each layer that `layers` names: `name:k` is call k alone; a name, ordinal, module or type means every call"
+    fm.resolve(layers)                                  # every key checked first: unknown names get their close matches
+    keys = [layers] if isinstance(layers, (str, int, nn.Module, type)) else list(layers)
+    specs = []
+    for key in keys:
+        name, k = _split_call(key) if isinstance(key, str) else (key, None)
+        specs += [(name, k)] if k is not None and name in fm else [(n, None) for n in fm.resolve(key)]
+    return list(dict.fromkeys(specs))
+
+def _keys(rec, specs):
+    "Recording keys for `specs`, in their order: each call of a repeated module in turn, or the call asked for; a layer that did not run is an error"
+    ks, out = list(rec), []
+    for n, k in specs:
+        calls = [c for c in ks if c == n or c.rpartition(':')[0] == n]
+        if not calls: rec[n]                            # raises: the layer did not run
+        if k is None: out += calls
+        else:
+            rec[f"{n}:{k}"]                             # raises when there is no call k
+            out.append(n if calls == [n] else f"{n}:{k}")
+    return list(dict.fromkeys(out))
+
+def _batch_first(a, n, what):
+    "`a` if its first dimension is the `n` examples of the batch; else an error (an unbatched input, or a sequence-first layer)"
+    if not isinstance(a, Tensor): raise TypeError(f"{what} returned a {type(a).__name__}, not a tensor: compare a layer inside it that returns one")
+    if a.ndim == 0 or a.shape[0] != n:
+        raise ValueError(f"{what} gave {tuple(a.shape)} for a batch of {n} examples: its first dimension must be the examples "
+                         "(is the input missing its batch dimension, or is the layer sequence-first (T, N, D)?)")
+    return a
+
+def _features(rec, keys, reduce, size, what, n):
     out = []
     for k in keys:
-        f = as_features(rec[k], reduce, size)
+        f = as_features(_batch_first(rec[k], n, f"{what} layer {k!r}"), reduce, size, name=f"{what} layer {k!r}")
         if not torch.isfinite(f).all(): raise ValueError(f"NaN or Inf in the activations of {what} layer {k!r}")
         out.append(f)
     return out
-
-def _keys(rec, names):
-    "Recording keys in the order of `names`, each call of a repeated module in turn"
-    ks = list(rec)
-    return [k for n in names for k in ks if k == n or k.rpartition(':')[0] == n]
 
 def _ugram(f):
     f = f - f.mean(0)                                   # centre before the gram: no cancellation in float32
@@ -313,6 +382,17 @@ def _stack_ugrams(feats, device):
     "U-centred grams of centred features, stacked and flattened: (L, b*b)"
     return torch.stack([_ugram(f).to(device) for f in feats]).flatten(1)
 
+def _len(it):
+    try: return len(it)
+    except TypeError: return None
+
+def _model_input(x, model, name):
+    "Batch input `x` on `model`'s device; floating input in the model's dtype (float64 data, float32 model), other input (token ids) as it is"
+    x = check_tensor(x, name)
+    return check_finite(x, name).to(model_device(model), model_dtype(model)) if x.is_floating_point() else x.to(model_device(model))
+
+_END = object()
+
 def compare_models(model1:nn.Module, model2:nn.Module=None, loader=None, layers1=None, layers2=None, measure='cka',
                    loader2=None, reduce='flatten', size=None, store='cpu', input_key=None, names=None,
                    show_progress=True) -> SimilarityResult:
@@ -320,35 +400,52 @@ def compare_models(model1:nn.Module, model2:nn.Module=None, loader=None, layers1
     if loader is None: raise ValueError("pass a loader (any iterable of batches)")
     model2 = model1 if model2 is None else model2
     fm1, fm2 = FlatModel(model1), FlatModel(model2)
-    names1 = fm1.resolve(layers1) if layers1 is not None else _leaf_layers(fm1)
-    names2 = fm2.resolve(layers2) if layers2 is not None else _leaf_layers(fm2)
+    specs1 = _layer_specs(fm1, layers1) if layers1 is not None else [(n, None) for n in _leaf_layers(fm1)]
+    specs2 = _layer_specs(fm2, layers2) if layers2 is not None else [(n, None) for n in _leaf_layers(fm2)]
+    names1, names2 = list(dict.fromkeys(n for n, _ in specs1)), list(dict.fromkeys(n for n, _ in specs2))
     streamed = measure == 'cka'
     f = None if streamed else _measure(measure)
-    dev1, dev2 = model_device(model1), model_device(model2)
+    dev1 = model_device(model1)
     one_pass = model2 is model1 and loader2 is None
-    batches = loader if loader2 is None else zip(loader, loader2)
+    if loader2 is not None and None not in (_len(loader), _len(loader2)) and len(loader) != len(loader2):
+        raise ValueError(f"loader has {len(loader)} batches and loader2 {len(loader2)}: the two datasets are compared example by example, so they must be as long (cut the longer, e.g. itertools.islice(loader, {min(len(loader), len(loader2))}))")
+    batches = loader if loader2 is None else itertools.zip_longest(loader, loader2, fillvalue=_END)
     hkl = hkk = hll = None
-    store1, store2, keys1, keys2, n = None, None, None, None, 0
+    store1, store2, keys1, keys2, n, seen = None, None, None, None, 0, 0
     with torch.no_grad(), eval_mode(model1), eval_mode(model2):
-        for b in (progress_bar(batches, total=_len(loader, loader2)) if show_progress else batches):
+        for b in progress(batches, total=_len(loader), show=show_progress):
             b1, b2 = (b, b) if loader2 is None else b
+            if b1 is _END or b2 is _END:
+                short, other = ('loader2', 'loader') if b2 is _END else ('loader', 'loader2')
+                raise ValueError(f"{short} ended after {seen} batches while {other} went on: the two datasets are compared example by example, so they must be as long")
+            seen += 1
             x1, x2 = batch_input(b1, input_key), batch_input(b2, input_key)
             if len(x1) != len(x2): raise ValueError(f"the two loaders' batches differ in size ({len(x1)} vs {len(x2)}): use the same batch size and drop_last")
+            if len(x1) < (4 if streamed else 1):
+                warnings.warn(f"a batch of {len(x1)} examples is skipped" + (": the unbiased HSIC needs at least 4 (use drop_last=True or another batch size)" if streamed else ""))
+                continue
+            x1 = _model_input(x1, model1, 'a batch of loader')
+            x2 = x1 if one_pass else _model_input(x2, model2, 'a batch of loader2' if loader2 is not None else 'a batch of loader')
             if one_pass:
-                with fm1.record(list(dict.fromkeys(names1 + names2))) as r1: model1(x1.to(dev1))
+                with fm1.record(list(dict.fromkeys(names1 + names2))) as r1: model1(x1)
                 r2 = r1
             else:
-                with fm1.record(names1) as r1: model1(x1.to(dev1))
-                with fm2.record(names2) as r2: model2(x2.to(dev2))
-            if keys1 is None: keys1, keys2 = _keys(r1, names1), _keys(r2, names2)
-            if streamed and len(x1) < 4:
-                warnings.warn(f"a batch of {len(x1)} examples is skipped: the unbiased HSIC needs at least 4 (use drop_last=True or another batch size)")
-                continue
-            f1, f2 = _features(r1, keys1, reduce, size, 'model 1'), _features(r2, keys2, reduce, size, 'model 2')
+                with fm1.record(names1) as r1: model1(x1)
+                with fm2.record(names2) as r2: model2(x2)
+            if keys1 is None: keys1, keys2 = _keys(r1, specs1), _keys(r2, specs2)
+            if one_pass:                                # one model, one pass: each layer's features (and gram) made once
+                feats = dict(zip(both := list(dict.fromkeys(keys1 + keys2)), _features(r1, both, reduce, size, 'model 1', len(x1))))
+                f1, f2 = [feats[k] for k in keys1], [feats[k] for k in keys2]
+            else: f1, f2 = _features(r1, keys1, reduce, size, 'model 1', len(x1)), _features(r2, keys2, reduce, size, 'model 2', len(x2))
+            rows = {t.shape[0] for t in f1 + f2}
+            if len(rows) > 1: raise ValueError(f"with reduce={reduce!r} the layers give different numbers of rows per batch ({sorted(rows)}): compare layers with the same grid, or use reduce='mean' or 'avgpool'")
             n += len(x1)
             if streamed:
-                G1, G2 = _stack_ugrams(f1, dev1), _stack_ugrams(f2, dev1)
-                b_ = len(x1); c = 1 / (b_ * (b_ - 3))
+                if one_pass:
+                    grams = {k: _ugram(feats[k]).to(dev1) for k in both}
+                    G1, G2 = [torch.stack([grams[k] for k in ks]).flatten(1) for ks in (keys1, keys2)]
+                else: G1, G2 = _stack_ugrams(f1, dev1), _stack_ugrams(f2, dev1)
+                m = rows.pop(); c = 1 / (m * (m - 3))   # m = examples, or examples x positions
                 s12, s11, s22 = (G1 @ G2.T * c).double(), ((G1 * G1).sum(1) * c).double(), ((G2 * G2).sum(1) * c).double()
                 hkl, hkk, hll = (s12, s11, s22) if hkl is None else (hkl + s12, hkk + s11, hll + s22)
             else:
@@ -356,28 +453,42 @@ def compare_models(model1:nn.Module, model2:nn.Module=None, loader=None, layers1
                 store2 = [[] for _ in keys2] if store2 is None else store2
                 for s, t in zip(store1, f1): s.append(t.to(store))
                 for s, t in zip(store2, f2): s.append(t.to(store))
-    if n == 0: raise ValueError("the loader gave no usable batch")
+    if n == 0: raise ValueError("the loader gave no batches" if not seen else f"all {seen} batches of the loader were skipped (too small): use batches of at least {4 if streamed else 1} examples")
     if streamed:
-        den = (hkk[:, None] * hll[None]).sqrt()
-        if (den == 0).any(): raise ValueError("a layer has no variance across the examples: its CKA is undefined")
-        matrix = (hkl / den).cpu()
+        for acc, keys, what in ((hkk, keys1, 'model 1'), (hll, keys2, 'model 2')):
+            flat = [k for k, v in zip(keys, acc.tolist()) if not v > 0]
+            if flat: raise ValueError(f"{what} layer {flat[0]!r} has no variance across the examples: its CKA is undefined")
+        matrix = (hkl / (hkk[:, None] * hll[None]).sqrt()).cpu()
     else:
         A1, A2 = [torch.cat(s) for s in store1], [torch.cat(s) for s in store2]
-        matrix = torch.tensor([[float(f(a, b)) for b in A2] for a in A1], dtype=torch.float64)
+        matrix = torch.tensor([[_scalar(f(a, b), measure) for b in A2] for a in A1], dtype=torch.float64)
     nm = names or (type(model1).__name__, type(model2).__name__)
     return SimilarityResult(matrix, keys1, keys2, nm[0], nm[1], measure if isinstance(measure, str) else getattr(measure, '__name__', 'custom'), n)
 
-def _len(a, b):
-    try: return len(a) if b is None else min(len(a), len(b))
-    except TypeError: return None
+def _scalar(v, measure) -> float:
+    if isinstance(v, Tensor) and v.numel() != 1: raise ValueError(f"measure {getattr(measure, '__name__', measure)!r} must return a scalar, got shape {tuple(v.shape)}")
+    return float(v)
+
 
 # %% ../nbs/10_similarity.ipynb #fd3601a2
+def _one_layer(fm, layer, arg):
+    "`(name, call)` of the single layer `layer` names; a list or a type that names several is an error"
+    specs = _layer_specs(fm, layer)
+    if len(specs) != 1:
+        shown = ', '.join(n if k is None else f"{n}:{k}" for n, k in specs[:5]) + (', …' if len(specs) > 5 else '')
+        raise ValueError(f"{arg} names {len(specs)} layers ({shown}): layer_similarity compares one layer with one; pass one name ('name:k' for one call of a repeated module), or use compare_models for every pair")
+    return specs[0]
+
 def layer_similarity(model1:nn.Module, layer1, model2:nn.Module, layer2, x:Tensor, measure='linear_cka', x2=None, reduce='flatten', size=None) -> Tensor:
-    "Similarity (by `measure`) of `layer1` of `model1` on `x` and `layer2` of `model2` on `x2` (default `x`)"
+    "Similarity (by `measure`) of `layer1` of `model1` on `x` and `layer2` of `model2` on `x2` (default `x`); `name:k` is call k of a repeated module"
     f = _measure(measure)
     fm1, fm2 = FlatModel(model1), FlatModel(model2)
+    (n1, k1), (n2, k2) = _one_layer(fm1, layer1, 'layer1'), _one_layer(fm2, layer2, 'layer2')
+    x1 = _model_input(x, model1, 'x')
+    x2 = _model_input(x if x2 is None else x2, model2, 'x' if x2 is None else 'x2')
     with torch.no_grad(), eval_mode(model1), eval_mode(model2):
-        with fm1.record(layer1) as r1: model1(x.to(model_device(model1)))
-        with fm2.record(layer2) as r2: model2((x if x2 is None else x2).to(model_device(model2)))
-    a, b = next(iter(r1.values())), next(iter(r2.values()))
-    return f(as_features(a, reduce, size), as_features(b, reduce, size).to(a.device))
+        with fm1.record(n1) as r1: model1(x1)
+        with fm2.record(n2) as r2: model2(x2)
+    a = _batch_first(r1[n1 if k1 is None else f"{n1}:{k1}"], len(x1), f"layer1 {layer1!r}")
+    b = _batch_first(r2[n2 if k2 is None else f"{n2}:{k2}"], len(x2), f"layer2 {layer2!r}")
+    return f(as_features(a, reduce, size, 'layer1'), as_features(b, reduce, size, 'layer2').to(a.device))

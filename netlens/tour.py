@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Callable
 import torch
 import matplotlib.pyplot as plt
-from fastprogress.fastprogress import progress_bar
 from .core import *
+from .adapters import progress
 from .data import *
 from .flat import *
 from .landscape import *
@@ -180,7 +180,7 @@ def tour(out='netlens-tour', pages=None, show_progress=True, dpi=100) -> Path:
     "Write every page of the tour as a PNG, plus an `index.html` linking them, into folder `out`; returns its path"
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     pages, ctx = pages or TOUR_PAGES, _context()
-    for page in (progress_bar(pages) if show_progress else pages):
+    for page in progress(pages, show=show_progress):
         fig = page.make(ctx)
         fig.savefig(out/f"{page.slug}.png", dpi=dpi, bbox_inches='tight')
         plt.close(fig)
@@ -202,4 +202,4 @@ def main(argv=None):
     args = parser.parse_args(argv)
     plt.switch_backend('agg')  # files only, no window
     out = tour(args.out, show_progress=not args.no_progress)
-    print(f"\nnetlens tour: {len(TOUR_PAGES)} figures and {out/'index.html'}")
+    print(f"netlens tour: {len(TOUR_PAGES)} figures and {out/'index.html'}")

@@ -98,3 +98,67 @@ def test_fourier_map_batching_and_loader_invariant(digits):
     two = fourier_map(model, DataLoader(TensorDataset(x[:8], y[:8]), batch_size=5), metric=F.cross_entropy,
                       random_sign=False, max_freq=4, show_progress=False)
     torch.testing.assert_close(torch.nan_to_num(one), torch.nan_to_num(two))
+
+
+# ---- any iterable of batches (issue 11); bad input named, not a ZeroDivisionError or an all-NaN map (issue 12) ----
+from torch.utils.data import DataLoader, IterableDataset
+from netlens.landscape import dataset_loss
+
+def _parts(x, y, k=8): return [(x[i:i + k], y[i:i + k]) for i in range(0, len(x), k)]
+
+def test_landscapes_read_generators_maps_and_iterable_datasets_like_lists(digits):
+    model, x, y = digits
+    parts = _parts(x, y)
+    class Stream(IterableDataset):
+        def __iter__(self): return iter(zip(x, y))
+    ref = landscape2d(model, parts, F.cross_entropy, (-.5, .5), (-.5, .5), 0.5, seed=0, show_progress=False)[2]
+    for it in ((b for b in parts), map(tuple, parts), DataLoader(Stream(), batch_size=8)):
+        assert torch.equal(landscape2d(model, it, F.cross_entropy, (-.5, .5), (-.5, .5), 0.5, seed=0)[2], ref)   # default progress
+    fm = fourier_map(model, parts, max_freq=2, show_progress=False)
+    for it in ((b for b in parts), DataLoader(Stream(), batch_size=8)):
+        assert torch.equal(fourier_map(model, it, max_freq=2).nan_to_num(-1), fm.nan_to_num(-1))
+
+def test_empty_and_bad_counts_are_named(digits):
+    model, x, y = digits
+    for f in (lambda d: landscape1d(model, d, F.cross_entropy, show_progress=False),
+              lambda d: landscape2d(model, d, F.cross_entropy, step_size=1, show_progress=False),
+              lambda d: fourier_map(model, d, show_progress=False), lambda d: dataset_loss(model, d, F.cross_entropy)):
+        with pytest.raises(ValueError, match=r'data \(batch 0, x\) is empty'): f((x[:0], y[:0]))
+        with pytest.raises(ValueError, match=r'data \(batch 1, x\) holds NaN or infinite values \(at examples \[2\]\)'):
+            bad = x[8:16].clone(); bad[2, 0, 5, 5] = float('inf'); f([(x[:8], y[:8]), (bad, y[8:16])])
+        with pytest.raises(TypeError, match=r'data \(batch 0, x\) must be floating point, got torch.uint8'): f(((x * 255).byte(), y))
+        with pytest.raises(ValueError, match='no batches'): f(iter([]))
+    with pytest.raises(ValueError, match='batch_size must be an integer >= 1, got 0'): fourier_map(model, (x, y), batch_size=0)
+    with pytest.raises(ValueError, match='max_freq must be an integer >= 0, got -1'): fourier_map(model, (x, y), max_freq=-1)
+    with pytest.raises(ValueError, match='norm must be a positive number'): fourier_map(model, (x, y), norm=0)
+    m0 = fourier_map(model, (x[:1], y[:1]), max_freq=0, show_progress=False)      # one image, one frequency
+    assert (~torch.isnan(m0)).sum() == 1
+
+def test_tuple_outputs_get_a_clear_error_and_a_function_works(digits):
+    model, x, y = digits
+    class Pair(nn.Module):
+        def __init__(self, m): super().__init__(); self.m = m
+        def forward(self, x): return {'logits': self.m(x), 'x': x}
+    pair = Pair(model)
+    with pytest.raises(TypeError, match=r"fourier_map: the model's output is a dict with keys \['logits', 'x'\].*model\(x\).logits"):
+        fourier_map(pair, (x[:4], y[:4]), max_freq=1, show_progress=False)
+    with pytest.raises(TypeError, match=r"model's output, a dict with keys \['logits', 'x'\]: .*out\['logits'\]"):
+        landscape1d(pair, (x[:4], y[:4]), F.cross_entropy, show_progress=False)
+    ref = fourier_map(model, (x[:4], y[:4]), max_freq=2, show_progress=False)
+    assert torch.equal(fourier_map(lambda t: pair(t)['logits'], (x[:4], y[:4]), max_freq=2, show_progress=False).nan_to_num(-1), ref.nan_to_num(-1))
+    with pytest.raises(ValueError, match='NaN or infinite for examples'):
+        fourier_map(lambda t: model(t) * float('nan'), (x[:4], y[:4]), max_freq=1, show_progress=False)
+
+def test_dtypes_layout_and_train_mode(digits):
+    model, x, y = digits
+    ref1 = landscape1d(model, (x, y), F.cross_entropy, step_size=0.5, seed=0, show_progress=False)[1]
+    assert torch.equal(landscape1d(model, (x.double(), y), F.cross_entropy, step_size=0.5, seed=0, show_progress=False)[1], ref1)
+    xnc = x.transpose(2, 3).contiguous().transpose(2, 3)                           # same values, other strides
+    torch.testing.assert_close(landscape1d(model, (xnc, y), F.cross_entropy, step_size=0.5, seed=0, show_progress=False)[1], ref1)
+    fm = fourier_map(model, (x[:8], y[:8]), max_freq=2, show_progress=False)
+    assert torch.equal(fourier_map(model, (x[:8].half(), y[:8]), max_freq=2, show_progress=False).isnan(), fm.isnan())
+    m = digits_cnn(); m.train(); m.res.bn1.eval()
+    snap = ModelSnapshot(m)
+    assert torch.equal(landscape1d(m, (x, y), F.cross_entropy, step_size=0.5, seed=0, show_progress=False)[1], ref1)   # evaluated in eval mode
+    assert torch.equal(fourier_map(m, (x[:8], y[:8]), max_freq=2, show_progress=False).nan_to_num(-1), fm.nan_to_num(-1))
+    assert snap.diff(m) == []

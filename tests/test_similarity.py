@@ -221,3 +221,147 @@ def test_models_on_different_devices_and_export(tmp_path):
     import json
     d = res.export(tmp_path / 'r.json')
     assert json.loads((tmp_path / 'r.json').read_text()) == d
+
+
+# ---- bad input, every measure (issue 12): a correct result or an error naming the argument, never a plausible number ----
+from netlens.similarity import MEASURES, layer_similarity, SimilarityResult
+from netlens.flat import FlatModel
+
+def _xy(n=30, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 5, generator=g)
+    return x, torch.tanh(x @ torch.randn(5, 4, generator=g)) + 0.3 * torch.randn(n, 4, generator=g)
+
+@pytest.mark.parametrize('name', list(MEASURES))
+def test_measure_dtypes_and_layout_give_the_float_result(name):
+    f, (x, y) = MEASURES[name], _xy()
+    xi = (3 * x).round().long()
+    assert f(xi, y).dtype == torch.float32 and f(xi, y) == f(xi.float(), y)                 # integers: promoted, not a torch error
+    xh = x.half()
+    assert f(xh, y).dtype == torch.float32 and f(xh, y) == f(xh.float(), y)                 # float16: computed in float32
+    r64 = f(x.double(), y.double())
+    assert r64.dtype == torch.float64
+    torch.testing.assert_close(r64.float(), f(x, y), rtol=1e-4, atol=1e-5)
+    xnc = torch.randn(5, 30, generator=torch.Generator().manual_seed(3), dtype=torch.float64).T   # non-contiguous (float64: layout, not rounding)
+    torch.testing.assert_close(f(xnc, y.double()), f(xnc.contiguous(), y.double()), rtol=1e-10, atol=1e-12)
+
+@pytest.mark.parametrize('name', list(MEASURES))
+def test_measure_degenerate_input_is_named(name):
+    f, (x, y) = MEASURES[name], _xy()
+    for side in (0, 1):
+        arg = 'XY'[side]
+        bad = lambda t: (t, y) if side == 0 else (x, t)
+        for v in (float('nan'), float('inf'), -float('inf')):
+            t = (x if side == 0 else y).clone(); t[7, 1] = v
+            with pytest.raises(ValueError, match=rf'{arg} holds NaN or infinite values \(at examples \[7\]\)'): f(*bad(t))
+        with pytest.raises(ValueError, match=rf'{arg} must be \(n, \.\.\.\)'): f(*bad(torch.randn(30)))
+        const = torch.full((30, 3), 2.)
+        if name == 'regression_r2' and side == 0: assert f(const, y) == 0          # a constant predictor explains nothing: R² = 0 exactly
+        else:
+            with pytest.raises(ValueError, match=f'{arg} has no variance'): f(*bad(const))
+    for n in (0, 1):
+        with pytest.raises(ValueError, match='need at least'): f(x[:n], y[:n])
+    with pytest.raises(ValueError, match='same examples'): f(x, y[:20])
+    with pytest.raises(TypeError, match='X must be a torch.Tensor, got ndarray'): f(x.numpy(), y)
+
+def test_rsa_ties_take_average_ranks_as_scipy():
+    "Integer-valued features give tied RDM entries: Spearman's correlation ranks ties by their average (scipy)"
+    g = np.random.default_rng(1)
+    pats = g.integers(0, 3, (2, 4, 6)).astype(float); pats[..., 0] = 5  # 4 patterns each, none constant across its features
+    x, y = pats[0][g.integers(0, 4, 20)], pats[1][g.integers(0, 4, 20)]   # repeated rows: many tied RDM entries
+    iu = np.triu_indices(20, 1)
+    rdm = lambda a: (1 - torch.corrcoef(T(a))).numpy()[iu]               # the RDM rsa ranks (ties exact in its own rounding)
+    assert len(np.unique(rdm(x))) < len(iu[0]) / 2, 'the fixture has many ties'
+    assert abs(float(rsa(T(x), T(y))) - spearmanr(rdm(x), rdm(y))[0]) < 1e-12
+
+def test_mutual_knn_and_cknna_k_is_checked():
+    x, y = _xy()
+    for f in (mutual_knn, cknna):
+        with pytest.raises(ValueError, match='k must be below the number of examples, 30'): f(x, y, k=30)
+        with pytest.raises(ValueError, match='k must be an integer >= 1'): f(x, y, k=0)
+        with pytest.raises(ValueError, match='k must be an integer >= 1'): f(x, y, k=2.5)
+
+# ---- compare_models over any iterable of batches (issue 11), layer calls and lengths (issue 12) ----
+@pytest.fixture(scope='module')
+def digits_batches():
+    from netlens.data import digits_data
+    x = digits_data('test')[0]
+    return [(x[i:i + 40],) for i in range(0, 240, 40)]
+
+def test_compare_models_generator_map_and_iterable_dataset_equal_the_list(digits_batches):
+    from torch.utils.data import DataLoader, IterableDataset
+    m, layers = digits_cnn(), ['pool1', 'res.relu:1', 'res.relu:2', 'conv3', 'head']
+    class Stream(IterableDataset):
+        def __iter__(self): return (xb for (b,) in digits_batches for xb in b)
+    for measure, reduce in (('cka', 'flatten'), ('linear_cka', 'mean')):
+        ref = compare_models(m, m, digits_batches, layers, layers, measure=measure, reduce=reduce, show_progress=False).matrix
+        for it in ((b for b in digits_batches), map(tuple, digits_batches), DataLoader(Stream(), batch_size=40)):
+            got = compare_models(m, m, it, layers, layers, measure=measure, reduce=reduce, show_progress=False).matrix
+            assert torch.equal(got, ref), measure
+    other = digits_cnn(pretrained=False)
+    gen_two = compare_models(m, other, (b for b in digits_batches), layers, ['conv3'], show_progress=True).matrix   # default progress on
+    assert torch.equal(gen_two, compare_models(m, other, digits_batches, layers, ['conv3'], show_progress=False).matrix)
+
+def test_compare_models_loaders_of_different_lengths_are_an_error(digits_batches):
+    m = digits_cnn()
+    with pytest.raises(ValueError, match='loader has 6 batches and loader2 4'):
+        compare_models(m, m, digits_batches, ['conv3'], ['conv3'], loader2=digits_batches[:4], show_progress=False)
+    with pytest.raises(ValueError, match='loader ended after 4 batches while loader2 went on'):
+        compare_models(m, m, iter(digits_batches[:4]), ['conv3'], ['conv3'], loader2=iter(digits_batches), show_progress=False)
+    same = compare_models(m, m, digits_batches, ['conv3'], ['conv3'], loader2=[(b.flip(-1),) for (b,) in digits_batches], show_progress=False)
+    assert same.n_examples == 240
+
+def test_layer_call_index_is_honoured_and_ambiguity_refused(digits_batches):
+    m, x = digits_cnn(), digits_batches[0][0]
+    with torch.no_grad(), FlatModel(m).record('res.relu') as r: m(x)
+    a, b = r['res.relu:1'].flatten(1).double().numpy(), r['res.relu:2'].flatten(1).double().numpy()
+    v = layer_similarity(m, 'res.relu:1', m, 'res.relu:2', x)
+    assert abs(float(v) - ref_linear_cka(np_center(a), np_center(b))) < 1e-5 and v < 0.99
+    res = compare_models(m, m, [x], ['res.relu:2'], ['res.relu:1', 'conv3'], measure='linear_cka', show_progress=False)
+    assert res.layers1 == ['res.relu:2'] and res.layers2 == ['res.relu:1', 'conv3']
+    assert abs(res['res.relu:2', 'res.relu:1'] - float(v)) < 1e-5
+    with pytest.raises(ValueError, match=r'layer1 names 2 layers \(stem, conv3\)'): layer_similarity(m, ['stem', 'conv3'], m, 'conv3', x)
+    with pytest.raises(ValueError, match=r'layer2 names 2 layers \(stem.2, res.relu\)'): layer_similarity(m, 'conv3', m, 'relu', x)
+    with pytest.raises(KeyError, match='ran 2 times'): layer_similarity(m, 'res.relu', m, 'conv3', x)
+    with pytest.raises(KeyError, match="no call 3"): layer_similarity(m, 'res.relu:3', m, 'conv3', x)
+    # measure='cka' is the estimator compare_models streams; on one batch, unbiased_cka
+    c = layer_similarity(m, 'res.relu:1', m, 'res.relu:2', x, measure='cka')
+    assert abs(float(c) - ref_unbiased_cka(np_center(a), np_center(b))) < 1e-5
+    assert abs(compare_models(m, m, [x], ['res.relu:1'], ['res.relu:2'], show_progress=False).matrix.item() - float(c)) < 1e-5
+    assert hook_count(m) == 0
+
+def test_similarity_result_unknown_layer_names_close_matches():
+    res = SimilarityResult(torch.eye(2), ['stem', 'conv3'], ['conv2', 'head'])
+    with pytest.raises(KeyError, match="unknown layer of model1 \\(rows\\) 'stm'; closest: 'stem'"): res['stm', 'head']
+    with pytest.raises(KeyError, match="closest: 'head'"): res['stem', 'haed']
+    with pytest.raises(TypeError, match='pair of layer names'): res['stem']
+    assert res['conv3', 'head'] == 1.
+
+def test_compare_models_train_mode_dtypes_and_bad_batches(digits_batches):
+    m = digits_cnn()
+    ref = compare_models(m, m, digits_batches, ['conv2', 'conv3'], ['conv3'], show_progress=False).matrix
+    m.train(); m.res.bn1.eval()
+    snap = ModelSnapshot(m)
+    torch.testing.assert_close(compare_models(m, m, digits_batches, ['conv2', 'conv3'], ['conv3'], show_progress=False).matrix, ref, rtol=0, atol=1e-12)
+    assert snap.diff(m) == []
+    m.eval()
+    assert torch.equal(compare_models(m, m, [(b.double(),) for (b,) in digits_batches], ['conv2', 'conv3'], ['conv3'], show_progress=False).matrix, ref)
+    nan = digits_batches[0][0].clone(); nan[5, 0, 3, 3] = float('nan')
+    with pytest.raises(ValueError, match=r'a batch of loader holds NaN or infinite values \(at examples \[5\]\)'):
+        compare_models(m, m, [nan], ['conv3'], ['conv3'], show_progress=False)
+    with pytest.raises(ValueError, match='different numbers of rows'):
+        compare_models(m, m, digits_batches, ['stem'], ['conv3'], reduce='positions', show_progress=False)
+    with pytest.raises(ValueError, match='must return a scalar'):
+        compare_models(m, m, digits_batches, ['conv3'], ['conv3'], measure=lambda a, b: a.mean(0), show_progress=False)
+
+def test_first_dimension_must_be_the_batch():
+    "An unbatched image (conv2d accepts (C, H, W)) or a sequence-first layer would make channels or tokens the examples"
+    m, x = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 8, 3)), torch.rand(1, 32, 32)
+    with pytest.raises(ValueError, match=r"layer1 '2' gave \(8, 28, 28\) for a batch of 1 examples"): layer_similarity(m, '2', m, '0', x)
+    class SeqFirst(nn.Module):                                       # as OpenAI's CLIP: (N, T, D) in, (T, N, D) inside
+        def __init__(self):
+            super().__init__(); self.block = nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, batch_first=False)
+        def forward(self, x): return self.block(x.permute(1, 0, 2)).permute(1, 0, 2)
+    sf = SeqFirst().eval()
+    with pytest.raises(ValueError, match=r"model 1 layer 'block.linear1' gave \(10, 6, 16\) for a batch of 6 examples"):
+        compare_models(sf, sf, [torch.randn(6, 10, 8)], ['block.linear1'], ['block'], measure='linear_cka', show_progress=False)

@@ -1,0 +1,55 @@
+"""netlens in a script: long-running functions with their default progress, stdout piped to a file. Progress goes to a
+terminal's stderr or nowhere (netlens.adapters.progress), never into stdout; unsized loaders (generators) are read."""
+import fcntl, os, pty, struct, subprocess, sys, termios, textwrap
+import pytest
+
+SCRIPT = textwrap.dedent('''
+    import torch, torch.nn.functional as F
+    from netlens.data import digits_cnn, digits_data, train_digits_cnn
+    from netlens.similarity import compare_models
+    from netlens.landscape import landscape2d, fourier_map
+    from netlens.trace import log_forward_pass
+    m = digits_cnn()
+    x, y = digits_data('test')
+    x, y = x[:48], y[:48]
+    res = compare_models(m, m, ((x[i:i + 16],) for i in range(0, 48, 16)), ['conv2', 'conv3'], ['conv3'])
+    print('cka', round(res['conv3', 'conv3'], 4))
+    xs, ys, L = landscape2d(m, ((x[i:i + 16], y[i:i + 16]) for i in range(0, 48, 16)), F.cross_entropy, (-.2, .2), (-.2, .2), 0.2, seed=0)
+    print('landscape', tuple(L.shape))
+    fm = fourier_map(m, (x[:4], y[:4]), max_freq=2)
+    print('fourier', int((~fm.isnan()).sum()))
+    log = log_forward_pass(m, x[:2])
+    print('trace', len(log) > 10)
+    t = train_digits_cnn(epochs=1)
+    print('trained', t.training)
+''')
+EXPECTED = "cka 1.0\nlandscape (3, 3)\nfourier 25\ntrace True\ntrained False\n"
+
+@pytest.mark.parametrize('stderr_tty', [False, True], ids=['stderr-pipe', 'stderr-terminal'])
+def test_script_stdout_holds_only_what_it_prints(tmp_path, stderr_tty):
+    (tmp_path / 'script.py').write_text(SCRIPT)
+    out = tmp_path / 'out.txt'
+    env = {**os.environ, 'COLUMNS': '100'}
+    if stderr_tty:
+        master, slave = pty.openpty()                               # a terminal on stderr only: bars belong there
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack('HHHH', 24, 100, 0, 0))   # 100 columns, as a real terminal has
+        with open(out, 'w') as f:
+            p = subprocess.Popen([sys.executable, 'script.py'], cwd=tmp_path, stdout=f, stderr=slave, env=env)
+            os.close(slave)
+            err = b''
+            while True:
+                try: chunk = os.read(master, 65536)
+                except OSError: break                               # the child closed the terminal
+                if not chunk: break
+                err += chunk
+            rc = p.wait()
+        os.close(master)
+        err = err.decode(errors='replace')
+    else:
+        with open(out, 'w') as f:
+            p = subprocess.run([sys.executable, 'script.py'], cwd=tmp_path, stdout=f, stderr=subprocess.PIPE, text=True, env=env, timeout=600)
+        rc, err = p.returncode, p.stderr
+    assert rc == 0, err[-3000:]
+    assert out.read_text() == EXPECTED, (out.read_text(), err[-2000:])
+    if stderr_tty: assert 'it/s' in err and '100%' in err, err[-2000:]   # the bars are there, on the terminal
+    else: assert '\r' not in err and 'it/s' not in err, err[-2000:]       # a pipe gets no bar frames
