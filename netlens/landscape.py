@@ -38,10 +38,10 @@ def _describe(out):
     return f"a dict with keys {list(out)}" if isinstance(out, dict) else f"a {type(out).__name__}"
 
 def dataset_loss(model:nn.Module, data, loss_fn) -> Tensor:
-    "Mean of `loss_fn(model(x), y)` over the batches of `data`, weighted by batch size (0-dim tensor); inputs in the model's dtype"
+    "Mean of `loss_fn(model(x), y)` over the batches of `data`, weighted by batch size (0-dim tensor); inputs in the model's dtype; buffers kept"
     losses, sizes = [], []
     for x, y in _batches(data, model_device(model), model_dtype(model)):
-        out = model(x)
+        with keep_buffers(model): out = model(x)   # a model in train mode normalises with the batch, but looking does not move its statistics
         try: l = loss_fn(out, y)
         except (TypeError, AttributeError) as e:
             if isinstance(out, Tensor): raise

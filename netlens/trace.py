@@ -430,7 +430,8 @@ def log_forward_pass(model:nn.Module, x, layers_to_save='all', keep_grads:bool=F
     context = _ModuleContext({id(m): n for n, m in modules}, tracer, save_modules)
     t0 = time.perf_counter()
     try:
-        with torch.set_grad_enabled(torch.is_grad_enabled() or keep_grads), tracer: out = model(*args, **kw)
+        # keep_buffers outermost: BatchNorm's statistics are restored after the tracer has stopped logging
+        with keep_buffers(model), torch.set_grad_enabled(torch.is_grad_enabled() or keep_grads), tracer: out = model(*args, **kw)
     finally: context.remove()
     log.elapsed = time.perf_counter() - t0
     log.output = out
