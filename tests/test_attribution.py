@@ -72,16 +72,21 @@ def test_trapezoid_is_the_true_rule():
     torch.testing.assert_close(ours, exact, rtol=1e-12, atol=1e-12)
 
 def test_smoothgrad_same_noise(case):
-    "One batch and the same seed: netlens draws Captum's noise, so the statistics agree"
+    """Given the same noise, the statistics are Captum's: NoiseTunnel is handed netlens' draws for seed=0 (samples 0..9) in
+    place of its torch.normal call"""
+    from unittest import mock
+    from netlens.attribution.gradients import _unit_noise
     name, model, x, y, _ = case
     x, y = x[:1], y[:1]
     sigma = 0.15 * (x.max() - x.min()).item()
+    unit, calls = _unit_noise(0, range(10), x.shape[1:], x.device, x.dtype), []
+    def normal(mean, std): calls.append(std.shape); return mean + std * unit
     for kind in ('smoothgrad', 'smoothgrad_sq', 'vargrad'):
-        torch.manual_seed(0)
-        ours = smooth_grad(model, x, y, n_samples=10, stdev=0.15, kind=kind)
-        torch.manual_seed(0)
-        theirs = NoiseTunnel(Saliency(model)).attribute(x.clone().requires_grad_(), nt_type=kind, nt_samples=10, stdevs=sigma, target=y, abs=False)
+        ours = smooth_grad(model, x, y, n_samples=10, stdev=0.15, kind=kind, seed=0)
+        with mock.patch.object(torch, 'normal', normal):
+            theirs = NoiseTunnel(Saliency(model)).attribute(x.clone().requires_grad_(), nt_type=kind, nt_samples=10, stdevs=sigma, target=y, abs=False)
         rel_close(ours, theirs, 1e-5 if kind != 'vargrad' else 1e-4)
+    assert calls == [(10, *x.shape[1:])] * 3, 'Captum drew its noise in one call of the same shape'
 
 def _relu_models():
     "Captum's guided backprop hooks ReLU modules: it is defined on models whose ReLUs are all modules used once each"

@@ -7,12 +7,13 @@ Docs: https://netlens.github.io/netlens/gradcam.html.md"""
 # %% ../../nbs/05_gradcam.ipynb #db897635
 from __future__ import annotations
 import math
-import torch, torch.nn as nn, torch.nn.functional as F
+import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
 from ..core import *
 from ..hooks import Hook
 from ..flat import FlatModel
-from .gradients import check_input, target_scores, _warn_if_training, guided_backprop
+from ..adapters import check_batch, warn_if_training, _describe
+from .gradients import target_scores, guarded, _gradient, _check_result
 
 # %% auto #0
 __all__ = ['CAM_METHODS', 'vit_reshape', 'layer_acts_grads', 'cam', 'grad_cam', 'guided_grad_cam']
@@ -20,6 +21,7 @@ __all__ = ['CAM_METHODS', 'vit_reshape', 'layer_acts_grads', 'cam', 'grad_cam', 
 # %% ../../nbs/05_gradcam.ipynb #d1d2aac7
 def vit_reshape(t:Tensor) -> Tensor:
     "Token outputs (N, T, D) as maps (N, D, h, w): drop the class token when T - 1 is a square, lay the tokens on their grid"
+    if t.ndim != 3: raise ValueError(f"vit_reshape takes tokens (N, T, D), got shape {tuple(t.shape)}: pass reshape= a function that returns maps (N, D, h, w)")
     n, T, d = t.shape
     for drop in (1, 0):
         side = math.isqrt(T - drop)
@@ -32,16 +34,17 @@ def _as_maps(t, reshape):
     if t.ndim == 3: return vit_reshape(t)
     raise ValueError(f"a CAM needs maps (N, C, h, w) or tokens (N, T, D); the layer outputs shape {tuple(t.shape)}: pick a convolutional layer")
 
-def layer_acts_grads(model:nn.Module, x:Tensor, target, layer, reshape=None) -> tuple[Tensor, Tensor]:
-    "Activations of `layer` (N, K, h, w) and the gradient of the summed `target` scores with respect to them"
+def _layer_acts_grads(model, x:Tensor, target, layer, reshape=None) -> tuple[Tensor, Tensor]:
+    "`layer_acts_grads` of checked `x`"
     fm = FlatModel(model)
     name = fm.name_of(layer)
     call = layer.rpartition(':')[2] if isinstance(layer, str) and ':' in layer else None
-    x = check_input(x).detach()
-    _warn_if_training(model)
-    with fm.record(name, grads=True) as rec, Hook(fm[name], detach=False, every_call=True) as raw, torch.enable_grad(), keep_buffers(model):
-        xr = x.requires_grad_()
-        scores = target_scores(model(xr), target)
+    with fm.record(name, grads=True) as rec, Hook(fm[name], detach=False, every_call=True) as raw, torch.enable_grad(), guarded(model, x):
+        xr = x.detach().requires_grad_()
+        out = model(xr)
+        if not isinstance(out, Tensor):                          # a function that selects the scores has no layers to hook
+            raise TypeError(f"the model's output is {_describe(out)}, not a tensor of scores (N, classes): a CAM needs the module itself, so wrap it in an nn.Module whose forward returns the scores (e.g. model(x)[0]) and prefix the layer name with the attribute that holds the model")
+        scores = target_scores(out, target, len(x))
         key = name if call is None else f"{name}:{call}"
         acts = rec[key]                                          # raises clearly for an unused layer or an ambiguous call
         k = int(call) - 1 if call else 0
@@ -52,6 +55,12 @@ def layer_acts_grads(model:nn.Module, x:Tensor, target, layer, reshape=None) -> 
         else: torch.autograd.grad(scores.sum(), xr)
         grads = rec.grads[key]
     return _as_maps(acts, reshape), _as_maps(grads, reshape)
+
+def layer_acts_grads(model:nn.Module, x:Tensor, target, layer, reshape=None) -> tuple[Tensor, Tensor]:
+    "Activations of `layer` (N, K, h, w) and the gradient of the summed `target` scores with respect to them"
+    x = check_batch(x, 'x').detach()
+    warn_if_training(model)
+    return _layer_acts_grads(model, x, target, layer, reshape)
 
 # %% ../../nbs/05_gradcam.ipynb #7bc85f6d
 def _gradcam_weights(A, G): return G.mean((2, 3), keepdim=True)
@@ -68,23 +77,34 @@ def _layercam_weights(A, G): return G.clamp(min=0)           # one weight per po
 
 CAM_METHODS = {'gradcam': _gradcam_weights, 'gradcam++': _gradcampp_weights, 'xgradcam': _xgradcam_weights, 'layercam': _layercam_weights}
 
-def cam(model:nn.Module, x:Tensor, target, layer, method='gradcam', channel=None, interpolate=True, relu=True,
-        reshape=None, mode='bilinear') -> Tensor:
-    "Class activation map of `method` at `layer` (or only its `channel`): (N, H, W) with `interpolate`, else the layer's (N, h, w)"
+def _cam(model, x:Tensor, target, layer, method='gradcam', channel=None, interpolate=True, relu=True, reshape=None, mode='bilinear') -> Tensor:
+    "`cam` of checked `x`"
     if method not in CAM_METHODS: raise unknown_key_error(method, CAM_METHODS, 'CAM method')
-    A, G = layer_acts_grads(model, x, target, layer, reshape)
+    if channel is not None and (isinstance(channel, bool) or not isinstance(channel, (int, np.integer))): raise TypeError(f"channel must be an int (or None for all channels), got {channel!r}")
+    A, G = _layer_acts_grads(model, x, target, layer, reshape)
     if channel is not None and not 0 <= channel < A.shape[1]: raise IndexError(f"{layer!r} has {A.shape[1]} channels (0 to {A.shape[1] - 1}); got channel={channel}")
     maps = CAM_METHODS[method](A, G) * A
     m = maps.sum(1) if channel is None else maps[:, channel]
     if relu: m = m.clamp(min=0)
     if interpolate: m = F.interpolate(m[:, None], size=x.shape[-2:], mode=mode, **({'align_corners': False} if mode in ('bilinear', 'bicubic') else {}))[:, 0]
-    return m
+    return _check_result(m, 'the CAM')
+
+def cam(model:nn.Module, x:Tensor, target, layer, method='gradcam', channel=None, interpolate=True, relu=True,
+        reshape=None, mode='bilinear') -> Tensor:
+    "Class activation map of `method` at `layer` (or only its `channel`): (N, H, W) with `interpolate`, else the layer's (N, h, w)"
+    x = check_batch(x, 'x').detach()
+    warn_if_training(model)
+    return _cam(model, x, target, layer, method, channel, interpolate, relu, reshape, mode)
 
 def grad_cam(model:nn.Module, x:Tensor, target, layer, channel=None, interpolate=True, relu=True, reshape=None) -> Tensor:
     "GradCAM (Selvaraju et al. 2017): activations of `layer` weighted by their spatially averaged gradients, summed"
-    return cam(model, x, target, layer, 'gradcam', channel, interpolate, relu, reshape)
+    x = check_batch(x, 'x').detach()
+    warn_if_training(model)
+    return _cam(model, x, target, layer, 'gradcam', channel, interpolate, relu, reshape)
 
 def guided_grad_cam(model:nn.Module, x:Tensor, target, layer, mode='bilinear', reshape=None) -> Tensor:
     "Guided GradCAM: guided backpropagation times the GradCAM map (positive part) resized to the input; shaped like `x`"
-    m = cam(model, x, target, layer, 'gradcam', relu=True, interpolate=True, reshape=reshape, mode=mode)
-    return guided_backprop(model, x, target) * m[:, None]
+    x = check_batch(x, 'x').detach()
+    warn_if_training(model)
+    m = _cam(model, x, target, layer, 'gradcam', relu=True, interpolate=True, reshape=reshape, mode=mode)
+    return _gradient(model, x, target, 'guided') * m[:, None]

@@ -6,7 +6,7 @@ Docs: https://netlens.github.io/netlens/gradients.html.md"""
 
 # %% ../../nbs/04_gradients.ipynb #d7d7e393
 from __future__ import annotations
-import warnings
+import math
 from contextlib import contextmanager, nullcontext
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
@@ -14,20 +14,14 @@ from torch.overrides import TorchFunctionMode
 import matplotlib.pyplot as plt
 from ..core import *
 from ..hooks import annotate_errors
+from ..adapters import check_tensor, check_finite, check_batch, check_count, check_scores, warn_if_training
 
 # %% auto #0
-__all__ = ['IG_METHODS', 'check_input', 'per_example', 'target_scores', 'guarded', 'input_grad', 'saliency', 'relu_rule',
-           'guided_backprop', 'deconvolution', 'smooth_grad', 'ig_quadrature', 'integrated_gradients',
-           'attribution_map', 'show_attribution', 'show_attributions']
+__all__ = ['IG_METHODS', 'per_example', 'target_scores', 'guarded', 'input_grad', 'saliency', 'relu_rule', 'guided_backprop',
+           'deconvolution', 'smooth_grad', 'ig_quadrature', 'integrated_gradients', 'attribution_map',
+           'show_attribution', 'show_attributions']
 
 # %% ../../nbs/04_gradients.ipynb #3ed4be82
-def check_input(x) -> Tensor:
-    "`x` if it is a floating-point batch, else a clear error"
-    if not isinstance(x, Tensor): raise TypeError(f"x must be a tensor, got {type(x).__name__}")
-    if not x.is_floating_point(): raise TypeError(f"x must be floating point, got {x.dtype}: convert it, e.g. x.float() / 255")
-    if x.ndim < 2: raise ValueError(f"x must be a batch (N, ...), got shape {tuple(x.shape)}: add a batch dimension with x[None]")
-    return x
-
 def per_example(target, n:int, device=None) -> Tensor:
     "`target` (an int, or one per example) as integer class indices of shape (n,)"
     t = torch.as_tensor(target, device=device)
@@ -36,40 +30,87 @@ def per_example(target, n:int, device=None) -> Tensor:
     if t.shape != (n,): raise ValueError(f"target must be an int or one per example ({n}), got shape {tuple(t.shape)}")
     return t
 
-def target_scores(out:Tensor, target) -> Tensor:
-    "The score of class `target` (an int, or one per example) for each example of the model output `out` (N, classes)"
-    if out.ndim != 2: raise ValueError(f"the model must return scores (N, classes), got shape {tuple(out.shape)}")
+def target_scores(out:Tensor, target, n:int|None=None, name="the model's output") -> Tensor:
+    "The score of class `target` (an int, or one per example) for each example of the model output `out`: finite scores (N, classes), N = `n`"
+    out = check_scores(out, n, name)
     t = per_example(target, len(out), out.device)
     bad = t[(t < 0) | (t >= out.shape[1])]
     if len(bad): raise IndexError(f"target {bad[0].item()} is out of range: the model has {out.shape[1]} outputs")
     return out.gather(1, t.long()[:, None]).squeeze(1)
 
-def _warn_if_training(model):
-    if isinstance(model, nn.Module) and model.training and any(isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.Dropout)) for m in model.modules()):
-        warnings.warn("the model is in train mode: BatchNorm and dropout make attributions depend on the batch and on chance; call model.eval() first", stacklevel=3)
+def _scores(out, target, n:int, name="the model's output", group=None) -> Tensor:
+    "`target_scores` of `out` (`n` rows); `group` regroups the rows by the user's examples, so a NaN names those"
+    if group is not None and isinstance(out, Tensor) and out.ndim == 2 and len(out) == n: check_scores(group(out.detach()), name=name)
+    return target_scores(out, target, n, name)
+
+def _check_result(a:Tensor, what:str) -> Tensor:
+    "`a` (one row per example) if finite, else an error naming the examples"
+    bad = ~torch.isfinite(a).reshape(len(a), -1).all(1)
+    if bad.any(): raise ValueError(f"{what} is NaN or infinite for examples {bad.nonzero().flatten().tolist()[:5]} although x and the model's scores are finite (an overflow, or a gradient undefined there, e.g. sqrt or norm at 0): check the model")
+    return a
+
+def _why(model:nn.Module, x, misfed:list):
+    "The clear cause of a failed forward on `x`, if there is one: a dtype or device unlike the model's, or a convolution fed the wrong rank"
+    p = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if x is not None and p is not None and x.dtype != p.dtype:
+        return TypeError(f"x is {x.dtype} but the model's parameters are {p.dtype}: convert x with x.to({p.dtype}) (or the model with model.to({x.dtype}))")
+    if x is not None and p is not None and x.device != p.device:
+        return ValueError(f"x is on {x.device} but the model's parameters are on {p.device}: move it with x.to('{p.device}')")
+    if misfed:
+        m, shape, d = misfed[0]
+        name = next(n for n, o in model.named_modules() if o is m) or type(model).__name__
+        got = '' if x is None or tuple(x.shape) == shape else f" (x has shape {tuple(x.shape)})"
+        fix = 'is x one example without its batch dimension? add it with x[None]' if len(shape) == d - 1 else 'give x the shape the model takes'
+        return ValueError(f"layer {name!r} ({type(m).__name__}) takes batches of {d} dimensions, got an input of shape {shape}{got}: {fix}")
 
 @contextmanager
-def guarded(model):
-    "Run the block with `model`'s buffers kept and errors annotated with the failing layer (a plain function: nothing to guard)"
+def guarded(model, x:Tensor|None=None):
+    "Run the block with `model`'s buffers kept and errors annotated with the failing layer; a forward that fails because of `x`'s dtype, device or rank says so"
     if not isinstance(model, nn.Module):
         if not callable(model): raise TypeError(f"model must be a torch.nn.Module or a function of x, got {type(model).__name__}")
         yield; return
-    with annotate_errors(model), keep_buffers(model): yield
+    misfed, hs = [], []
+    def rank(m, inp):                                        # ConvNd takes batches (N, C, *spatial), or one unbatched example
+        d = len(m.kernel_size) + 2
+        if inp and isinstance(inp[0], Tensor) and inp[0].ndim != d and not misfed: misfed.append((m, tuple(inp[0].shape), d))
+    try:
+        for m in model.modules():
+            if isinstance(m, nn.modules.conv._ConvNd): hs.append(m.register_forward_pre_hook(rank))
+        with annotate_errors(model), keep_buffers(model): yield
+    except (RuntimeError, ValueError) as e:
+        why = _why(model, x, misfed)
+        if why is None: raise
+        raise why from e
+    finally:
+        for h in hs: h.remove()
+
+def _input_grad(model, x:Tensor, target, name="the model's output", group=None) -> tuple[Tensor, Tensor]:
+    "Gradient of the `target` scores of `model(x)` w.r.t. `x`, and the scores: no checks, no guard (the entry point does both)"
+    x = x.detach().requires_grad_()
+    with torch.enable_grad():
+        scores = _scores(model(x), target, len(x), name, group)
+        g, = torch.autograd.grad(scores.sum(), x)
+    return g, scores.detach()
+
+def _gradient(model, x:Tensor, target, rule=None) -> Tensor:
+    "The input gradient of checked `x`, guarded, every ReLU by `rule` (None: as it is)"
+    with guarded(model, x), relu_rule(rule) if rule else nullcontext(): g, _ = _input_grad(model, x, target)
+    return _check_result(g, 'the gradient')
 
 def input_grad(model:nn.Module, x:Tensor, target) -> tuple[Tensor, Tensor]:
     "Gradient of the `target` scores of `model(x)` with respect to `x`, and the scores; no parameter's `.grad` changes"
-    x = check_input(x).detach().requires_grad_()
-    _warn_if_training(model)
-    with torch.enable_grad(), guarded(model):
-        scores = target_scores(model(x), target)
-        g, = torch.autograd.grad(scores.sum(), x)
-    return g, scores.detach()
+    x = check_batch(x, 'x').detach()
+    warn_if_training(model)
+    with guarded(model, x): g, s = _input_grad(model, x, target)
+    return _check_result(g, 'the gradient'), s
 
 # %% ../../nbs/04_gradients.ipynb #221e3293
 def saliency(model:nn.Module, x:Tensor, target, abs=True, sign='all') -> Tensor:
     "Gradient of the target score w.r.t. `x`: its magnitude (`abs`), the signed gradient, or one `sign` ('positive', 'negative')"
     if sign not in ('all', 'positive', 'negative'): raise ValueError(f"sign must be 'all', 'positive' or 'negative', got {sign!r}")
-    g, _ = input_grad(model, x, target)
+    x = check_batch(x, 'x').detach()
+    warn_if_training(model)
+    g = _gradient(model, x, target)
     if sign == 'positive': return g.clamp(min=0)
     if sign == 'negative': return (-g).clamp(min=0)
     return g.abs() if abs else g
@@ -108,37 +149,54 @@ class relu_rule(TorchFunctionMode):
 
 def guided_backprop(model:nn.Module, x:Tensor, target) -> Tensor:
     "Guided backpropagation (Springenberg et al. 2015): the input gradient with every ReLU's backward rectified"
-    with relu_rule('guided'): return input_grad(model, x, target)[0]
+    x = check_batch(x, 'x').detach()
+    warn_if_training(model)
+    return _gradient(model, x, target, 'guided')
 
 def deconvolution(model:nn.Module, x:Tensor, target) -> Tensor:
     "Deconvolution (Zeiler & Fergus 2014): the input gradient where every ReLU passes only positive gradients back"
-    with relu_rule('deconv'): return input_grad(model, x, target)[0]
+    x = check_batch(x, 'x').detach()
+    warn_if_training(model)
+    return _gradient(model, x, target, 'deconv')
 
 # %% ../../nbs/04_gradients.ipynb #26ab92df
+def _unit_noise(seed:int, samples, shape, device=None, dtype=None) -> Tensor:
+    "Standard normal noise (samples, *shape): sample `j` from its own generator, seeded by (`seed`, j)"
+    g, out = torch.Generator(device=device), torch.empty(len(samples), *shape, device=device, dtype=dtype)
+    for k, j in enumerate(samples):
+        g.manual_seed(int(np.random.SeedSequence(seed, spawn_key=(j,)).generate_state(1, np.uint64)[0]))
+        out[k].normal_(generator=g)
+    return out
+
 def smooth_grad(model:nn.Module, x:Tensor, target, n_samples=50, stdev=0.15, kind='smoothgrad', guided=False, abs=False,
                 batch_size=None, seed=None) -> Tensor:
     "SmoothGrad / SmoothGrad² / VarGrad: statistics of the gradient over `n_samples` noisy copies of each example"
     if kind not in ('smoothgrad', 'smoothgrad_sq', 'vargrad'): raise ValueError(f"kind must be 'smoothgrad', 'smoothgrad_sq' or 'vargrad', got {kind!r}")
-    if n_samples < 1: raise ValueError(f"n_samples must be at least 1, got {n_samples}")
-    x = check_input(x).detach()
-    n = len(x)
+    n_samples = check_count(n_samples, 'n_samples')
+    if batch_size is not None: batch_size = check_count(batch_size, 'batch_size')
+    if seed is not None: seed = check_count(seed, 'seed', low=0)
+    if isinstance(stdev, bool) or not isinstance(stdev, (int, float)) or not 0 <= stdev < math.inf:
+        raise ValueError(f"stdev must be a number >= 0 (the noise's standard deviation as a fraction of each example's value range), got {stdev!r}")
+    x = check_batch(x, 'x').detach()
+    warn_if_training(model)
+    n, feat = len(x), x.shape[1:]
     t = per_example(target, n, x.device)
-    sigma = stdev * (x.flatten(1).amax(1) - x.flatten(1).amin(1))          # per example
+    sigma = (stdev * (x.flatten(1).amax(1) - x.flatten(1).amin(1))).view(n, 1, *[1] * len(feat))   # per example
     per = n_samples if batch_size is None else max(1, batch_size // n)       # samples per forward
     total, total_sq = torch.zeros_like(x), torch.zeros_like(x)
-    with seeded(seed):
+    with seeded(seed), guarded(model, x), relu_rule('guided') if guided else nullcontext():
+        base = seed if seed is not None else int(torch.randint(2**62, ()).item())   # no seed: torch's generator picks one
         for s in range(0, n_samples, per):
             k = min(per, n_samples - s)
-            std = sigma.repeat_interleave(k).view(-1, *[1] * (x.ndim - 1)).expand(n * k, *x.shape[1:])
-            noisy = x.repeat_interleave(k, 0) + torch.normal(0., std)         # Captum's NoiseTunnel layout
-            with relu_rule('guided') if guided else nullcontext():
-                gr, _ = input_grad(model, noisy, t.repeat_interleave(k))
+            noise = _unit_noise(base, range(s, s + k), feat, x.device, x.dtype)   # the same for every example, scaled by its sigma
+            noisy = (x[:, None] + sigma * noise[None]).flatten(0, 1)            # example-major, as Captum's NoiseTunnel
+            gr, _ = _input_grad(model, noisy, t.repeat_interleave(k), "the model's output on the noisy copies of x", lambda o: o.reshape(n, -1))
             if abs: gr = gr.abs()
-            gr = gr.view(n, k, *x.shape[1:])
-            total += gr.sum(1)
-            if kind != 'smoothgrad': total_sq += (gr * gr).sum(1)
+            for gj in gr.view(n, k, *feat).unbind(1):                           # sample by sample: the same sums whatever the batching
+                total += gj
+                if kind != 'smoothgrad': total_sq += gj * gj
     mean, mean_sq = total / n_samples, total_sq / n_samples
-    return mean if kind == 'smoothgrad' else mean_sq if kind == 'smoothgrad_sq' else mean_sq - mean * mean
+    return _check_result(mean if kind == 'smoothgrad' else mean_sq if kind == 'smoothgrad_sq' else mean_sq - mean * mean, 'the SmoothGrad attribution')
 
 # %% ../../nbs/04_gradients.ipynb #b0ae63a4
 IG_METHODS = ('gausslegendre', 'riemann_left', 'riemann_right', 'riemann_middle', 'riemann_trapezoid')
@@ -146,8 +204,7 @@ IG_METHODS = ('gausslegendre', 'riemann_left', 'riemann_right', 'riemann_middle'
 def ig_quadrature(n_steps:int, method='gausslegendre') -> tuple[list[float], list[float]]:
     "Points `alphas` in [0, 1] and weights of the `method` quadrature with `n_steps` points"
     if method not in IG_METHODS: raise unknown_key_error(method, IG_METHODS, 'method')
-    if n_steps < (1 if method == 'gausslegendre' else 2): raise ValueError(f"n_steps must be at least {1 if method == 'gausslegendre' else 2} for {method}, got {n_steps}")
-    n = n_steps
+    n = check_count(n_steps, 'n_steps', low=1 if method == 'gausslegendre' else 2)
     if method == 'gausslegendre':
         pts, wts = np.polynomial.legendre.leggauss(n)
         return (0.5 * (1 + pts)).tolist(), (0.5 * wts).tolist()
@@ -159,35 +216,41 @@ def ig_quadrature(n_steps:int, method='gausslegendre') -> tuple[list[float], lis
 
 def _baseline(baseline, x):
     if baseline is None: return torch.zeros_like(x)
-    if isinstance(baseline, (int, float)): return torch.full_like(x, float(baseline))
-    b = torch.as_tensor(baseline, dtype=x.dtype, device=x.device)
-    try: return b.expand_as(x)
-    except RuntimeError: raise ValueError(f"baseline of shape {tuple(b.shape)} does not broadcast to x of shape {tuple(x.shape)}: use one image (C, H, W), one per example, or a number") from None
+    if isinstance(baseline, (int, float)) and not isinstance(baseline, bool): b = torch.full_like(x, float(baseline))
+    else:
+        b = torch.as_tensor(baseline, dtype=x.dtype, device=x.device).detach()     # never part of the caller's graph
+        try: b = b.expand_as(x)
+        except RuntimeError: raise ValueError(f"baseline of shape {tuple(b.shape)} does not broadcast to x of shape {tuple(x.shape)}: use one image (C, H, W), one per example, or a number") from None
+    return check_finite(b, 'baseline')
 
 def integrated_gradients(model:nn.Module, x:Tensor, target, baseline=None, n_steps=50, method='gausslegendre',
                          batch_size=None, return_delta=False):
     "Integrated gradients from `baseline` to `x` by the `method` quadrature; with `return_delta`, also the completeness gap"
-    x = check_input(x).detach()
     alphas, weights = ig_quadrature(n_steps, method)
+    if batch_size is not None: batch_size = check_count(batch_size, 'batch_size')
+    x = check_batch(x, 'x').detach()
+    warn_if_training(model)
     b = _baseline(baseline, x)
     n, diff = len(x), x - b
     t = per_example(target, n, x.device)
     per = n_steps if batch_size is None else max(1, batch_size // n)      # steps per forward
+    by_example = lambda o: o.reshape(-1, n, o.shape[1]).transpose(0, 1).reshape(n, -1)
     total = torch.zeros_like(x)
-    for s in range(0, n_steps, per):
-        a = torch.tensor(alphas[s:s + per], dtype=x.dtype, device=x.device)
-        scaled = (b[None] + a.view(-1, *[1] * x.ndim) * diff[None]).flatten(0, 1)   # step-major, as Captum
-        gr, _ = input_grad(model, scaled, t.repeat(len(a)))
-        for w, gk in zip(weights[s:s + per], gr.view(len(a), *x.shape)): total += w * gk
-    attr = total * diff
-    if not return_delta: return attr
-    with torch.no_grad(): fx, fb = target_scores(model(x), t), target_scores(model(b), t)
+    with guarded(model, x):                                               # every forward, the completeness check's too
+        for s in range(0, n_steps, per):
+            a = torch.tensor(alphas[s:s + per], dtype=x.dtype, device=x.device)
+            scaled = (b[None] + a.view(-1, *[1] * x.ndim) * diff[None]).flatten(0, 1)   # step-major, as Captum
+            gr, _ = _input_grad(model, scaled, t.repeat(len(a)), "the model's output on the path from the baseline to x", by_example)
+            for w, gk in zip(weights[s:s + per], gr.view(len(a), *x.shape)): total += w * gk
+        attr = _check_result(total * diff, 'the integrated gradients')
+        if not return_delta: return attr
+        with torch.no_grad(): fx, fb = target_scores(model(x), t, n), target_scores(model(b), t, n, "the model's output on the baseline")
     return attr, attr.flatten(1).sum(1) - (fx - fb)
 
 # %% ../../nbs/04_gradients.ipynb #bced8802
 def attribution_map(attr:Tensor, sign='absolute', outlier_perc=0.5) -> np.ndarray:
     "One example's attribution (C,H,W) as a map (H,W) scaled to [-1, 1] (or [0, 1]): channels summed, `sign` taken, outliers clipped"
-    a = attr.detach().float().cpu()
+    a = check_finite(check_tensor(attr, 'attr').detach()[None], 'attr')[0].float().cpu()
     if a.ndim == 4 and len(a) == 1: a = a[0]
     if a.ndim == 3: a = a.sum(0)
     if a.ndim != 2: raise ValueError(f"expected one example's attribution (C, H, W) or (H, W), got shape {tuple(attr.shape)}")

@@ -7,9 +7,10 @@ Docs: https://netlens.github.io/netlens/occlusion.html.md"""
 # %% ../../nbs/06_occlusion.ipynb #505fbf9b
 from __future__ import annotations
 import math, itertools
-import torch, torch.nn as nn
+import numpy as np, torch, torch.nn as nn
 from torch import Tensor
-from .gradients import check_input, per_example, target_scores, _warn_if_training, _baseline, guarded
+from ..adapters import check_batch, check_count, warn_if_training
+from .gradients import per_example, target_scores, _scores, _baseline, _check_result, guarded
 
 # %% auto #0
 __all__ = ['occlusion']
@@ -19,31 +20,38 @@ def _positions(size, window, stride):
     "Start of each window along one dimension: 0, s, 2s, ... up to ceil((size - window) / s) * s (the last one may be cut)"
     return [k * stride for k in range(math.ceil((size - window) / stride) + 1)]
 
+def _entries(v, name:str, feat:tuple) -> tuple:
+    "`v` as a tuple of positive ints, one per input dimension `feat`"
+    if not isinstance(v, (tuple, list)): raise TypeError(f"{name} must be a tuple with one entry per input dimension {feat} (channels first), got {v!r}")
+    v = tuple(check_count(a, f'each entry of {name}') for a in v)
+    if len(v) != len(feat): raise ValueError(f"{name} {v} needs one entry per input dimension {feat} (channels first)")
+    return v
+
 def occlusion(model:nn.Module, x:Tensor, target, window=(3, 15, 15), stride=(3, 8, 8), baseline=0., batch_size=64) -> Tensor:
     "Occlusion attributions shaped like `x`: mean score drop over the windows (of shape `window`, moved by `stride`) covering each feature"
-    x = check_input(x).detach()
+    batch_size = check_count(batch_size, 'batch_size')
+    x = check_batch(x, 'x').detach()
     feat = tuple(x.shape[1:])
-    window, stride = tuple(window), tuple(stride)
-    if not len(window) == len(stride) == len(feat):
-        raise ValueError(f"window {window} and stride {stride} need one entry per input dimension {feat} (channels first)")
+    window, stride = _entries(window, 'window', feat), _entries(stride, 'stride', feat)
     if any(w > d for w, d in zip(window, feat)): raise ValueError(f"window {window} is larger than the input {feat}")
-    if any(w < 1 or s < 1 for w, s in zip(window, stride)): raise ValueError(f"window {window} and stride {stride} must be positive")
     if any(s > w and d > w for s, w, d in zip(stride, window, feat)): raise ValueError(f"stride {stride} is larger than window {window}: some features would never be covered")
     b = _baseline(baseline, x)
     starts = list(itertools.product(*[_positions(d, w, s) for d, w, s in zip(feat, window, stride)]))
-    _warn_if_training(model)
+    warn_if_training(model)
     n = len(x)
     t = per_example(target, n, x.device)
     total, counts = torch.zeros_like(x), torch.zeros(feat, dtype=x.dtype, device=x.device)
     per = max(1, batch_size // n)
-    with torch.no_grad(), guarded(model):
-        base = target_scores(model(x), t)
+    by_example = lambda o: o.reshape(-1, n, o.shape[1]).transpose(0, 1).reshape(n, -1)
+    with torch.no_grad(), guarded(model, x):
+        base = target_scores(model(x), t, n)
         for c in range(0, len(starts), per):
             chunk = starts[c:c + per]
             mask = torch.zeros(len(chunk), *feat, dtype=x.dtype, device=x.device)
             for k, st in enumerate(chunk): mask[(k, *[slice(a, a + w) for a, w in zip(st, window)])] = 1
             occluded = x[None] * (1 - mask[:, None]) + b[None] * mask[:, None]            # (k, N, ...)
-            drop = base[None] - target_scores(model(occluded.flatten(0, 1)), t.repeat(len(chunk))).view(len(chunk), n)
+            out = model(occluded.flatten(0, 1))
+            drop = base[None] - _scores(out, t.repeat(len(chunk)), len(chunk) * n, "the model's output on the occluded copies of x", by_example).view(len(chunk), n)
             total += torch.einsum('kn,k...->n...', drop, mask)
             counts += mask.sum(0)
-    return total / counts
+    return _check_result(total / counts, 'the occlusion attribution')
