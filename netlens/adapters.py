@@ -6,18 +6,19 @@ Docs: https://netlens.github.io/netlens/adapters.html.md"""
 
 # %% ../nbs/00a_adapters.ipynb #7074739c
 from __future__ import annotations
-import sys, warnings
+import sys, math, warnings, functools
 import numpy as np, torch, torch.nn as nn
 from torch import Tensor
 import PIL.Image
 from fastprogress.core import in_notebook
 from fastprogress.fastprogress import NBProgressBar
 from tqdm import tqdm
-from .core import image_to_tensor
+from .core import image_to_tensor, model_device, model_dtype
 
 # %% auto #0
-__all__ = ['check_tensor', 'check_finite', 'check_batch', 'as_images', 'check_count', 'check_scores', 'training_modules',
-           'warn_if_training', 'progress']
+__all__ = ['check_tensor', 'check_finite', 'check_batch', 'as_images', 'check_count', 'check_number', 'check_scores',
+           'check_index', 'check_module', 'unwrap_model', 'to_model_input', 'to_model_images', 'keeps_rng',
+           'training_modules', 'warn_if_training', 'progress']
 
 # %% ../nbs/00a_adapters.ipynb #9ee2a020
 def check_tensor(x, name='x') -> Tensor:
@@ -72,22 +73,87 @@ def check_count(v, name:str, low:int=1) -> int:
         raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
     return int(v)
 
+def check_number(v, name:str, low:float=-math.inf, strict=False) -> float:
+    "`v` as a float if it is a finite real number >= `low` (> `low` with `strict`), else a `ValueError` naming `name`"
+    if not (isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v) and (v > low if strict else v >= low)):
+        what = ('a finite number' if low == -math.inf else 'a positive number' if strict and low == 0 else f"a number {'>' if strict else '>='} {low:g}")
+        raise ValueError(f"{name} must be {what}, got {v!r}")
+    return float(v)
+
 def _describe(out) -> str:
     if isinstance(out, dict): return f"a {type(out).__name__} with keys {list(out.keys())}"
     if isinstance(out, (tuple, list)): return f"a {type(out).__name__} of {len(out)} ({', '.join(type(o).__name__ for o in out[:4])})"
     return f"a {type(out).__name__}"
 
-def check_scores(out, n:int|None=None, name="the model's output") -> Tensor:
-    "`out` if it is a tensor of finite scores (N, classes) (N = `n`), else an error saying what the model returned and the fix"
+def check_scores(out, n:int|None=None, name="the model's output",
+                 fix:str|None=None, # what to do when `out` is not a tensor (default: pass a function that selects the scores)
+                 group=None,        # a function regrouping the rows (N, classes) by the caller's examples (n, ...), so a NaN names those
+                ) -> Tensor:
+    "`out` if it is a tensor of finite scores (N, classes) (N = `n`), else an error saying what the model returned and the `fix`"
     if not isinstance(out, Tensor):
         sel = 'model(x).logits' if isinstance(out, dict) else 'model(x)[0]'
-        raise TypeError(f"{name} is {_describe(out)}, not a tensor of scores (N, classes): pass a function that selects them, e.g. lambda x: {sel}")
+        raise TypeError(f"{name} is {_describe(out)}, not a tensor of scores (N, classes): {fix or f'pass a function that selects them, e.g. lambda x: {sel}'}")
     if out.ndim != 2: raise ValueError(f"{name} must be scores (N, classes), got shape {tuple(out.shape)}: pass a function that returns them, e.g. lambda x: model(x).flatten(1)")
     if n is not None and len(out) != n: raise ValueError(f"{name} has {len(out)} rows for {n} examples: the model must return one row of scores per example")
-    bad = ~torch.isfinite(out.detach()).all(1)
+    bad = ~torch.isfinite(out.detach() if group is None else group(out.detach())).all(1)
     if bad.any():
         raise ValueError(f"{name} is NaN or infinite for examples {bad.nonzero().flatten().tolist()[:5]}: their scores, and any attribution of them, are undefined; check the input and the model")
     return out
+
+def check_index(k, n:int|None, name='k', of='the model', unit='classes') -> int:
+    "`k` as an int in 0..`n`-1 (an integer tensor of one value counts; `n=None`: any k >= 0), else a `TypeError` or an `IndexError` saying `of` has `n` `unit`"
+    if isinstance(k, Tensor) and k.numel() == 1 and not (k.is_floating_point() or k.is_complex() or k.dtype == torch.bool): k = k.item()
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)): raise TypeError(f"{name} must be an integer index, got {k!r}")
+    if n is None and k < 0: raise IndexError(f"{name} {k} is out of range: {unit} count from 0")
+    if n is not None and not 0 <= k < n: raise IndexError(f"{name} {k} is out of range: {of} has {n} {unit} (0 to {n - 1})")
+    return int(k)
+
+# %% ../nbs/00a_adapters.ipynb #3bfb9f93
+def check_module(m, who:str|None=None, arg='model', functions=False):
+    "`m` if it is an `nn.Module` (with `functions`, any callable), else a `TypeError` naming `who`'s argument `arg`, what it got and the fix"
+    if isinstance(m, nn.Module) or functions and callable(m): return m
+    hint = f": look a layer up by name with model.get_submodule({m!r}) or netlens.flat.FlatModel(model)[{m!r}]" if isinstance(m, str) else ''
+    kind = 'a torch.nn.Module' + (' or a function of x' if functions else '')
+    raise TypeError((f"{who} needs {kind} as `{arg}`" if who else f"{arg} must be {kind}") + f", got {type(m).__name__}{hint}")
+
+def unwrap_model(model:nn.Module, who:str|None=None) -> nn.Module:
+    "The module behind `torch.compile` (`_orig_mod`) and DataParallel / DistributedDataParallel (`.module`) wrappers, however nested; with `who`, a warning that `who` runs a compiled model uncompiled"
+    compiled = False
+    while True:
+        if type(model).__name__ == 'OptimizedModule' and isinstance(getattr(model, '_orig_mod', None), nn.Module): model, compiled = model._orig_mod, True
+        elif isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)): model = model.module
+        else: break
+    if who and compiled: warnings.warn(f"{who} runs a torch.compile'd model uncompiled (its original module): compiled graphs run no Python per op", stacklevel=3)
+    return model
+
+def _takes_ids(model) -> bool: return any(isinstance(m, (nn.Embedding, nn.EmbeddingBag)) for m in model.modules())
+
+def to_model_input(x, model, name='x') -> Tensor:
+    "`x` for `model`: a floating batch (`check_batch`) on its device in its dtype; integer token ids, for a model with an embedding, on its device"
+    x = check_tensor(x, name)
+    if not isinstance(model, nn.Module): return check_batch(x, name)      # a function of x: no device or dtype to follow
+    if not x.is_floating_point() and x.dtype != torch.uint8 and _takes_ids(model):
+        if x.numel() == 0: raise ValueError(f"{name} is empty (shape {tuple(x.shape)}): pass at least one example")
+        return x.to(model_device(model))
+    return check_batch(x, name).to(model_device(model), model_dtype(model))
+
+def to_model_images(x, model, name='image', channels:int|None=None) -> Tensor:
+    "`x` as images (`as_images`, with the `channels` the model takes) for `model`: a detached, contiguous batch (N, C, H, W) in [0, 1] on its device in its dtype"
+    return as_images(x, name, channels).detach().to(model_device(model), model_dtype(model)).contiguous()
+
+# %% ../nbs/00a_adapters.ipynb #473183e8
+def keeps_rng(f):
+    "`f`, made to leave torch's global generators (CPU, and CUDA where in use) where the call found them when it raises"
+    @functools.wraps(f)
+    def _f(*args, **kwargs):
+        cpu = torch.get_rng_state()
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+        try: return f(*args, **kwargs)
+        except BaseException:
+            torch.set_rng_state(cpu)
+            if cuda is not None: torch.cuda.set_rng_state_all(cuda)
+            raise
+    return _f
 
 # %% ../nbs/00a_adapters.ipynb #dfad9bc0
 def _batch_dependent(m:nn.Module) -> bool:

@@ -6,14 +6,13 @@ Docs: https://netlens.github.io/netlens/dream.html.md"""
 
 # %% ../nbs/08_dream.ipynb #399b1e17
 from __future__ import annotations
-import math
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
 from .core import *
 from .flat import FlatModel
-from .adapters import as_images, check_count, progress
+from .adapters import to_model_images, check_count, check_number, check_index, check_scores, keeps_rng, progress
 from .optvis import (Objective, ImageParam, channel, class_logit, class_prob, tv, render, optimize, frozen, input_channels,
-                            check_layers, generator, blank_input, _preprocess, _Run, _hw, _scores, _scalar, _keeps_rng)
+                            check_layers, generator, blank_input, _preprocess, _Run, _hw, _scalar, _WRAP_SCORES)
 from .optvis import layer as layer_objective
 
 # %% auto #0
@@ -22,20 +21,14 @@ __all__ = ['deep_dream', 'net_dreamer', 'feature_distance', 'invert_features', '
 # %% ../nbs/08_dream.ipynb #d08e9e80
 def _resize(x, size): return x if tuple(x.shape[-2:]) == tuple(size) else F.interpolate(x, size=size, mode='bilinear', align_corners=False, antialias=True)
 
-def _as_batch(image, model, name='image'):
-    "`image` (tensor, array or PIL image, see `as_images`) as a new contiguous batch (N, C, H, W) in [0, 1], detached, with the model's channels, device and dtype"
-    x = as_images(image, name, channels=input_channels(model)).detach()
-    return x.to(model_device(model), model_dtype(model)).contiguous()
-
-@_keeps_rng
+@keeps_rng
 def deep_dream(model:nn.Module, image:Tensor, layer:str, octaves=4, octave_scale=1.4, steps=10, lr=0.01, jitter:int|None=None,
                preprocess=None, show_progress=True, seed=None, return_norms=False):
     "Dream `layer`'s patterns into `image` (C, H, W) or (N, C, H, W) in [0, 1] over `octaves` scales; with `return_norms` also the layer's mean square after each octave"
-    image = _as_batch(image, model)
+    image = to_model_images(image, model, 'image', input_channels(model))
     octaves, steps = check_count(octaves, 'octaves'), check_count(steps, 'steps')
     if jitter is not None: jitter = check_count(jitter, 'jitter', 0)
-    if not (isinstance(octave_scale, (int, float)) and octave_scale > 1 and math.isfinite(octave_scale)): raise ValueError(f"octave_scale must be a number > 1, got {octave_scale!r}")
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr)): raise ValueError(f"lr must be a finite number, got {lr!r}")
+    octave_scale, lr = check_number(octave_scale, 'octave_scale', 1, strict=True), check_number(lr, 'lr')
     fm = FlatModel(model)
     check_layers(fm, [layer])
     objective, prep = layer_objective(layer, 'l2'), _preprocess(preprocess)
@@ -67,7 +60,7 @@ def deep_dream(model:nn.Module, image:Tensor, layer:str, octaves=4, octave_scale
     return (out, norms) if return_norms else out
 
 # %% ../nbs/08_dream.ipynb #925c29f2
-@_keeps_rng
+@keeps_rng
 def net_dreamer(model:nn.Module, layer:str, size=128, channels:int|None=None, batch=1, noise=0.1, seed=None, **kwargs):
     "DeepDream from grey noise (`batch` images of `size`): the patterns `layer` makes on its own; keyword arguments go to `deep_dream`"
     channels = check_count(channels, 'channels') if channels is not None else input_channels(model) or 3
@@ -85,11 +78,11 @@ def feature_distance(layer:str, target:Tensor) -> Objective:
         return -((a - target) ** 2).sum() / (target ** 2).sum().clamp(min=1e-12)
     return Objective(f, f"feature_distance({layer!r})", [layer])
 
-@_keeps_rng
+@keeps_rng
 def invert_features(model:nn.Module, image:Tensor, layer:str, steps=256, lr=0.05, tv_weight=0.05, beta=2., param=None, transforms=None,
                     preprocess=None, show_progress=True, seed=None):
     "An image whose activations at `layer` match those of `image` (Mahendran & Vedaldi 2015), from noise"
-    image = _as_batch(image, model)
+    image = to_model_images(image, model, 'image', input_channels(model))
     fm = FlatModel(model)
     check_layers(fm, [layer])
     with torch.no_grad(), frozen(model), fm.record([layer]) as rec: model(_preprocess(preprocess)(image))
@@ -107,28 +100,26 @@ def _render_each(model, objectives, size, channels, batch_size, **kwargs):
         out.append(render(model, sum(make(i) for i, make in enumerate(chunk)), size=size, channels=channels, batch=len(chunk), **kwargs))
     return torch.cat(out)
 
-def _indices(ks, n, name, has):
-    "`ks` (None: all `n`) as a non-empty list of integers in 0..n-1, else an error naming `name` and what there is (`has`)"
+def _indices(ks, n, name, of, unit):
+    "`ks` (None: all `n`) as a non-empty list of indices in 0..n-1 (`check_index`), else an error naming `name` and saying `of` has `n` `unit`"
     if ks is None: return list(range(n))
     ks = [ks] if isinstance(ks, int) else list(ks)
-    if not ks: raise ValueError(f"{name} is empty: pass at least one index ({has}), or None for all of them")
-    bad = [k for k in ks if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < n]
-    if bad: raise IndexError(f"{name} holds {bad[0]!r}: {has} (0 to {n - 1})")
-    return ks
+    if not ks: raise ValueError(f"{name} is empty: pass at least one index ({of} has {n} {unit}), or None for all of them")
+    return [check_index(k, n, name, of, unit) for k in ks]
 
-@_keeps_rng
+@keeps_rng
 def class_visualization(model:nn.Module, classes=None, size=128, channels:int|None=None, prob_weight=3., batch_size=16, **kwargs):
     "One image per class in `classes` (all outputs by default) maximising its logit plus `prob_weight` times its log-probability; keyword arguments go to `render`"
     batch_size = check_count(batch_size, 'batch_size')
-    with torch.no_grad(), frozen(model): n = _scores(model(blank_input(model, size, channels))).shape[1]
-    classes = _indices(classes, n, 'classes', f'the model has {n} classes')
+    with torch.no_grad(), frozen(model): n = check_scores(model(blank_input(model, size, channels)), fix=_WRAP_SCORES).shape[1]
+    classes = _indices(classes, n, 'classes', 'the model', 'classes')
     makers = [lambda i, k=k: class_logit(k, batch=i) + prob_weight * class_prob(k, batch=i) for k in classes]
     return _render_each(model, makers, size, channels, batch_size, **kwargs)
 
-@_keeps_rng
+@keeps_rng
 def channel_visualization(model:nn.Module, layer:str, ks=None, size=128, channels:int|None=None, batch_size=16, **kwargs):
     "One image per channel `ks` of `layer` (all of them by default) maximising that channel; keyword arguments go to `render`"
     batch_size = check_count(batch_size, 'batch_size')
     with frozen(model): n = FlatModel(model).n_channels(layer, blank_input(model, size, channels))
-    ks = _indices(ks, n, 'ks', f'layer {layer!r} has {n} channels')
+    ks = _indices(ks, n, 'ks', f'layer {layer!r}', 'channels')
     return _render_each(model, [lambda i, k=k: channel(layer, k, batch=i) for k in ks], size, channels, batch_size, **kwargs)

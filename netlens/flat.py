@@ -14,8 +14,7 @@ import torch, torch.nn as nn
 import matplotlib.pyplot as plt
 from .core import *
 from .hooks import *
-from .hooks import _check_module
-from .adapters import check_count
+from .adapters import check_module, unwrap_model, check_index
 
 # %% auto #0
 __all__ = ['FlatModel', 'Recording', 'Channel', 'show_channels']
@@ -26,18 +25,10 @@ def _split_call(key:str):
     name, sep, k = key.rpartition(':')
     return (name, int(k)) if sep and k.isdigit() else (key, None)
 
-def _unwrap(model:nn.Module) -> nn.Module:
-    "The module behind `torch.compile` (`_orig_mod`) and DataParallel / DistributedDataParallel (`.module`) wrappers, however nested"
-    while True:
-        if type(model).__name__ == 'OptimizedModule' and isinstance(getattr(model, '_orig_mod', None), nn.Module): model = model._orig_mod
-        elif isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)): model = model.module
-        else: return model
-
 class FlatModel:
     "Every named layer of `model` (unwrapped from `torch.compile` and DataParallel) by dotted name, ordinal or type; `record` captures outputs and gradients"
     def __init__(self, model:nn.Module):
-        _check_module(model, 'FlatModel')
-        self.model = _unwrap(model)
+        self.model = unwrap_model(check_module(model, 'FlatModel'))
         self.wrapper = None if self.model is model else model   # run `self.model`: a compiled wrapper ignores hooks added after compiling
         self._modules = {n: m for n, m in self.model.named_modules() if n}
         self.layer_names = list(self._modules)
@@ -198,12 +189,11 @@ def n_channels(self:FlatModel, layer, x=None) -> int:
 @patch
 def channel(self:FlatModel, layer, k:int, x=None) -> Channel:
     "Channel `k` of `layer`, checked against its channel count where that is known"
-    name, k = self.name_of(layer), check_count(k, 'k', low=0)
+    name = self.name_of(layer)
     key = f"{name}:{_split_call(layer)[1]}" if isinstance(layer, str) and _split_call(layer)[1] else name   # keep the call: `res.relu:2`
     try: n = self.n_channels(key, x)
     except ValueError: n = None
-    if n is not None and not 0 <= k < n: raise IndexError(f"{key!r} has {n} channels (0 to {n-1}); got k={k}")
-    return Channel(key, k)
+    return Channel(key, check_index(k, n, 'k', f"layer {key!r}", 'channels'))
 
 # %% ../nbs/03_flat.ipynb #5c49fcca
 def show_channels(acts:torch.Tensor, max_channels=32, ncols=8, cmap='viridis', shared=False, size=1.2, title=None):

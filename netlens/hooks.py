@@ -9,6 +9,7 @@ from __future__ import annotations
 from functools import partial
 import torch, torch.nn as nn
 from torch import Tensor
+from .adapters import check_module
 
 # %% auto #0
 __all__ = ['Hook', 'hook_count', 'Hooks', 'hook_output', 'hook_outputs', 'ModelSnapshot', 'annotate_errors']
@@ -16,12 +17,6 @@ __all__ = ['Hook', 'hook_count', 'Hooks', 'hook_output', 'hook_outputs', 'ModelS
 # %% ../nbs/02_hooks.ipynb #a6fdfa66
 def _output(m, inp, out): return out
 def _grad(m, grad): return grad
-
-def _check_module(m, who, arg='model'):
-    "`m` if it is an `nn.Module`, else a `TypeError` naming `who`'s argument `arg`, what it got and the fix"
-    if isinstance(m, nn.Module): return m
-    hint = f": look a layer up by name with model.get_submodule({m!r}) or netlens.flat.FlatModel(model)[{m!r}]" if isinstance(m, str) else ''
-    raise TypeError(f"{who} needs a torch.nn.Module as `{arg}`, got {type(m).__name__}{hint}")
 
 def _map_tensors(f, x):
     "Apply `f` to every tensor in `x` (a tensor, or nested tuples, lists and dicts of them)"
@@ -38,7 +33,7 @@ class Hook:
                  clone=False,      # copy them at capture time (safe from later in-place ops)
                  cpu=False,        # move them to the CPU
                  every_call=False):# keep a list with one value per call, not only the last
-        _check_module(m, 'Hook', 'm')
+        check_module(m, 'Hook', 'm')
         if hook_func is not None and not callable(hook_func): raise TypeError(f"Hook: hook_func must be callable as hook_func(module, input, output), got {type(hook_func).__name__}")
         self.m, self.is_forward, self.detach, self.clone, self.cpu, self.every_call = m, is_forward, detach, clone, cpu, every_call
         self.hook_func = hook_func or (_output if is_forward else _grad)
@@ -100,7 +95,7 @@ class Hook:
 def hook_count(model:nn.Module) -> int:
     "Number of forward, forward-pre, backward and backward-pre hooks on `model` and all its submodules"
     names = '_forward_hooks', '_forward_pre_hooks', '_backward_hooks', '_backward_pre_hooks'
-    _check_module(model, 'hook_count')
+    check_module(model, 'hook_count')
     return sum(len(getattr(m, n, {})) for m in model.modules() for n in names)
 
 # %% ../nbs/02_hooks.ipynb #3d53fc41
@@ -142,7 +137,7 @@ def hook_outputs(modules, detach=True, clone=False, cpu=False, grad=False) -> Ho
 class ModelSnapshot:
     "What `model` looks like now (modules, modes, requires_grad, .grad, values, hooks), to `diff` against later"
     def __init__(self, model:nn.Module):
-        _check_module(model, 'ModelSnapshot')
+        check_module(model, 'ModelSnapshot')
         self.modules = [(n, id(m), type(m).__name__) for n, m in model.named_modules(remove_duplicate=False)]
         self.training = {n: m.training for n, m in model.named_modules()}
         self.requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
@@ -170,7 +165,7 @@ class ModelSnapshot:
 class annotate_errors:
     "Context manager: an exception raised inside the block gets a note naming the innermost module of `model` that was running"
     def __init__(self, model:nn.Module):
-        _check_module(model, 'annotate_errors')
+        check_module(model, 'annotate_errors')
         self.names = {m: n or type(model).__name__ for n, m in model.named_modules()}
         self.stack, self.handles = [], []
 

@@ -13,40 +13,37 @@ import numpy as np, torch, torch.nn as nn
 from torch import Tensor
 import matplotlib.pyplot as plt
 from .core import *
-from .adapters import check_batch, check_count, check_scores, progress
+from .adapters import check_batch, check_count, check_number, check_scores, check_module, to_model_input, keeps_rng, progress
 
 # %% auto #0
 __all__ = ['dataset_loss', 'normalize_direction', 'random_direction', 'direction_to', 'landscape1d', 'landscape2d',
            'plot_landscape', 'fourier_basis', 'conjugate', 'fourier_map', 'plot_fourier_map']
 
 # %% ../nbs/11_landscape.ipynb #2b65c5e7
-def _batches(data, device=None, dtype=None):
-    "Batches `(x, y)` of `data` (one batch, or an iterable of batches): `x` checked (a non-empty batch of finite floats), on `device` in `dtype`"
+def _batches(data, model=None):
+    "Batches `(x, y)` of `data` (one batch, or an iterable of batches): `x` checked and on `model`'s device in its dtype (`to_model_input`), `y` on its device"
     if isinstance(data, (tuple, list)) and len(data) >= 2 and isinstance(data[0], Tensor): data = [data]
     elif not isinstance(data, Iterable): raise TypeError(f"data must be a batch (x, y) or an iterable of batches such as a DataLoader, not {type(data).__name__}")
     for i, b in enumerate(data):
         if not (isinstance(b, (tuple, list)) and len(b) >= 2): raise TypeError(f"each batch must be (x, y, ...), got {type(b).__name__}")
-        x = check_batch(b[0], f"data (batch {i}, x)")
-        y = b[1].to(device) if isinstance(b[1], Tensor) else b[1]
-        yield x.to(device=device, dtype=dtype), y
+        x = to_model_input(b[0], model, f"data (batch {i}, x)")
+        yield x, b[1].to(x.device) if isinstance(b[1], Tensor) else b[1]
 
 def _reusable(data):
     "`data` if it can be read again (a batch, a list, a DataLoader); a one-shot iterator (a generator, `map`) is read once into a list"
     return list(data) if isinstance(data, Iterator) else data
 
-def _describe(out):
-    return f"a dict with keys {list(out)}" if isinstance(out, dict) else f"a {type(out).__name__}"
-
+@keeps_rng
 def dataset_loss(model:nn.Module, data, loss_fn) -> Tensor:
     "Mean of `loss_fn(model(x), y)` over the batches of `data`, weighted by batch size (0-dim tensor); inputs in the model's dtype; buffers kept"
     losses, sizes = [], []
-    for x, y in _batches(data, model_device(model), model_dtype(model)):
+    for x, y in _batches(data, check_module(model, 'dataset_loss')):
         with keep_buffers(model): out = model(x)   # a model in train mode normalises with the batch, but looking does not move its statistics
         try: l = loss_fn(out, y)
         except (TypeError, AttributeError) as e:
             if isinstance(out, Tensor): raise
             sel = "out['logits']" if isinstance(out, dict) else 'out[0]'
-            raise TypeError(f"loss_fn failed on the model's output, {_describe(out)}: make it select the scores, e.g. lambda out, y: F.cross_entropy({sel}, y)") from e
+            check_scores(out, fix=f"loss_fn failed on it; make loss_fn select the scores, e.g. lambda out, y: F.cross_entropy({sel}, y)")   # raises, saying what the model returned
         if not isinstance(l, Tensor) or l.dim() != 0:
             raise ValueError(f"loss_fn must return a scalar (mean over the batch), got {getattr(l, 'shape', type(l))}: use reduction='mean'")
         losses.append(l); sizes.append(len(x))
@@ -88,6 +85,7 @@ def _check_direction(direction, ps):
     bad = [i for i, d in enumerate(direction) if not torch.isfinite(d).all()]
     if bad: raise ValueError(f"the direction holds NaN or infinite values (tensors {bad[:5]}): every loss along it would be NaN")
 
+@keeps_rng
 def random_direction(model:nn.Module, normalize='filter', ignore='biasbn', seed=None) -> list[Tensor]:
     "A random Gaussian direction in `model`'s parameter space, normalised by `normalize_direction`; reproducible with `seed`"
     ps = _params(model)
@@ -103,7 +101,7 @@ def direction_to(model:nn.Module, other:nn.Module) -> list[Tensor]:
 # %% ../nbs/11_landscape.ipynb #3a62c734
 def _grid(lo_hi, step) -> Tensor:
     lo, hi = lo_hi
-    if step is None or not 0 < step < math.inf: raise ValueError(f"step_size must be positive, got {step}")
+    step = check_number(step, 'step_size', 0, strict=True)
     if not -math.inf < lo < hi < math.inf: raise ValueError(f"a range is (low, high) with finite low < high, got {lo_hi}")
     n = int(math.floor((hi - lo) / step + 1e-9)) + 1
     c = lo + step * torch.arange(n, dtype=torch.float64)
@@ -137,6 +135,7 @@ def _landscape(model, data, loss_fn, dirs, coords, train, show_progress):
             for b, b0 in zip(bufs, orig_b): b.copy_(b0)
     return torch.stack(losses).cpu()
 
+@keeps_rng
 def landscape1d(model:nn.Module, data, loss_fn, x_range=(-1., 1.), step_size=0.1, direction=None,
                 normalize='filter', ignore='biasbn', seed=None, train=False, show_progress=True) -> tuple[Tensor, Tensor]:
     "Loss along one direction (random and filter-normalised unless given): returns coordinates `xs` and `losses`, both (n,)"
@@ -144,6 +143,7 @@ def landscape1d(model:nn.Module, data, loss_fn, x_range=(-1., 1.), step_size=0.1
     d = random_direction(model, normalize, ignore, seed) if direction is None else direction
     return xs, _landscape(model, data, loss_fn, [d], [(a,) for a in xs.tolist()], train, show_progress)
 
+@keeps_rng
 def landscape2d(model:nn.Module, data, loss_fn, x_range=(-1., 1.), y_range=(-1., 1.), step_size=0.1, directions=None,
                 normalize='filter', ignore='biasbn', seed=None, train=False, show_progress=True) -> tuple[Tensor, Tensor, Tensor]:
     "Loss on a plane of two directions: returns `xs` (nx,), `ys` (ny,) and `losses` (nx, ny), `losses[i, j]` at `(xs[i], ys[j])`"
@@ -216,22 +216,22 @@ def _metric_values(metric, out, y, k):
 
 def _check_images(batches, metric):
     for i, (x, y) in enumerate(batches):
+        if not x.is_floating_point(): check_batch(x, f"data (batch {i}, x)")   # token ids: not images; says so
         if x.ndim != 4: raise ValueError(f"fourier_map needs images (N, C, H, W), got shape {tuple(x.shape)}")
         if x.shape[-2:] != batches[0][0].shape[-2:]: raise ValueError(f"every image must be {tuple(batches[0][0].shape[-2:])} as in the first batch, batch {i} holds {tuple(x.shape[-2:])}: resize them first")
         if metric == 'error' and not (isinstance(y, Tensor) and y.shape == (len(x),) and not y.is_floating_point()):
             raise ValueError(f"metric='error' needs class indices y of shape ({len(x)},), got {getattr(y, 'dtype', type(y).__name__)} {tuple(getattr(y, 'shape', ()))}: pass labels, or a metric function of (outputs, y)")
 
+@keeps_rng
 def fourier_map(model:nn.Module, data, metric='error', norm=4., random_sign=True, max_freq=None, batch_size=2048,
                 seed=0, train=False, show_progress=True) -> Tensor:
     "Error (or `metric(outputs, y)`) under a perturbation of L2 norm `norm` along each Fourier basis image: an (H, W) map, centred"
     if metric != 'error' and not callable(metric): raise ValueError(f"metric must be 'error' or a callable (outputs, y) -> scalar, got {metric!r}")
-    if isinstance(norm, bool) or not isinstance(norm, (int, float)) or not 0 < norm < math.inf: raise ValueError(f"norm must be a positive number, got {norm!r}")
+    norm = check_number(norm, 'norm', 0, strict=True)
     batch_size = check_count(batch_size, 'batch_size')
     if max_freq is not None: max_freq = check_count(max_freq, 'max_freq', low=0)
-    module = model if isinstance(model, nn.Module) else None
-    if module is None and not callable(model): raise TypeError(f"model must be a torch.nn.Module or a function of x returning scores, got {type(model).__name__}")
-    dev, dt = (model_device(module), model_dtype(module)) if module is not None else (None, None)
-    batches = list(_batches(data, dev, dt))
+    module = model if isinstance(check_module(model, functions=True), nn.Module) else None
+    batches = list(_batches(data, module))
     if not batches: raise ValueError("data yielded no batches: pass a non-empty batch or loader")
     _check_images(batches, metric)
     h, w = batches[0][0].shape[-2:]
@@ -244,7 +244,7 @@ def fourier_map(model:nn.Module, data, metric='error', norm=4., random_sign=True
     total = torch.zeros(len(todo), dtype=torch.float64)
     n = sum(len(x) for x, _ in batches)
     work = [(b, s, k) for b, (x, _) in enumerate(batches) for k in [max(1, batch_size // len(x))] for s in range(0, len(todo), k)]
-    with torch.no_grad(), (nullcontext() if train or module is None else eval_mode(module)):
+    with torch.no_grad(), (nullcontext() if train or module is None else eval_mode(module)), (keep_buffers(module) if module is not None else nullcontext()):
         for b, s, k in progress(work, show=show_progress):
             (x, y), sg = batches[b], signs[b]
             U = fourier_basis(h, w, todo[s:s + k], x.dtype, x.device)                             # (k, H, W)

@@ -6,14 +6,14 @@ Docs: https://netlens.github.io/netlens/optvis.html.md"""
 
 # %% ../nbs/07_optvis.ipynb #90c8c57b
 from __future__ import annotations
-import math, functools
+import math
 from collections import namedtuple
 from contextlib import contextmanager, nullcontext
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
 from .core import *
 from .flat import FlatModel
-from .adapters import as_images, check_count, check_scores, progress, _describe
+from .adapters import as_images, check_count, check_scores, check_index, keeps_rng, progress
 
 # %% auto #0
 __all__ = ['COLOR_CORRELATION', 'Rendered', 'decorrelate_colors', 'correlate_colors', 'ImageParam', 'pad', 'jitter',
@@ -176,8 +176,7 @@ def _pick(v, batch):
 
 def _channel_of(run, layer, k):
     a = run[layer]
-    if not 0 <= k < a.shape[1]: raise IndexError(f"channel {k} of layer {layer!r}: it has {a.shape[1]} channels (0 to {a.shape[1] - 1})")
-    return a[:, k]
+    return a[:, check_index(k, a.shape[1], 'channel', f"layer {layer!r}", 'channels')]
 
 def channel(layer:str, k:int, batch=None) -> Objective:
     "Mean activation of channel `k` of `layer`"
@@ -200,15 +199,10 @@ def layer(name:str, kind='mean', batch=None) -> Objective:
 
 _WRAP_SCORES = "wrap the model in an nn.Module whose forward returns the scores (N, classes)"
 
-def _scores(out, fix=_WRAP_SCORES) -> Tensor:
-    "`out` checked as scores (N, classes) by `check_scores`; a model output that is not a tensor gets `fix` (these functions need an nn.Module, not a function)"
-    if not isinstance(out, Tensor): raise TypeError(f"the model's output is {_describe(out)}, not a tensor of scores (N, classes): {fix}")
-    return check_scores(out)
-
 def _output_of(r, k):
     "The model's output, once class `k` is known to be one of its columns"
-    out = _scores(r.output, f"select them in an objective of your own, e.g. Objective(lambda r: r.output[0][:, {k}].sum(), 'class {k}'), or {_WRAP_SCORES}")
-    if not 0 <= k < out.shape[1]: raise IndexError(f"class {k}: the model has {out.shape[1]} outputs (0 to {out.shape[1] - 1})")
+    out = check_scores(r.output, fix=f"select them in an objective of your own, e.g. Objective(lambda r: r.output[0][:, {k}].sum(), 'class {k}'), or {_WRAP_SCORES}")
+    check_index(k, out.shape[1], 'class', unit='outputs')
     return out
 
 def class_logit(k:int, batch=None) -> Objective:
@@ -309,17 +303,6 @@ def check_layers(fm:FlatModel, layers):
     "Raise a clear error for any of `layers` that `fm` does not have"
     for l in layers: fm.name_of(l)
 
-def _keeps_rng(f):
-    "`f`, made to leave torch's global RNG where the call found it when it raises: a refused or interrupted call moves nothing"
-    @functools.wraps(f)
-    def _f(*args, **kwargs):
-        state = torch.get_rng_state()
-        try: return f(*args, **kwargs)
-        except BaseException:
-            torch.set_rng_state(state)
-            raise
-    return _f
-
 def _forward(model, x, image, step):
     "`model(x)`; an error on the first step says which batch the loop fed the model"
     try: return model(x)
@@ -336,7 +319,7 @@ def _scalar(value, objective, step) -> float:
     if not math.isfinite(v): raise ValueError(f"objective {objective.name} is {v} at step {step}: the image or the model gives NaN or infinity; lower lr, or check the model on this input")
     return v
 
-@_keeps_rng
+@keeps_rng
 def optimize(model:nn.Module, objective:Objective, param:nn.Module, transforms='standard', preprocess=None, optimizer=None, lr=0.05,
              steps=512, thresholds=None, show_progress=True, seed=None):
     "Maximise `objective` over the images `param()` makes: the loop behind `render` and the dream functions"
@@ -367,7 +350,7 @@ def optimize(model:nn.Module, objective:Objective, param:nn.Module, transforms='
     with torch.no_grad(): images = param().detach()
     return Rendered(images, snapshots, history) if thresholds else images
 
-@_keeps_rng
+@keeps_rng
 def render(model:nn.Module, objective:Objective, param:nn.Module|None=None, size=128, channels:int|None=None, batch=1, transforms='standard',
            preprocess=None, optimizer=None, lr=0.05, steps=512, thresholds=None, show_progress=True, seed=None):
     "Optimise an image batch (batch, channels, size, size) in [0, 1] that maximises `objective` for `model`; `channels`: what its first convolution takes"

@@ -13,7 +13,7 @@ import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
 import matplotlib.pyplot as plt
 from .core import *
-from .adapters import check_tensor, check_finite, check_count, progress
+from .adapters import check_tensor, check_finite, check_count, to_model_input, progress
 from .flat import FlatModel, _split_call
 
 # %% auto #0
@@ -386,11 +386,6 @@ def _len(it):
     try: return len(it)
     except TypeError: return None
 
-def _model_input(x, model, name):
-    "Batch input `x` on `model`'s device; floating input in the model's dtype (float64 data, float32 model), other input (token ids) as it is"
-    x = check_tensor(x, name)
-    return check_finite(x, name).to(model_device(model), model_dtype(model)) if x.is_floating_point() else x.to(model_device(model))
-
 _END = object()
 
 def compare_models(model1:nn.Module, model2:nn.Module=None, loader=None, layers1=None, layers2=None, measure='cka',
@@ -424,8 +419,8 @@ def compare_models(model1:nn.Module, model2:nn.Module=None, loader=None, layers1
             if len(x1) < (4 if streamed else 1):
                 warnings.warn(f"a batch of {len(x1)} examples is skipped" + (": the unbiased HSIC needs at least 4 (use drop_last=True or another batch size)" if streamed else ""))
                 continue
-            x1 = _model_input(x1, model1, 'a batch of loader')
-            x2 = x1 if one_pass else _model_input(x2, model2, 'a batch of loader2' if loader2 is not None else 'a batch of loader')
+            x1 = to_model_input(x1, model1, 'a batch of loader')
+            x2 = x1 if one_pass else to_model_input(x2, model2, 'a batch of loader2' if loader2 is not None else 'a batch of loader')
             if one_pass:
                 with fm1.record(list(dict.fromkeys(names1 + names2))) as r1: model1(x1)
                 r2 = r1
@@ -484,8 +479,8 @@ def layer_similarity(model1:nn.Module, layer1, model2:nn.Module, layer2, x:Tenso
     f = _measure(measure)
     fm1, fm2 = FlatModel(model1), FlatModel(model2)
     (n1, k1), (n2, k2) = _one_layer(fm1, layer1, 'layer1'), _one_layer(fm2, layer2, 'layer2')
-    x1 = _model_input(x, model1, 'x')
-    x2 = _model_input(x if x2 is None else x2, model2, 'x' if x2 is None else 'x2')
+    x1 = to_model_input(x, model1, 'x')
+    x2 = to_model_input(x if x2 is None else x2, model2, 'x' if x2 is None else 'x2')
     with torch.no_grad(), eval_mode(model1), eval_mode(model2):
         with fm1.record(n1) as r1: model1(x1)
         with fm2.record(n2) as r2: model2(x2)

@@ -12,8 +12,8 @@ import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
 from .core import *
 from .flat import FlatModel
-from .adapters import as_images, check_count, progress
-from .optvis import frozen, total_variation, input_channels, _preprocess, _keeps_rng
+from .adapters import to_model_images, check_count, check_module, keeps_rng, progress
+from .optvis import frozen, total_variation, input_channels, _preprocess
 
 # %% auto #0
 __all__ = ['PRESETS', 'vgg_layer_names', 'gram', 'style_loss', 'content_loss', 'avg_pooling', 'default_style_model',
@@ -24,7 +24,7 @@ _POOLS = (nn.MaxPool2d, nn.AvgPool2d)
 
 def vgg_layer_names(model:nn.Module) -> dict:
     "VGG-style names -> FlatModel names: `conv{b}_{i}`, `relu{b}_{i}`, `pool{b}` (blocks end at poolings) and `conv_k`, `relu_k`, `pool_k` (k-th of its kind)"
-    if not isinstance(model, nn.Module): raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_module(model, 'vgg_layer_names')
     names, block, i, last, counts = {}, 1, 0, None, {'conv': 0, 'relu': 0, 'pool': 0}
     for name, m in model.named_modules():
         if not name or next(m.children(), None) is not None: continue
@@ -84,16 +84,16 @@ def avg_pooling(model:nn.Module):
 
 def _image(x, name, model):
     "One image `x` (see `as_images`) as a new contiguous, detached (1, C, H, W) batch on the model's device and dtype"
-    x = as_images(x, name, channels=input_channels(model))
+    x = to_model_images(x, model, name, input_channels(model))
     if len(x) != 1: raise ValueError(f"{name} must be one image (C, H, W) or (1, C, H, W), got shape {tuple(x.shape)}: pass {name}[i]")
-    return x.detach().to(model_device(model), model_dtype(model)).contiguous()
+    return x
 
 def default_style_model() -> nn.Module:
     "VGG19's convolutional part with ImageNet weights (a download on first use)"
     import torchvision
     return torchvision.models.vgg19(weights='IMAGENET1K_V1').features.eval()
 
-@_keeps_rng
+@keeps_rng
 def style_transfer(content:Tensor, style:Tensor, model:nn.Module|None=None, preset='gatys', content_layers=None, style_layers=None,
                    style_weight=None, content_weight=None, tv_weight=0., steps=300, optimizer='lbfgs', lr=None, pooling='max',
                    init='content', preprocess='imagenet', show_progress=True, seed=None, return_history=False):

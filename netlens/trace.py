@@ -15,7 +15,8 @@ from torch import Tensor
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 from torch.overrides import TorchFunctionMode
 from .core import *
-from .flat import _split_call, _unwrap
+from .flat import _split_call
+from .adapters import check_module, unwrap_model, keeps_rng
 
 # %% auto #0
 __all__ = ['TensorOp', 'ModelLog', 'log_forward_pass', 'ValidationReport', 'validate_saved_activations', 'show_model_graph']
@@ -404,18 +405,11 @@ def _add_io(log, tracer, t, kind, k, parent=None):
         src.children.append(op.index)
     log.entries.append(op)
 
-def _uncompiled(model, warn=False):
-    "The module behind `torch.compile` and DataParallel wrappers, as `FlatModel` takes it (compiled graphs run no Python per op, replicas run in other threads)"
-    inner = _unwrap(model)
-    compiled = any(type(m).__name__ == 'OptimizedModule' for m in (model, getattr(model, 'module', None)))
-    if warn and compiled: warnings.warn("log_forward_pass traces a torch.compile'd model uncompiled (its original module): compiled graphs run no Python per op")
-    return inner
-
+@keeps_rng
 def log_forward_pass(model:nn.Module, x, layers_to_save='all', keep_grads:bool=False, source_lines:bool=False, kwargs:dict|None=None,
                      save_device=None) -> ModelLog:
     "Run `model` on `x` once and log every tensor operation; save the values of `layers_to_save` (on `save_device`, e.g. 'cpu', if given)"
-    if not isinstance(model, nn.Module): raise TypeError(f"log_forward_pass needs a torch.nn.Module, got {type(model).__name__}")
-    model = _uncompiled(model, warn=True)
+    model = unwrap_model(check_module(model, 'log_forward_pass'), 'log_forward_pass')   # compiled graphs run no Python per op, replicas run in other threads
     args, kw = _inputs_of(x, kwargs)
     if not _tensors(args) + _tensors(kw): raise TypeError("log_forward_pass: the input holds no tensor; pass a tensor, a tuple/list of positional arguments or a dict of keyword arguments")
     if keep_grads:  # leaf copies that require grad, so the inputs get gradients too; the caller's tensors are left alone
@@ -476,7 +470,7 @@ class ValidationReport:
 
 def validate_saved_activations(model:nn.Module, x, rtol=1e-4, atol=1e-5, kwargs:dict|None=None):
     "Replay every logged op from its saved parents, compare the output with a fresh forward, and check that perturbed parents change results: `True` or a `ValidationReport`"
-    model = _uncompiled(model)
+    model = unwrap_model(check_module(model, 'validate_saved_activations'))
     devices = [d.index for d in {t.device for t in _tensors(_inputs_of(x, kwargs))} | {p.device for p in model.parameters()} if d.type == 'cuda']
     failures = []
     with keep_buffers(model), torch.random.fork_rng(devices=devices):

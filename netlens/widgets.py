@@ -7,15 +7,15 @@ Docs: https://netlens.github.io/netlens/widgets.html.md"""
 # %% ../nbs/13_widgets.ipynb #45ee1a3a
 from __future__ import annotations
 import io
-import numpy as np, torch, torch.nn as nn
+import torch, torch.nn as nn
 import ipywidgets as W
 import matplotlib.pyplot as plt
 from .core import *
 from .flat import FlatModel
 from .attribution import (saliency, guided_backprop, smooth_grad, integrated_gradients, cam, guided_grad_cam,
                                  occlusion, show_attribution)
-from .adapters import as_images, check_batch, check_count
-from .optvis import render, channel, input_channels, blank_input, _hw, _scores
+from .adapters import to_model_images, to_model_input, check_batch, check_count, check_index, check_scores
+from .optvis import render, channel, input_channels, blank_input, _hw, _WRAP_SCORES
 
 # %% auto #0
 __all__ = ['LAYER_METHODS', 'fig_to_png', 'AttributionExplorer', 'ChannelExplorer']
@@ -38,20 +38,14 @@ def _explorer_input(x, model, denorm) -> torch.Tensor:
     if denorm:
         x = check_batch(x[None] if isinstance(x, torch.Tensor) and x.ndim == 3 else x, 'x', ndim=4, what='an image (C, H, W) or (1, C, H, W)')
         if c is not None and x.shape[1] != c: raise ValueError(f"x has {x.shape[1]} channels, the model takes {c}")
+        x = to_model_input(x, model, 'x').detach().contiguous()
     else:
-        try: x = as_images(x, 'x', channels=c)
+        try: x = to_model_images(x, model, 'x', c)
         except ValueError as e:
             if 'in [0, 1]' in str(e): raise ValueError(f"{e}; or, if the model takes normalised input, pass denorm=True") from None
             raise
     if len(x) != 1: raise ValueError(f"the explorer shows one image (1, C, H, W), got shape {tuple(x.shape)}: pass x[i:i+1]")
-    return x.detach().to(model_device(model), model_dtype(model)).contiguous()
-
-def _class_index(target, n:int) -> int:
-    "`target` as a class index in 0..n-1, else an error naming it"
-    if isinstance(target, torch.Tensor) and target.numel() == 1 and not target.is_floating_point(): target = target.item()
-    if isinstance(target, bool) or not isinstance(target, (int, np.integer)): raise TypeError(f"target must be a class index (an int), got {target!r}")
-    if not 0 <= target < n: raise IndexError(f"target {target} is out of range: the model has {n} classes (0 to {n - 1})")
-    return int(target)
+    return x
 
 LAYER_METHODS = ('gradcam', 'gradcam++', 'xgradcam', 'layercam', 'guided gradcam')
 
@@ -62,9 +56,9 @@ class AttributionExplorer:
         x = _explorer_input(x, model, denorm)
         self.model, self.x, self.denorm, self.n_samples = model, x, denorm, check_count(n_samples, 'n_samples')
         self.fm = FlatModel(model)
-        with torch.no_grad(), eval_mode(model): scores = _scores(model(x))
+        with torch.no_grad(), eval_mode(model): scores = check_scores(model(x), fix=_WRAP_SCORES)
         self.n_classes = scores.shape[1]
-        target = int(scores.argmax(1)) if target is None else _class_index(target, self.n_classes)
+        target = int(scores.argmax(1)) if target is None else check_index(target, self.n_classes, 'target')
         layers = [self.fm.name_of(l) for l in layers] if layers is not None else _map_layers(self.fm, x)
         if not layers: raise ValueError("the model has no layer with a (N, C, h, w) output: pass layers=")
         c, h, w = x.shape[1:]

@@ -7,12 +7,12 @@ Docs: https://netlens.github.io/netlens/gradcam.html.md"""
 # %% ../../nbs/05_gradcam.ipynb #db897635
 from __future__ import annotations
 import math
-import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
+import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
 from ..core import *
 from ..hooks import Hook
 from ..flat import FlatModel
-from ..adapters import check_batch, warn_if_training, _describe
+from ..adapters import check_batch, check_index, warn_if_training
 from .gradients import target_scores, guarded, _gradient, _check_result
 
 # %% auto #0
@@ -34,6 +34,10 @@ def _as_maps(t, reshape):
     if t.ndim == 3: return vit_reshape(t)
     raise ValueError(f"a CAM needs maps (N, C, h, w) or tokens (N, T, D); the layer outputs shape {tuple(t.shape)}: pick a convolutional layer")
 
+# a function that selects the scores has no layers to hook
+_WRAP_CAM = ("a CAM needs the module itself, so wrap it in an nn.Module whose forward returns the scores (e.g. model(x)[0]) "
+             "and prefix the layer name with the attribute that holds the model")
+
 def _layer_acts_grads(model, x:Tensor, target, layer, reshape=None) -> tuple[Tensor, Tensor]:
     "`layer_acts_grads` of checked `x`"
     fm = FlatModel(model)
@@ -42,9 +46,7 @@ def _layer_acts_grads(model, x:Tensor, target, layer, reshape=None) -> tuple[Ten
     with fm.record(name, grads=True) as rec, Hook(fm[name], detach=False, every_call=True) as raw, torch.enable_grad(), guarded(model, x):
         xr = x.detach().requires_grad_()
         out = model(xr)
-        if not isinstance(out, Tensor):                          # a function that selects the scores has no layers to hook
-            raise TypeError(f"the model's output is {_describe(out)}, not a tensor of scores (N, classes): a CAM needs the module itself, so wrap it in an nn.Module whose forward returns the scores (e.g. model(x)[0]) and prefix the layer name with the attribute that holds the model")
-        scores = target_scores(out, target, len(x))
+        scores = target_scores(out, target, len(x), fix=_WRAP_CAM)
         key = name if call is None else f"{name}:{call}"
         acts = rec[key]                                          # raises clearly for an unused layer or an ambiguous call
         k = int(call) - 1 if call else 0
@@ -80,9 +82,9 @@ CAM_METHODS = {'gradcam': _gradcam_weights, 'gradcam++': _gradcampp_weights, 'xg
 def _cam(model, x:Tensor, target, layer, method='gradcam', channel=None, interpolate=True, relu=True, reshape=None, mode='bilinear') -> Tensor:
     "`cam` of checked `x`"
     if method not in CAM_METHODS: raise unknown_key_error(method, CAM_METHODS, 'CAM method')
-    if channel is not None and (isinstance(channel, bool) or not isinstance(channel, (int, np.integer))): raise TypeError(f"channel must be an int (or None for all channels), got {channel!r}")
+    if channel is not None: check_index(channel, None, 'channel', unit='channels')   # before the forward; its range after
     A, G = _layer_acts_grads(model, x, target, layer, reshape)
-    if channel is not None and not 0 <= channel < A.shape[1]: raise IndexError(f"{layer!r} has {A.shape[1]} channels (0 to {A.shape[1] - 1}); got channel={channel}")
+    if channel is not None: channel = check_index(channel, A.shape[1], 'channel', f"layer {layer!r}", 'channels')
     maps = CAM_METHODS[method](A, G) * A
     m = maps.sum(1) if channel is None else maps[:, channel]
     if relu: m = m.clamp(min=0)

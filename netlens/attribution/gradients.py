@@ -14,7 +14,7 @@ from torch.overrides import TorchFunctionMode
 import matplotlib.pyplot as plt
 from ..core import *
 from ..hooks import annotate_errors
-from ..adapters import check_tensor, check_finite, check_batch, check_count, check_scores, warn_if_training
+from ..adapters import check_tensor, check_finite, check_batch, check_count, check_number, check_scores, check_module, keeps_rng, warn_if_training
 
 # %% auto #0
 __all__ = ['IG_METHODS', 'per_example', 'target_scores', 'guarded', 'input_grad', 'saliency', 'relu_rule', 'guided_backprop',
@@ -30,18 +30,13 @@ def per_example(target, n:int, device=None) -> Tensor:
     if t.shape != (n,): raise ValueError(f"target must be an int or one per example ({n}), got shape {tuple(t.shape)}")
     return t
 
-def target_scores(out:Tensor, target, n:int|None=None, name="the model's output") -> Tensor:
-    "The score of class `target` (an int, or one per example) for each example of the model output `out`: finite scores (N, classes), N = `n`"
-    out = check_scores(out, n, name)
+def target_scores(out:Tensor, target, n:int|None=None, name="the model's output", fix:str|None=None, group=None) -> Tensor:
+    "The score of class `target` (an int, or one per example) for each example of the model output `out`: finite scores (N, classes), N = `n` (`check_scores` with `fix` and `group`)"
+    out = check_scores(out, n, name, fix, group)
     t = per_example(target, len(out), out.device)
     bad = t[(t < 0) | (t >= out.shape[1])]
     if len(bad): raise IndexError(f"target {bad[0].item()} is out of range: the model has {out.shape[1]} outputs")
     return out.gather(1, t.long()[:, None]).squeeze(1)
-
-def _scores(out, target, n:int, name="the model's output", group=None) -> Tensor:
-    "`target_scores` of `out` (`n` rows); `group` regroups the rows by the user's examples, so a NaN names those"
-    if group is not None and isinstance(out, Tensor) and out.ndim == 2 and len(out) == n: check_scores(group(out.detach()), name=name)
-    return target_scores(out, target, n, name)
 
 def _check_result(a:Tensor, what:str) -> Tensor:
     "`a` (one row per example) if finite, else an error naming the examples"
@@ -66,9 +61,7 @@ def _why(model:nn.Module, x, misfed:list):
 @contextmanager
 def guarded(model, x:Tensor|None=None):
     "Run the block with `model`'s buffers kept and errors annotated with the failing layer; a forward that fails because of `x`'s dtype, device or rank says so"
-    if not isinstance(model, nn.Module):
-        if not callable(model): raise TypeError(f"model must be a torch.nn.Module or a function of x, got {type(model).__name__}")
-        yield; return
+    if not isinstance(check_module(model, functions=True), nn.Module): yield; return
     misfed, hs = [], []
     def rank(m, inp):                                        # ConvNd takes batches (N, C, *spatial), or one unbatched example
         d = len(m.kernel_size) + 2
@@ -88,7 +81,7 @@ def _input_grad(model, x:Tensor, target, name="the model's output", group=None) 
     "Gradient of the `target` scores of `model(x)` w.r.t. `x`, and the scores: no checks, no guard (the entry point does both)"
     x = x.detach().requires_grad_()
     with torch.enable_grad():
-        scores = _scores(model(x), target, len(x), name, group)
+        scores = target_scores(model(x), target, len(x), name, group=group)
         g, = torch.autograd.grad(scores.sum(), x)
     return g, scores.detach()
 
@@ -168,6 +161,7 @@ def _unit_noise(seed:int, samples, shape, device=None, dtype=None) -> Tensor:
         out[k].normal_(generator=g)
     return out
 
+@keeps_rng
 def smooth_grad(model:nn.Module, x:Tensor, target, n_samples=50, stdev=0.15, kind='smoothgrad', guided=False, abs=False,
                 batch_size=None, seed=None) -> Tensor:
     "SmoothGrad / SmoothGrad² / VarGrad: statistics of the gradient over `n_samples` noisy copies of each example"
@@ -175,8 +169,7 @@ def smooth_grad(model:nn.Module, x:Tensor, target, n_samples=50, stdev=0.15, kin
     n_samples = check_count(n_samples, 'n_samples')
     if batch_size is not None: batch_size = check_count(batch_size, 'batch_size')
     if seed is not None: seed = check_count(seed, 'seed', low=0)
-    if isinstance(stdev, bool) or not isinstance(stdev, (int, float)) or not 0 <= stdev < math.inf:
-        raise ValueError(f"stdev must be a number >= 0 (the noise's standard deviation as a fraction of each example's value range), got {stdev!r}")
+    stdev = check_number(stdev, 'stdev', 0)           # the noise's standard deviation, a fraction of each example's value range
     x = check_batch(x, 'x').detach()
     warn_if_training(model)
     n, feat = len(x), x.shape[1:]

@@ -10,7 +10,7 @@ import math, itertools
 import numpy as np, torch, torch.nn as nn
 from torch import Tensor
 from ..adapters import check_batch, check_count, warn_if_training
-from .gradients import per_example, target_scores, _scores, _baseline, _check_result, guarded
+from .gradients import per_example, target_scores, _baseline, _check_result, guarded
 
 # %% auto #0
 __all__ = ['occlusion']
@@ -51,7 +51,7 @@ def occlusion(model:nn.Module, x:Tensor, target, window=(3, 15, 15), stride=(3, 
             for k, st in enumerate(chunk): mask[(k, *[slice(a, a + w) for a, w in zip(st, window)])] = 1
             occluded = x[None] * (1 - mask[:, None]) + b[None] * mask[:, None]            # (k, N, ...)
             out = model(occluded.flatten(0, 1))
-            drop = base[None] - _scores(out, t.repeat(len(chunk)), len(chunk) * n, "the model's output on the occluded copies of x", by_example).view(len(chunk), n)
+            drop = base[None] - target_scores(out, t.repeat(len(chunk)), len(chunk) * n, "the model's output on the occluded copies of x", group=by_example).view(len(chunk), n)
             total += torch.einsum('kn,k...->n...', drop, mask)
             counts += mask.sum(0)
     return _check_result(total / counts, 'the occlusion attribution')
