@@ -10,7 +10,7 @@ import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
 from .core import *
 from .flat import FlatModel
-from .adapters import to_model_images, check_count, check_number, check_index, check_scores, keeps_rng, progress
+from .adapters import unwrap_model, to_model_images, check_count, check_number, check_index, check_scores, keeps_rng, progress
 from .optvis import (Objective, ImageParam, channel, class_logit, class_prob, tv, render, optimize, frozen, input_channels,
                             check_layers, generator, blank_input, _preprocess, _Run, _hw, _scalar, _WRAP_SCORES)
 from .optvis import layer as layer_objective
@@ -25,6 +25,7 @@ def _resize(x, size): return x if tuple(x.shape[-2:]) == tuple(size) else F.inte
 def deep_dream(model:nn.Module, image:Tensor, layer:str, octaves=4, octave_scale=1.4, steps=10, lr=0.01, jitter:int|None=None,
                preprocess=None, show_progress=True, seed=None, return_norms=False):
     "Dream `layer`'s patterns into `image` (C, H, W) or (N, C, H, W) in [0, 1] over `octaves` scales; with `return_norms` also the layer's mean square after each octave"
+    model = unwrap_model(model)
     image = to_model_images(image, model, 'image', input_channels(model))
     octaves, steps = check_count(octaves, 'octaves'), check_count(steps, 'steps')
     if jitter is not None: jitter = check_count(jitter, 'jitter', 0)
@@ -63,6 +64,7 @@ def deep_dream(model:nn.Module, image:Tensor, layer:str, octaves=4, octave_scale
 @keeps_rng
 def net_dreamer(model:nn.Module, layer:str, size=128, channels:int|None=None, batch=1, noise=0.1, seed=None, **kwargs):
     "DeepDream from grey noise (`batch` images of `size`): the patterns `layer` makes on its own; keyword arguments go to `deep_dream`"
+    model = unwrap_model(model)
     channels = check_count(channels, 'channels') if channels is not None else input_channels(model) or 3
     (h, w), batch = _hw(size), check_count(batch, 'batch')
     g = generator(seed)
@@ -82,6 +84,7 @@ def feature_distance(layer:str, target:Tensor) -> Objective:
 def invert_features(model:nn.Module, image:Tensor, layer:str, steps=256, lr=0.05, tv_weight=0.05, beta=2., param=None, transforms=None,
                     preprocess=None, show_progress=True, seed=None):
     "An image whose activations at `layer` match those of `image` (Mahendran & Vedaldi 2015), from noise"
+    model = unwrap_model(model)
     image = to_model_images(image, model, 'image', input_channels(model))
     fm = FlatModel(model)
     check_layers(fm, [layer])
@@ -110,6 +113,7 @@ def _indices(ks, n, name, of, unit):
 @keeps_rng
 def class_visualization(model:nn.Module, classes=None, size=128, channels:int|None=None, prob_weight=3., batch_size=16, **kwargs):
     "One image per class in `classes` (all outputs by default) maximising its logit plus `prob_weight` times its log-probability; keyword arguments go to `render`"
+    model = unwrap_model(model)
     batch_size = check_count(batch_size, 'batch_size')
     with torch.no_grad(), frozen(model): n = check_scores(model(blank_input(model, size, channels)), fix=_WRAP_SCORES).shape[1]
     classes = _indices(classes, n, 'classes', 'the model', 'classes')
@@ -119,6 +123,7 @@ def class_visualization(model:nn.Module, classes=None, size=128, channels:int|No
 @keeps_rng
 def channel_visualization(model:nn.Module, layer:str, ks=None, size=128, channels:int|None=None, batch_size=16, **kwargs):
     "One image per channel `ks` of `layer` (all of them by default) maximising that channel; keyword arguments go to `render`"
+    model = unwrap_model(model)
     batch_size = check_count(batch_size, 'batch_size')
     with frozen(model): n = FlatModel(model).n_channels(layer, blank_input(model, size, channels))
     ks = _indices(ks, n, 'ks', f'layer {layer!r}', 'channels')

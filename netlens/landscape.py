@@ -13,7 +13,7 @@ import numpy as np, torch, torch.nn as nn
 from torch import Tensor
 import matplotlib.pyplot as plt
 from .core import *
-from .adapters import check_batch, check_count, check_number, check_scores, check_module, to_model_input, keeps_rng, progress
+from .adapters import unwrap_model, check_batch, check_count, check_number, check_scores, check_module, to_model_input, keeps_rng, progress
 
 # %% auto #0
 __all__ = ['dataset_loss', 'normalize_direction', 'random_direction', 'direction_to', 'landscape1d', 'landscape2d',
@@ -37,7 +37,8 @@ def _reusable(data):
 def dataset_loss(model:nn.Module, data, loss_fn) -> Tensor:
     "Mean of `loss_fn(model(x), y)` over the batches of `data`, weighted by batch size (0-dim tensor); inputs in the model's dtype; buffers kept"
     losses, sizes = [], []
-    for x, y in _batches(data, check_module(model, 'dataset_loss')):
+    model = unwrap_model(check_module(model, 'dataset_loss'))
+    for x, y in _batches(data, model):
         with keep_buffers(model): out = model(x)   # a model in train mode normalises with the batch, but looking does not move its statistics
         try: l = loss_fn(out, y)
         except (TypeError, AttributeError) as e:
@@ -59,6 +60,7 @@ def _params(model):
 
 def normalize_direction(direction:list[Tensor], model:nn.Module, normalize='filter', ignore='biasbn') -> list[Tensor]:
     "Rescale `direction` (one tensor per parameter of `model`) as Li et al.: per filter (`'filter'`), per tensor (`'layer'`), by the weights (`'weight'`) or not (None)"
+    model = unwrap_model(model)
     if normalize not in ('filter', 'layer', 'weight', None): raise ValueError(f"normalize must be 'filter', 'layer', 'weight' or None, got {normalize!r}")
     if ignore not in ('biasbn', None): raise ValueError(f"ignore must be 'biasbn' or None, got {ignore!r}")
     ps, out = _params(model), []
@@ -88,12 +90,14 @@ def _check_direction(direction, ps):
 @keeps_rng
 def random_direction(model:nn.Module, normalize='filter', ignore='biasbn', seed=None) -> list[Tensor]:
     "A random Gaussian direction in `model`'s parameter space, normalised by `normalize_direction`; reproducible with `seed`"
+    model = unwrap_model(model)
     ps = _params(model)
     with seeded(seed): d = [torch.randn_like(p) for p in ps]
     return normalize_direction(d, model, normalize, ignore)
 
 def direction_to(model:nn.Module, other:nn.Module) -> list[Tensor]:
     "The direction from `model`'s parameters to `other`'s (same architecture): a 1d landscape over [0, 1] interpolates between them"
+    model, other = unwrap_model(model), unwrap_model(other)
     ps, qs = _params(model), _params(other)
     _check_direction(qs, ps)
     return [q.detach().to(p.device, p.dtype) - p.detach() for p, q in zip(ps, qs)]
@@ -139,6 +143,7 @@ def _landscape(model, data, loss_fn, dirs, coords, train, show_progress):
 def landscape1d(model:nn.Module, data, loss_fn, x_range=(-1., 1.), step_size=0.1, direction=None,
                 normalize='filter', ignore='biasbn', seed=None, train=False, show_progress=True) -> tuple[Tensor, Tensor]:
     "Loss along one direction (random and filter-normalised unless given): returns coordinates `xs` and `losses`, both (n,)"
+    model = unwrap_model(model)
     xs = _grid(x_range, step_size)
     d = random_direction(model, normalize, ignore, seed) if direction is None else direction
     return xs, _landscape(model, data, loss_fn, [d], [(a,) for a in xs.tolist()], train, show_progress)
@@ -147,6 +152,7 @@ def landscape1d(model:nn.Module, data, loss_fn, x_range=(-1., 1.), step_size=0.1
 def landscape2d(model:nn.Module, data, loss_fn, x_range=(-1., 1.), y_range=(-1., 1.), step_size=0.1, directions=None,
                 normalize='filter', ignore='biasbn', seed=None, train=False, show_progress=True) -> tuple[Tensor, Tensor, Tensor]:
     "Loss on a plane of two directions: returns `xs` (nx,), `ys` (ny,) and `losses` (nx, ny), `losses[i, j]` at `(xs[i], ys[j])`"
+    model = unwrap_model(model)
     xs, ys = _grid(x_range, step_size), _grid(y_range, step_size)
     if directions is None:
         directions = [random_direction(model, normalize, ignore, None if seed is None else seed + k) for k in range(2)]
@@ -230,7 +236,8 @@ def fourier_map(model:nn.Module, data, metric='error', norm=4., random_sign=True
     norm = check_number(norm, 'norm', 0, strict=True)
     batch_size = check_count(batch_size, 'batch_size')
     if max_freq is not None: max_freq = check_count(max_freq, 'max_freq', low=0)
-    module = model if isinstance(check_module(model, functions=True), nn.Module) else None
+    model = unwrap_model(check_module(model, functions=True))
+    module = model if isinstance(model, nn.Module) else None
     batches = list(_batches(data, module))
     if not batches: raise ValueError("data yielded no batches: pass a non-empty batch or loader")
     _check_images(batches, metric)

@@ -13,7 +13,7 @@ import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
 from .core import *
 from .flat import FlatModel
-from .adapters import as_images, check_count, check_scores, check_index, keeps_rng, progress
+from .adapters import unwrap_model, as_images, check_count, check_scores, check_index, keeps_rng, progress
 
 # %% auto #0
 __all__ = ['COLOR_CORRELATION', 'Rendered', 'decorrelate_colors', 'correlate_colors', 'ImageParam', 'pad', 'jitter',
@@ -323,6 +323,7 @@ def _scalar(value, objective, step) -> float:
 def optimize(model:nn.Module, objective:Objective, param:nn.Module, transforms='standard', preprocess=None, optimizer=None, lr=0.05,
              steps=512, thresholds=None, show_progress=True, seed=None):
     "Maximise `objective` over the images `param()` makes: the loop behind `render` and the dream functions"
+    model = unwrap_model(model)
     if not isinstance(objective, Objective): raise TypeError(f"objective must be an Objective (channel(...), class_logit(...) ...), got {type(objective).__name__}")
     steps = check_count(steps, 'steps')
     fm = FlatModel(model)
@@ -354,6 +355,7 @@ def optimize(model:nn.Module, objective:Objective, param:nn.Module, transforms='
 def render(model:nn.Module, objective:Objective, param:nn.Module|None=None, size=128, channels:int|None=None, batch=1, transforms='standard',
            preprocess=None, optimizer=None, lr=0.05, steps=512, thresholds=None, show_progress=True, seed=None):
     "Optimise an image batch (batch, channels, size, size) in [0, 1] that maximises `objective` for `model`; `channels`: what its first convolution takes"
+    model = unwrap_model(model)
     channels = check_count(channels, 'channels') if channels is not None else input_channels(model) or 3
     if param is None: param = ImageParam(size, channels, batch, seed=seed, device=model_device(model)).to(dtype=model_dtype(model))
     return optimize(model, objective, param, transforms, preprocess, optimizer, lr, steps, thresholds, show_progress, seed)

@@ -13,7 +13,7 @@ import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
 import matplotlib.pyplot as plt
 from .core import *
-from .adapters import check_tensor, check_finite, check_count, to_model_input, progress
+from .adapters import unwrap_model, check_tensor, check_finite, check_count, to_model_input, progress
 from .flat import FlatModel, _split_call
 
 # %% auto #0
@@ -393,7 +393,7 @@ def compare_models(model1:nn.Module, model2:nn.Module=None, loader=None, layers1
                    show_progress=True) -> SimilarityResult:
     "Similarity of every layer in `layers1` of `model1` with every layer in `layers2` of `model2` over `loader` (model 2 over `loader2` if given)"
     if loader is None: raise ValueError("pass a loader (any iterable of batches)")
-    model2 = model1 if model2 is None else model2
+    model1 = unwrap_model(model1); model2 = model1 if model2 is None else unwrap_model(model2)   # hooks on the modules behind wrappers
     fm1, fm2 = FlatModel(model1), FlatModel(model2)
     specs1 = _layer_specs(fm1, layers1) if layers1 is not None else [(n, None) for n in _leaf_layers(fm1)]
     specs2 = _layer_specs(fm2, layers2) if layers2 is not None else [(n, None) for n in _leaf_layers(fm2)]
@@ -476,6 +476,7 @@ def _one_layer(fm, layer, arg):
 
 def layer_similarity(model1:nn.Module, layer1, model2:nn.Module, layer2, x:Tensor, measure='linear_cka', x2=None, reduce='flatten', size=None) -> Tensor:
     "Similarity (by `measure`) of `layer1` of `model1` on `x` and `layer2` of `model2` on `x2` (default `x`); `name:k` is call k of a repeated module"
+    model1, model2 = unwrap_model(model1), unwrap_model(model2)
     f = _measure(measure)
     fm1, fm2 = FlatModel(model1), FlatModel(model2)
     (n1, k1), (n2, k2) = _one_layer(fm1, layer1, 'layer1'), _one_layer(fm2, layer2, 'layer2')

@@ -12,7 +12,7 @@ import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
 from .core import *
 from .flat import FlatModel
-from .adapters import to_model_images, check_count, check_module, keeps_rng, progress
+from .adapters import unwrap_model, to_model_images, check_count, check_module, keeps_rng, progress
 from .optvis import frozen, total_variation, input_channels, _preprocess
 
 # %% auto #0
@@ -24,7 +24,7 @@ _POOLS = (nn.MaxPool2d, nn.AvgPool2d)
 
 def vgg_layer_names(model:nn.Module) -> dict:
     "VGG-style names -> FlatModel names: `conv{b}_{i}`, `relu{b}_{i}`, `pool{b}` (blocks end at poolings) and `conv_k`, `relu_k`, `pool_k` (k-th of its kind)"
-    check_module(model, 'vgg_layer_names')
+    model = unwrap_model(check_module(model, 'vgg_layer_names'))
     names, block, i, last, counts = {}, 1, 0, None, {'conv': 0, 'relu': 0, 'pool': 0}
     for name, m in model.named_modules():
         if not name or next(m.children(), None) is not None: continue
@@ -109,7 +109,7 @@ def style_transfer(content:Tensor, style:Tensor, model:nn.Module|None=None, pres
     if optimizer not in ('lbfgs', 'adam'): raise ValueError(f"optimizer is 'lbfgs' or 'adam', got {optimizer!r}")
     if pooling not in ('max', 'avg'): raise ValueError(f"pooling is 'max' or 'avg', got {pooling!r}")
     steps = check_count(steps, 'steps')
-    model = model if model is not None else default_style_model().to(default_device())
+    model = unwrap_model(model) if model is not None else default_style_model().to(default_device())
     squeeze = not (isinstance(content, Tensor) and content.ndim == 4)   # (C, H, W) in, (C, H, W) out; a PIL image or an array gives (C, H, W)
     dev, dt = model_device(model), model_dtype(model)
     content, style = _image(content, 'content', model), _image(style, 'style', model)

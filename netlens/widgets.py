@@ -14,7 +14,7 @@ from .core import *
 from .flat import FlatModel
 from .attribution import (saliency, guided_backprop, smooth_grad, integrated_gradients, cam, guided_grad_cam,
                                  occlusion, show_attribution)
-from .adapters import to_model_images, to_model_input, check_batch, check_count, check_index, check_scores
+from .adapters import unwrap_model, to_model_images, to_model_input, check_batch, check_count, check_index, check_scores
 from .optvis import render, channel, input_channels, blank_input, _hw, _WRAP_SCORES
 
 # %% auto #0
@@ -53,6 +53,7 @@ class AttributionExplorer:
     "Widgets to explore attributions of one image `x` (1,C,H,W) for `model`: method, layer, channel and target class"
     methods = ('saliency', 'guided backprop', 'smoothgrad', 'integrated gradients', 'occlusion') + LAYER_METHODS
     def __init__(self, model:nn.Module, x:torch.Tensor, target=None, layers=None, denorm=False, occlusion_window=None, n_samples=16):
+        model = unwrap_model(model)
         x = _explorer_input(x, model, denorm)
         self.model, self.x, self.denorm, self.n_samples = model, x, denorm, check_count(n_samples, 'n_samples')
         self.fm = FlatModel(model)
@@ -113,6 +114,7 @@ class AttributionExplorer:
 class ChannelExplorer:
     "Widgets to see what channel k of a layer looks for: a layer dropdown, a channel slider and the rendered image"
     def __init__(self, model:nn.Module, layers=None, size=64, channels:int|None=None, steps=64, seed=0, **render_kwargs):
+        model = unwrap_model(model)
         self.model, self.size, self.steps, self.seed, self.render_kwargs = model, _hw(size), check_count(steps, 'steps'), seed, render_kwargs
         self.channels = check_count(channels, 'channels') if channels is not None else input_channels(model) or 3
         self.fm = FlatModel(model)

@@ -14,7 +14,7 @@ from torch.overrides import TorchFunctionMode
 import matplotlib.pyplot as plt
 from ..core import *
 from ..hooks import annotate_errors
-from ..adapters import check_tensor, check_finite, check_batch, check_count, check_number, check_scores, check_module, keeps_rng, warn_if_training
+from ..adapters import unwrap_model, check_tensor, check_finite, check_batch, check_count, check_number, check_scores, check_module, keeps_rng, warn_if_training
 
 # %% auto #0
 __all__ = ['IG_METHODS', 'per_example', 'target_scores', 'guarded', 'input_grad', 'saliency', 'relu_rule', 'guided_backprop',
@@ -92,6 +92,7 @@ def _gradient(model, x:Tensor, target, rule=None) -> Tensor:
 
 def input_grad(model:nn.Module, x:Tensor, target) -> tuple[Tensor, Tensor]:
     "Gradient of the `target` scores of `model(x)` with respect to `x`, and the scores; no parameter's `.grad` changes"
+    model = unwrap_model(model)
     x = check_batch(x, 'x').detach()
     warn_if_training(model)
     with guarded(model, x): g, s = _input_grad(model, x, target)
@@ -100,6 +101,7 @@ def input_grad(model:nn.Module, x:Tensor, target) -> tuple[Tensor, Tensor]:
 # %% ../../nbs/04_gradients.ipynb #221e3293
 def saliency(model:nn.Module, x:Tensor, target, abs=True, sign='all') -> Tensor:
     "Gradient of the target score w.r.t. `x`: its magnitude (`abs`), the signed gradient, or one `sign` ('positive', 'negative')"
+    model = unwrap_model(model)
     if sign not in ('all', 'positive', 'negative'): raise ValueError(f"sign must be 'all', 'positive' or 'negative', got {sign!r}")
     x = check_batch(x, 'x').detach()
     warn_if_training(model)
@@ -142,12 +144,14 @@ class relu_rule(TorchFunctionMode):
 
 def guided_backprop(model:nn.Module, x:Tensor, target) -> Tensor:
     "Guided backpropagation (Springenberg et al. 2015): the input gradient with every ReLU's backward rectified"
+    model = unwrap_model(model)
     x = check_batch(x, 'x').detach()
     warn_if_training(model)
     return _gradient(model, x, target, 'guided')
 
 def deconvolution(model:nn.Module, x:Tensor, target) -> Tensor:
     "Deconvolution (Zeiler & Fergus 2014): the input gradient where every ReLU passes only positive gradients back"
+    model = unwrap_model(model)
     x = check_batch(x, 'x').detach()
     warn_if_training(model)
     return _gradient(model, x, target, 'deconv')
@@ -165,6 +169,7 @@ def _unit_noise(seed:int, samples, shape, device=None, dtype=None) -> Tensor:
 def smooth_grad(model:nn.Module, x:Tensor, target, n_samples=50, stdev=0.15, kind='smoothgrad', guided=False, abs=False,
                 batch_size=None, seed=None) -> Tensor:
     "SmoothGrad / SmoothGrad² / VarGrad: statistics of the gradient over `n_samples` noisy copies of each example"
+    model = unwrap_model(model)
     if kind not in ('smoothgrad', 'smoothgrad_sq', 'vargrad'): raise ValueError(f"kind must be 'smoothgrad', 'smoothgrad_sq' or 'vargrad', got {kind!r}")
     n_samples = check_count(n_samples, 'n_samples')
     if batch_size is not None: batch_size = check_count(batch_size, 'batch_size')
@@ -219,6 +224,7 @@ def _baseline(baseline, x):
 def integrated_gradients(model:nn.Module, x:Tensor, target, baseline=None, n_steps=50, method='gausslegendre',
                          batch_size=None, return_delta=False):
     "Integrated gradients from `baseline` to `x` by the `method` quadrature; with `return_delta`, also the completeness gap"
+    model = unwrap_model(model)
     alphas, weights = ig_quadrature(n_steps, method)
     if batch_size is not None: batch_size = check_count(batch_size, 'batch_size')
     x = check_batch(x, 'x').detach()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math, itertools
 import numpy as np, torch, torch.nn as nn
 from torch import Tensor
-from ..adapters import check_batch, check_count, warn_if_training
+from ..adapters import unwrap_model, check_batch, check_count, warn_if_training
 from .gradients import per_example, target_scores, _baseline, _check_result, guarded
 
 # %% auto #0
@@ -29,6 +29,7 @@ def _entries(v, name:str, feat:tuple) -> tuple:
 
 def occlusion(model:nn.Module, x:Tensor, target, window=(3, 15, 15), stride=(3, 8, 8), baseline=0., batch_size=64) -> Tensor:
     "Occlusion attributions shaped like `x`: mean score drop over the windows (of shape `window`, moved by `stride`) covering each feature"
+    model = unwrap_model(model)
     batch_size = check_count(batch_size, 'batch_size')
     x = check_batch(x, 'x').detach()
     feat = tuple(x.shape[1:])
