@@ -40,7 +40,7 @@ def check_batch(x, name='x', ndim:int|None=None, what='a batch (N, ...)') -> Ten
     "`x` if it is a non-empty floating-point batch of finite values (with `ndim` dimensions), else an error naming `name`, what it got and the fix"
     x = check_tensor(x, name)
     if not x.is_floating_point():
-        fix = 'images as integers? use x.float() / 255' if x.dtype == torch.uint8 else f'convert it with x.float()'
+        fix = 'images as integers? use x.float() / 255' if x.dtype == torch.uint8 else 'convert it with x.float()'
         raise TypeError(f"{name} must be floating point, got {x.dtype}: {fix}")
     if ndim is not None and x.ndim != ndim: raise ValueError(f"{name} must be {what} with {ndim} dimensions, got shape {tuple(x.shape)}")
     if x.ndim < 2: raise ValueError(f"{name} must be {what}, got shape {tuple(x.shape)}: add a batch dimension with {name}[None]")

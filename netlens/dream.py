@@ -8,7 +8,6 @@ Docs: https://netlens.github.io/netlens/dream.html.md"""
 from __future__ import annotations
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
-from .core import *
 from .flat import FlatModel
 from .adapters import unwrap_model, to_model_images, check_count, check_number, check_index, check_scores, keeps_rng, progress
 from .optvis import (Objective, ImageParam, channel, class_logit, class_prob, tv, render, optimize, frozen, input_channels,

@@ -41,7 +41,7 @@ def dataset_loss(model:nn.Module, data, loss_fn) -> Tensor:
     for x, y in _batches(data, model):
         with keep_buffers(model): out = model(x)   # a model in train mode normalises with the batch, but looking does not move its statistics
         try: l = loss_fn(out, y)
-        except (TypeError, AttributeError) as e:
+        except (TypeError, AttributeError):
             if isinstance(out, Tensor): raise
             sel = "out['logits']" if isinstance(out, dict) else 'out[0]'
             check_scores(out, fix=f"loss_fn failed on it; make loss_fn select the scores, e.g. lambda out, y: F.cross_entropy({sel}, y)")   # raises, saying what the model returned

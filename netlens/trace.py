@@ -6,7 +6,7 @@ Docs: https://netlens.github.io/netlens/trace.html.md"""
 
 # %% ../nbs/12_trace.ipynb #73f92ac8
 from __future__ import annotations
-import linecache, numbers, os, shutil, sys, time, warnings, weakref
+import linecache, numbers, os, shutil, sys, time, weakref
 from functools import partial
 from collections import Counter
 from fastcore.basics import patch

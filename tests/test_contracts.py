@@ -9,7 +9,7 @@ RNG are exactly as before.
 
 Entry points are discovered from the modules' `__all__`: a public name must be either probed here or exempted with
 the reason (`EXEMPT`), so a new function cannot be forgotten."""
-import importlib, inspect, warnings
+import importlib, warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path

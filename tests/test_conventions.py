@@ -1,7 +1,6 @@
 """Issue 12, one validation layer: the conventions of netlens.adapters (check_module, unwrap_model, to_model_input,
 check_index, check_scores' fix/group, keeps_rng) hold at every entry point that uses them. Each test here failed while a
 module kept its own copy of the convention (or none)."""
-import warnings
 import pytest, torch, torch.nn as nn, torch.nn.functional as F
 from netlens.data import digits_cnn, digits_data
 from netlens.hooks import ModelSnapshot, hook_count

@@ -1,5 +1,4 @@
 "Loss landscapes and Fourier heat maps against float64 references written here, on the digits model and a perturbed resnet18"
-import math
 import pytest, torch, torch.nn as nn, torch.nn.functional as F, torchvision
 from torch.func import functional_call
 from conftest import perturbed

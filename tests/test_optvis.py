@@ -5,7 +5,7 @@ from netlens.flat import FlatModel
 from netlens.hooks import ModelSnapshot, hook_count
 from netlens.core import normalize
 from netlens.data import sample_images, digits_cnn
-from netlens.optvis import ImageParam, render, channel, class_logit, layer, neuron, diversity, tv, jitter, standard_transforms
+from netlens.optvis import ImageParam, render, channel, neuron, diversity, tv, jitter
 from netlens.dream import deep_dream, invert_features, net_dreamer
 from netlens.style import style_transfer
 

@@ -1,5 +1,5 @@
 "netlens.trace on torchvision architectures and a loop: module outputs equal forward hooks, labels equal TorchLens', validation passes and fails where it must, nothing is left behind"
-import re, warnings
+import re
 import pytest, torch, torch.nn as nn, torchvision
 from conftest import perturbed, plain_outputs, out_of_place, tv_case, call_keys
 import netlens.trace as trace

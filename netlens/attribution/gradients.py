@@ -6,7 +6,6 @@ Docs: https://netlens.github.io/netlens/gradients.html.md"""
 
 # %% ../../nbs/04_gradients.ipynb #d7d7e393
 from __future__ import annotations
-import math
 from contextlib import contextmanager, nullcontext
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor

@@ -7,7 +7,7 @@ Docs: https://netlens.github.io/netlens/occlusion.html.md"""
 # %% ../../nbs/06_occlusion.ipynb #505fbf9b
 from __future__ import annotations
 import math, itertools
-import numpy as np, torch, torch.nn as nn
+import torch, torch.nn as nn
 from torch import Tensor
 from ..adapters import unwrap_model, check_batch, check_count, warn_if_training
 from .gradients import per_example, target_scores, _baseline, _check_result, guarded
