@@ -167,12 +167,12 @@ def training_modules(model) -> list[str]:
     if not isinstance(model, nn.Module): return []
     return [n or type(m).__name__ for n, m in model.named_modules() if m.training and _batch_dependent(m)]
 
-def warn_if_training(model, what='attributions'):
+def warn_if_training(model, what='attributions', stacklevel=3):
     "Warn when a BatchNorm or dropout module of `model` is in train mode, naming them"
     names = training_modules(model)
     if names:
         more = f' and {len(names) - 3} more' if len(names) > 3 else ''
-        warnings.warn(f"{', '.join(names[:3])}{more} of the model are in train mode: BatchNorm and dropout make {what} depend on the batch and on chance; call model.eval() first", stacklevel=3)
+        warnings.warn(f"{', '.join(names[:3])}{more} of the model are in train mode: BatchNorm and dropout make {what} depend on the batch and on chance; call model.eval() first", stacklevel=stacklevel)
 
 # %% ../nbs/00a_adapters.ipynb #b4066527
 def progress(it, total:int|None=None, leave=True, show=True):

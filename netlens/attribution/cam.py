@@ -12,8 +12,8 @@ from torch import Tensor
 from ..core import *
 from ..hooks import Hook
 from ..flat import FlatModel
-from ..adapters import unwrap_model, check_batch, check_index, warn_if_training
-from .gradients import target_scores, guarded, _gradient, _check_result
+from ..adapters import check_index
+from .gradients import target_scores, guarded, _gradient, _check_result, _checked
 
 # %% auto #0
 __all__ = ['CAM_METHODS', 'vit_reshape', 'layer_acts_grads', 'cam', 'grad_cam', 'guided_grad_cam']
@@ -60,9 +60,7 @@ def _layer_acts_grads(model, x:Tensor, target, layer, reshape=None) -> tuple[Ten
 
 def layer_acts_grads(model:nn.Module, x:Tensor, target, layer, reshape=None) -> tuple[Tensor, Tensor]:
     "Activations of `layer` (N, K, h, w) and the gradient of the summed `target` scores with respect to them"
-    model = unwrap_model(model)
-    x = check_batch(x, 'x').detach()
-    warn_if_training(model)
+    model, x = _checked(model, x)
     return _layer_acts_grads(model, x, target, layer, reshape)
 
 # %% ../../nbs/05_gradcam.ipynb #7bc85f6d
@@ -95,22 +93,16 @@ def _cam(model, x:Tensor, target, layer, method='gradcam', channel=None, interpo
 def cam(model:nn.Module, x:Tensor, target, layer, method='gradcam', channel=None, interpolate=True, relu=True,
         reshape=None, mode='bilinear') -> Tensor:
     "Class activation map of `method` at `layer` (or only its `channel`): (N, H, W) with `interpolate`, else the layer's (N, h, w)"
-    model = unwrap_model(model)
-    x = check_batch(x, 'x').detach()
-    warn_if_training(model)
+    model, x = _checked(model, x)
     return _cam(model, x, target, layer, method, channel, interpolate, relu, reshape, mode)
 
 def grad_cam(model:nn.Module, x:Tensor, target, layer, channel=None, interpolate=True, relu=True, reshape=None) -> Tensor:
     "GradCAM (Selvaraju et al. 2017): activations of `layer` weighted by their spatially averaged gradients, summed"
-    model = unwrap_model(model)
-    x = check_batch(x, 'x').detach()
-    warn_if_training(model)
+    model, x = _checked(model, x)
     return _cam(model, x, target, layer, 'gradcam', channel, interpolate, relu, reshape)
 
 def guided_grad_cam(model:nn.Module, x:Tensor, target, layer, mode='bilinear', reshape=None) -> Tensor:
     "Guided GradCAM: guided backpropagation times the GradCAM map (positive part) resized to the input; shaped like `x`"
-    model = unwrap_model(model)
-    x = check_batch(x, 'x').detach()
-    warn_if_training(model)
+    model, x = _checked(model, x)
     m = _cam(model, x, target, layer, 'gradcam', relu=True, interpolate=True, reshape=reshape, mode=mode)
     return _gradient(model, x, target, 'guided') * m[:, None]

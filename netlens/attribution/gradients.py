@@ -76,6 +76,13 @@ def guarded(model, x:Tensor|None=None):
     finally:
         for h in hs: h.remove()
 
+def _checked(model, x) -> tuple:
+    "What every attribution entry point starts with: the module behind `model`'s wrappers, `x` checked and detached, the train-mode warning"
+    model = unwrap_model(model)
+    x = check_batch(x, 'x').detach()
+    warn_if_training(model, stacklevel=4)   # the warning points at the caller's line
+    return model, x
+
 def _input_grad(model, x:Tensor, target, name="the model's output", group=None) -> tuple[Tensor, Tensor]:
     "Gradient of the `target` scores of `model(x)` w.r.t. `x`, and the scores: no checks, no guard (the entry point does both)"
     x = x.detach().requires_grad_()
@@ -91,19 +98,15 @@ def _gradient(model, x:Tensor, target, rule=None) -> Tensor:
 
 def input_grad(model:nn.Module, x:Tensor, target) -> tuple[Tensor, Tensor]:
     "Gradient of the `target` scores of `model(x)` with respect to `x`, and the scores; no parameter's `.grad` changes"
-    model = unwrap_model(model)
-    x = check_batch(x, 'x').detach()
-    warn_if_training(model)
+    model, x = _checked(model, x)
     with guarded(model, x): g, s = _input_grad(model, x, target)
     return _check_result(g, 'the gradient'), s
 
 # %% ../../nbs/04_gradients.ipynb #221e3293
 def saliency(model:nn.Module, x:Tensor, target, abs=True, sign='all') -> Tensor:
     "Gradient of the target score w.r.t. `x`: its magnitude (`abs`), the signed gradient, or one `sign` ('positive', 'negative')"
-    model = unwrap_model(model)
     if sign not in ('all', 'positive', 'negative'): raise ValueError(f"sign must be 'all', 'positive' or 'negative', got {sign!r}")
-    x = check_batch(x, 'x').detach()
-    warn_if_training(model)
+    model, x = _checked(model, x)
     g = _gradient(model, x, target)
     if sign == 'positive': return g.clamp(min=0)
     if sign == 'negative': return (-g).clamp(min=0)
@@ -143,16 +146,12 @@ class relu_rule(TorchFunctionMode):
 
 def guided_backprop(model:nn.Module, x:Tensor, target) -> Tensor:
     "Guided backpropagation (Springenberg et al. 2015): the input gradient with every ReLU's backward rectified"
-    model = unwrap_model(model)
-    x = check_batch(x, 'x').detach()
-    warn_if_training(model)
+    model, x = _checked(model, x)
     return _gradient(model, x, target, 'guided')
 
 def deconvolution(model:nn.Module, x:Tensor, target) -> Tensor:
     "Deconvolution (Zeiler & Fergus 2014): the input gradient where every ReLU passes only positive gradients back"
-    model = unwrap_model(model)
-    x = check_batch(x, 'x').detach()
-    warn_if_training(model)
+    model, x = _checked(model, x)
     return _gradient(model, x, target, 'deconv')
 
 # %% ../../nbs/04_gradients.ipynb #26ab92df
@@ -168,14 +167,12 @@ def _unit_noise(seed:int, samples, shape, device=None, dtype=None) -> Tensor:
 def smooth_grad(model:nn.Module, x:Tensor, target, n_samples=50, stdev=0.15, kind='smoothgrad', guided=False, abs=False,
                 batch_size=None, seed=None) -> Tensor:
     "SmoothGrad / SmoothGrad² / VarGrad: statistics of the gradient over `n_samples` noisy copies of each example"
-    model = unwrap_model(model)
     if kind not in ('smoothgrad', 'smoothgrad_sq', 'vargrad'): raise ValueError(f"kind must be 'smoothgrad', 'smoothgrad_sq' or 'vargrad', got {kind!r}")
     n_samples = check_count(n_samples, 'n_samples')
     if batch_size is not None: batch_size = check_count(batch_size, 'batch_size')
     if seed is not None: seed = check_count(seed, 'seed', low=0)
     stdev = check_number(stdev, 'stdev', 0)           # the noise's standard deviation, a fraction of each example's value range
-    x = check_batch(x, 'x').detach()
-    warn_if_training(model)
+    model, x = _checked(model, x)
     n, feat = len(x), x.shape[1:]
     t = per_example(target, n, x.device)
     sigma = (stdev * (x.flatten(1).amax(1) - x.flatten(1).amin(1))).view(n, 1, *[1] * len(feat))   # per example
@@ -223,11 +220,9 @@ def _baseline(baseline, x):
 def integrated_gradients(model:nn.Module, x:Tensor, target, baseline=None, n_steps=50, method='gausslegendre',
                          batch_size=None, return_delta=False):
     "Integrated gradients from `baseline` to `x` by the `method` quadrature; with `return_delta`, also the completeness gap"
-    model = unwrap_model(model)
     alphas, weights = ig_quadrature(n_steps, method)
     if batch_size is not None: batch_size = check_count(batch_size, 'batch_size')
-    x = check_batch(x, 'x').detach()
-    warn_if_training(model)
+    model, x = _checked(model, x)
     b = _baseline(baseline, x)
     n, diff = len(x), x - b
     t = per_example(target, n, x.device)

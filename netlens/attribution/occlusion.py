@@ -9,8 +9,8 @@ from __future__ import annotations
 import math, itertools
 import torch, torch.nn as nn
 from torch import Tensor
-from ..adapters import unwrap_model, check_batch, check_count, warn_if_training
-from .gradients import per_example, target_scores, _baseline, _check_result, guarded
+from ..adapters import check_count
+from .gradients import per_example, target_scores, _baseline, _check_result, guarded, _checked
 
 # %% auto #0
 __all__ = ['occlusion']
@@ -29,16 +29,14 @@ def _entries(v, name:str, feat:tuple) -> tuple:
 
 def occlusion(model:nn.Module, x:Tensor, target, window=(3, 15, 15), stride=(3, 8, 8), baseline=0., batch_size=64) -> Tensor:
     "Occlusion attributions shaped like `x`: mean score drop over the windows (of shape `window`, moved by `stride`) covering each feature"
-    model = unwrap_model(model)
     batch_size = check_count(batch_size, 'batch_size')
-    x = check_batch(x, 'x').detach()
+    model, x = _checked(model, x)
     feat = tuple(x.shape[1:])
     window, stride = _entries(window, 'window', feat), _entries(stride, 'stride', feat)
     if any(w > d for w, d in zip(window, feat)): raise ValueError(f"window {window} is larger than the input {feat}")
     if any(s > w and d > w for s, w, d in zip(stride, window, feat)): raise ValueError(f"stride {stride} is larger than window {window}: some features would never be covered")
     b = _baseline(baseline, x)
     starts = list(itertools.product(*[_positions(d, w, s) for d, w, s in zip(feat, window, stride)]))
-    warn_if_training(model)
     n = len(x)
     t = per_example(target, n, x.device)
     total, counts = torch.zeros_like(x), torch.zeros(feat, dtype=x.dtype, device=x.device)
