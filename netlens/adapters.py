@@ -7,6 +7,8 @@ Docs: https://netlens.github.io/netlens/adapters.html.md"""
 # %% ../nbs/00a_adapters.ipynb #7074739c
 from __future__ import annotations
 import sys, math, warnings, functools
+from collections.abc import Mapping
+from dataclasses import dataclass
 import numpy as np, torch, torch.nn as nn
 from torch import Tensor
 import PIL.Image
@@ -17,8 +19,10 @@ from .core import image_to_tensor, model_device, model_dtype
 
 # %% auto #0
 __all__ = ['check_tensor', 'check_finite', 'check_batch', 'as_images', 'check_count', 'check_number', 'check_scores',
-           'check_index', 'check_module', 'unwrap_model', 'to_model_input', 'to_model_images', 'keeps_rng',
-           'training_modules', 'warn_if_training', 'progress']
+           'check_index', 'check_module', 'unwrap_model', 'to_model_input', 'to_model_images', 'model_output',
+           'call_model', 'main_input', 'batch_len', 'map_batch', 'expand_batch', 'with_main_input', 'to_model_inputs',
+           'embedding_name', 'Layout', 'num_prefix_tokens', 'token_grid', 'feature_layout', 'channels_first', 'as_maps',
+           'keeps_rng', 'training_modules', 'warn_if_training', 'progress']
 
 # %% ../nbs/00a_adapters.ipynb #9ee2a020
 def check_tensor(x, name='x') -> Tensor:
@@ -91,9 +95,8 @@ def check_scores(out, n:int|None=None, name="the model's output",
                 ) -> Tensor:
     "`out` if it is a tensor of finite scores (N, classes) (N = `n`), else an error saying what the model returned and the `fix`"
     if not isinstance(out, Tensor):
-        sel = 'model(x).logits' if isinstance(out, dict) else 'model(x)[0]'
-        raise TypeError(f"{name} is {_describe(out)}, not a tensor of scores (N, classes): {fix or f'pass a function that selects them, e.g. lambda x: {sel}'}")
-    if out.ndim != 2: raise ValueError(f"{name} must be scores (N, classes), got shape {tuple(out.shape)}: pass a function that returns them, e.g. lambda x: model(x).flatten(1)")
+        raise TypeError(f"{name} is {_describe(out)}, not a tensor of scores (N, classes): {fix or 'choose them with output= (a key, an index or a function of the output)'}")
+    if out.ndim != 2: raise ValueError(f"{name} must be scores (N, classes), got shape {tuple(out.shape)}: choose them with output= (e.g. output=lambda o: o[:, -1] for the last position of a sequence)")
     if n is not None and len(out) != n: raise ValueError(f"{name} has {len(out)} rows for {n} examples: the model must return one row of scores per example")
     bad = ~torch.isfinite(out.detach() if group is None else group(out.detach())).all(1)
     if bad.any():
@@ -140,6 +143,219 @@ def to_model_input(x, model, name='x') -> Tensor:
 def to_model_images(x, model, name='image', channels:int|None=None) -> Tensor:
     "`x` as images (`as_images`, with the `channels` the model takes) for `model`: a detached, contiguous batch (N, C, H, W) in [0, 1] on its device in its dtype"
     return as_images(x, name, channels).detach().to(model_device(model), model_dtype(model)).contiguous()
+
+# %% ../nbs/00a_adapters.ipynb #df432f2e
+def _pick(out, key, name):
+    "`out[key]` (or its attribute `key`), else a `KeyError` listing what `out` holds"
+    try: return out[key]
+    except (KeyError, IndexError, TypeError):
+        if isinstance(key, str) and hasattr(out, key): return getattr(out, key)
+    raise KeyError(f"output={key!r} selects nothing from {name}, {_describe(out)}: pass a key or index it has, or a function of it")
+
+def model_output(out, output=None, name="the model's output"):
+    "The scores in what a model returned: by `output` (a key, an index or a function of it) if given; else a tensor as is, a dict's or ModelOutput's `logits`, a tuple's or list's first element"
+    if output is not None:
+        if callable(output): return output(out)
+        if isinstance(output, (str, int)) and not isinstance(output, bool): return _pick(out, output, name)
+        raise TypeError(f"output must be a key, an index or a function of the model's output, got {output!r}")
+    if isinstance(out, Tensor): return out
+    if isinstance(out, Mapping):
+        if 'logits' in out: return out['logits']
+        keys = list(out.keys())
+        raise TypeError(f"{name} is {_describe(out)} and no 'logits': choose the scores with output= (a key, e.g. output={keys[0] if keys else 'key'!r}, or a function of the output)")
+    if isinstance(out, (tuple, list)) and len(out): return model_output(out[0], None, f"the first element of {name}")
+    raise TypeError(f"{name} is {_describe(out)}, not a tensor: choose the scores with output= (a key, an index or a function of the output)")
+
+# %% ../nbs/00a_adapters.ipynb #8c6a9ee4
+def call_model(model, x):
+    "`model(**x)` for a dict of keyword inputs, else `model(x)`"
+    return model(**x) if isinstance(x, Mapping) else model(x)
+
+def main_input(model, x:Mapping) -> str:
+    "The key of the main input in a dict of keyword inputs: the model's `main_input_name` (Hugging Face) if `x` holds it, else the first tensor"
+    key = getattr(model, 'main_input_name', None)
+    if isinstance(key, str) and key in x: return key
+    key = next((k for k, v in x.items() if isinstance(v, Tensor)), None)
+    if key is None: raise TypeError(f"x is a dict without tensors (keys {list(x.keys())}): pass the model's inputs as tensors")
+    return key
+
+def batch_len(x, model=None) -> int:
+    "The number of examples in `x`: a tensor's first dimension, or that of a dict's main input"
+    t = x[main_input(model, x)] if isinstance(x, Mapping) else check_tensor(x, 'x')
+    if t.ndim == 0: raise ValueError(f"x must be a batch (N, ...), got a scalar: add a batch dimension with x[None]")
+    return len(t)
+
+def _per_example(v, n) -> bool: return isinstance(v, Tensor) and v.ndim > 0 and len(v) == n
+
+def map_batch(f, x, model=None):
+    "`f` applied to `x`, or to every per-example tensor of a dict `x` (first dimension = `batch_len`); other entries unchanged"
+    if not isinstance(x, Mapping): return f(x)
+    n = batch_len(x, model)
+    return {k: f(v) if _per_example(v, n) else v for k, v in x.items()}
+
+def expand_batch(x, k:int, example_major=False, model=None):
+    "`x` (a tensor or a dict of inputs) with each example repeated `k` times: copy-major (x0, x1, x0, x1, ...) or `example_major` (x0, x0, ..., x1, ...)"
+    f = (lambda t: t.repeat_interleave(k, 0)) if example_major else (lambda t: t.repeat(k, *[1] * (t.ndim - 1)))
+    return map_batch(f, x, model)
+
+def with_main_input(x, v, model=None):
+    "`x` with its main input replaced by `v` (for a tensor `x`: `v`)"
+    return {**x, main_input(model, x): v} if isinstance(x, Mapping) else v
+
+# %% ../nbs/00a_adapters.ipynb #cf31d04d
+def _to_model(v:Tensor, model, name, main:bool):
+    "One input tensor on `model`'s device: integers as they are, floats in its dtype (the main input checked as a batch)"
+    if not v.is_floating_point(): return v.to(model_device(model))
+    v = check_batch(v, name) if main else check_finite(v, name)
+    return v.to(model_device(model), model_dtype(model))
+
+def to_model_inputs(x, model, name='x'):
+    "`x` for `model`: a tensor as `to_model_input`; a dict of keyword inputs with every tensor on the model's device, floats in its dtype, the main input non-empty"
+    if not isinstance(x, Mapping): return to_model_input(x, model, name)
+    if not x: raise ValueError(f"{name} is an empty dict: pass the model's keyword inputs")
+    key = main_input(model, x)
+    if x[key].numel() == 0: raise ValueError(f"{name}[{key!r}] is empty (shape {tuple(x[key].shape)}): pass at least one example")
+    if not isinstance(model, nn.Module): return dict(x)
+    return {k: _to_model(v, model, f"{name}[{k!r}]", k == key) if isinstance(v, Tensor) else v for k, v in x.items()}
+
+def embedding_name(model) -> str|None:
+    "The name of `model`'s input embedding (the layer to attribute token ids through): Hugging Face's `get_input_embeddings()`, else the first `nn.Embedding`"
+    m = unwrap_model(model)
+    emb = m.get_input_embeddings() if callable(getattr(m, 'get_input_embeddings', None)) else None
+    return next((n for n, e in m.named_modules() if (e is emb if emb is not None else isinstance(e, (nn.Embedding, nn.EmbeddingBag)))), None)
+
+# %% ../nbs/00a_adapters.ipynb #b2a44a8c
+@dataclass(frozen=True)
+class Layout:
+    "How a feature tensor holds its examples, features and positions"
+    kind:str                # 'nchw': (N, C, *positions); 'nhwc': (N, *positions, C); 'tokens': (N, T, D)
+    prefix:int = 0          # tokens: class, distillation and register tokens before the others
+    grid:tuple|None = None  # tokens: the (h, w) grid of the tokens after the prefix; None: a sequence without a grid
+    def __post_init__(self):
+        if self.kind not in ('nchw', 'nhwc', 'tokens'): raise ValueError(f"Layout kind must be 'nchw', 'nhwc' or 'tokens', got {self.kind!r}")
+        check_count(self.prefix, 'prefix', low=0)
+
+_HF_PREFIX = {'vit': 1, 'deit': 2, 'beit': 1, 'data2vec-vision': 1, 'dinov2': 1, 'dinov2_with_registers': 1, 'vit_mae': 1, 'vit_msn': 1,
+              'dpt': 1, 'clip_vision_model': 1, 'siglip_vision_model': 0, 'swin': 0, 'swinv2': 0}
+
+def num_prefix_tokens(model) -> int|None:
+    "How many class, distillation and register tokens come before the patch tokens, as `model` says (timm, Hugging Face, torchvision); None if it does not say"
+    m = unwrap_model(model)
+    n = getattr(m, 'num_prefix_tokens', None)
+    if isinstance(n, int) and not isinstance(n, bool): return n
+    cfg = getattr(m, 'config', None)
+    kind = getattr(cfg, 'model_type', None)
+    if kind in _HF_PREFIX: return _HF_PREFIX[kind] + (getattr(cfg, 'num_register_tokens', 0) or 0)
+    if type(m).__module__.startswith('torchvision.models.vision_transformer'): return 1
+    return None
+
+def _pair(v): return None if v is None else tuple(v) if isinstance(v, (tuple, list)) else (int(v), int(v))
+
+def token_grid(model) -> tuple|None:
+    "The (h, w) grid of a vision transformer's patch tokens, as `model` says; None if it does not"
+    m = unwrap_model(model)
+    g = getattr(getattr(m, 'patch_embed', None), 'grid_size', None)            # timm
+    if g is not None: return tuple(int(v) for v in g)
+    cfg = getattr(m, 'config', None)
+    if getattr(cfg, 'model_type', None) in _HF_PREFIX and getattr(cfg, 'image_size', None) and getattr(cfg, 'patch_size', None):
+        (ih, iw), (ph, pw) = _pair(cfg.image_size), _pair(cfg.patch_size)
+        return ih // ph, iw // pw
+    if type(m).__module__.startswith('torchvision.models.vision_transformer'): return m.image_size // m.patch_size, m.image_size // m.patch_size
+    return None
+
+def _declares_nhwc(model) -> bool:
+    m = unwrap_model(model)
+    fmt = getattr(m, 'output_fmt', None)
+    return str(getattr(fmt, 'value', fmt)).upper() == 'NHWC' or type(m).__module__.startswith('torchvision.models.swin_transformer')
+
+# %% ../nbs/00a_adapters.ipynb #289d7ef7
+_CHANNELS_FIRST = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm,
+                   nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd, nn.modules.pooling._AdaptiveAvgPoolNd,
+                   nn.modules.pooling._AdaptiveMaxPoolNd, nn.Upsample, nn.PixelShuffle, nn.LocalResponseNorm)
+
+def _kind_of_module(m) -> str|None:
+    "'nchw' or 'nhwc' when the kind of module `m` fixes where its output's features are"
+    if isinstance(m, _CHANNELS_FIRST) or type(m).__name__ in ('LayerNorm2d', 'GroupNorm1'): return 'nchw'
+    if type(m).__name__ == 'Permute' and isinstance(getattr(m, 'dims', None), (list, tuple)):      # torchvision.ops.Permute
+        return 'nchw' if list(m.dims)[1] == len(m.dims) - 1 else 'nhwc' if list(m.dims)[-1] == 1 else None
+    if isinstance(m, nn.Linear) or isinstance(m, nn.LayerNorm) and len(m.normalized_shape) == 1: return 'nhwc'
+    return None
+
+def _width(m) -> int|None:
+    "The number of features of module `m`'s output, if `m` declares it"
+    for a in ('out_channels', 'out_features', 'num_features', 'num_channels', 'embedding_dim'):
+        v = getattr(m, a, None)
+        if isinstance(v, int) and not isinstance(v, bool): return v
+    v = getattr(m, 'normalized_shape', None)
+    return v[-1] if isinstance(v, (tuple, list)) and len(v) == 1 else None
+
+def _last_width(model, layer:nn.Module) -> int|None:
+    "The width of the last feature-producing module in `layer` or, for a module without features (an activation), before it in `model`"
+    mods, inside = list(model.modules()), list(layer.modules())
+    i = next((i for i, m in enumerate(mods) if m is layer), None)
+    for m in reversed(inside if i is None else mods[:i + len(inside)]):             # modules() lists a module's children right after it
+        w = _width(m)
+        if w is not None: return w
+    return None
+
+# %% ../nbs/00a_adapters.ipynb #b3388e09
+def _as_layout(layout, model) -> Layout:
+    if isinstance(layout, Layout): return layout
+    if layout in ('nchw', 'nhwc'): return Layout(layout)
+    if layout == 'sequence': return Layout('tokens')
+    if layout == 'tokens':
+        p = num_prefix_tokens(model)
+        if p is None: raise ValueError("layout='tokens' needs the number of prefix tokens, and the model does not say: pass layout=Layout('tokens', prefix=k)")
+        return Layout('tokens', p, token_grid(model))
+    raise ValueError(f"layout must be 'nchw', 'nhwc', 'tokens', 'sequence' or a Layout, got {layout!r}")
+
+def _tokens(model, name, T) -> Layout:
+    if _takes_ids(unwrap_model(model)) and num_prefix_tokens(model) is None: return Layout('tokens')   # a language model: a sequence
+    p = num_prefix_tokens(model)
+    if p is None: raise ValueError(f"layer {name!r} outputs {T} tokens and the model does not say how many are class or register tokens: pass layout=Layout('tokens', prefix=k) (k = 1 for one class token), or layout='sequence' for a sequence without a grid")
+    g = token_grid(model)
+    if g is not None and p + g[0] * g[1] == T: return Layout('tokens', p, g)
+    if g is not None and g[0] * g[1] == T: return Layout('tokens', 0, g)            # patches before the prefix tokens join them
+    s = math.isqrt(max(T - p, 0))
+    if g is None and s * s == T - p and s > 0: return Layout('tokens', p, (s, s))   # patches on a square grid
+    raise ValueError(f"layer {name!r} outputs {T} tokens: {p} prefix tokens and {T - p} that lie on no known grid: pass layout=Layout('tokens', prefix={p}, grid=(h, w)), or layout='sequence'")
+
+def feature_layout(model:nn.Module, layer:str, t:Tensor, layout=None, n:int|None=None) -> Layout:
+    "The `Layout` of `t`, the output of `model`'s module `layer` (N = `n`): `layout` if given, else what the model says; a clear error where it cannot tell"
+    if n is not None and (t.ndim == 0 or len(t) != n):
+        raise ValueError(f"layer {layer!r} outputs shape {tuple(t.shape)} for a batch of {n}: its first dimension is not the examples (windows, heads or a shared table?): pick another layer")
+    if layout is not None: return _as_layout(layout, model)
+    if t.ndim <= 2: return Layout('nchw')
+    m = unwrap_model(model)
+    mod = m.get_submodule(layer) if isinstance(layer, str) else layer
+    kind = _kind_of_module(mod)
+    if kind is None and t.ndim == 3:
+        if _width(mod) is None and _last_width(m, mod) == t.shape[1] != t.shape[2]: kind = 'nchw'  # e.g. an activation after a Conv1d
+        else: return _tokens(m, layer, t.shape[1])
+    if kind is None:
+        w = _last_width(m, mod)
+        first, last = w == t.shape[1], w == t.shape[-1]
+        if first != last: kind = 'nchw' if first else 'nhwc'
+        elif _declares_nhwc(m): kind = 'nhwc'
+        elif not any(isinstance(l, nn.LayerNorm) for l in m.modules()): kind = 'nchw'   # a plain CNN: channels-last maps are made by LayerNorm models
+        else: raise ValueError(f"cannot tell where the features are in layer {layer!r}'s output of shape {tuple(t.shape)}: pass layout='nchw' or layout='nhwc'")
+    if t.ndim == 3 and kind == 'nhwc': return _tokens(m, layer, t.shape[1])     # a Linear or LayerNorm over tokens
+    return Layout(kind)
+
+def channels_first(t:Tensor, layout:Layout) -> Tensor:
+    "`t` as (N, C, *positions): channels-last moved first, prefix tokens dropped, patch tokens on their grid (h, w), other tokens a sequence"
+    if layout.kind == 'nchw' or t.ndim <= 2: return t
+    if layout.kind == 'nhwc': return t.movedim(-1, 1)
+    if t.ndim != 3: raise ValueError(f"tokens must have shape (N, T, D), got {tuple(t.shape)}")
+    t = t[:, layout.prefix:].transpose(1, 2)
+    return t if layout.grid is None else t.reshape(*t.shape[:2], *layout.grid)
+
+def as_maps(t:Tensor, layout:Layout, layer='the layer') -> Tensor:
+    "`t` as maps (N, C, h, w) (`channels_first`), else an error saying why the layer has no map and what to do"
+    c = channels_first(t, layout)
+    if c.ndim == 4: return c
+    what = f"a sequence of {c.shape[-1]} tokens without a grid" if layout.kind == 'tokens' else f"shape {tuple(t.shape)}"
+    raise ValueError(f"a map needs features on a 2-D grid, but {layer!r} outputs {what}: pick a layer with a grid, or pass layout= (e.g. Layout('tokens', prefix=1, grid=(h, w)) if its tokens are image patches)")
 
 # %% ../nbs/00a_adapters.ipynb #473183e8
 def keeps_rng(f):
