@@ -6,11 +6,11 @@ Docs: https://netlens.github.io/netlens/trace.html.md"""
 
 # %% ../nbs/12_trace.ipynb #73f92ac8
 from __future__ import annotations
-import linecache, numbers, os, shutil, sys, time, weakref
+import linecache, numbers, os, shutil, sys, time, types, weakref
 from functools import partial
 from collections import Counter
 from fastcore.basics import patch
-import torch, torch.nn as nn
+import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 from torch.overrides import TorchFunctionMode
@@ -19,7 +19,8 @@ from .flat import _split_call
 from .adapters import check_module, unwrap_model, keeps_rng
 
 # %% auto #0
-__all__ = ['TensorOp', 'ModelLog', 'log_forward_pass', 'ValidationReport', 'validate_saved_activations', 'show_model_graph']
+__all__ = ['DECOMPOSE', 'TensorOp', 'ModelLog', 'log_forward_pass', 'ValidationReport', 'validate_saved_activations',
+           'show_model_graph']
 
 # %% ../nbs/12_trace.ipynb #e6fb8f7d
 def _fmt_bytes(n):
@@ -82,13 +83,28 @@ class TensorOp:
         return '\n'.join(lines)
 
 # %% ../nbs/12_trace.ipynb #d6fd43c1
-_TORCH_DIR = os.path.dirname(torch.__file__)
+_TORCH_DIR = os.path.dirname(torch.__file__) + os.sep   # with the separator: torchvision's files are not torch's
 _SKIP_GETTERS = {'grad', 'data', '_base', 'grad_fn', 'device', 'shape'}
 _RANDOM = {'dropout', 'dropout_', 'alpha_dropout', 'feature_alpha_dropout', 'dropout1d', 'dropout2d', 'dropout3d', 'feature_dropout',
            'rand', 'randn', 'randint', 'rand_like', 'randn_like', 'randint_like', 'randperm', 'bernoulli', 'bernoulli_',
            'multinomial', 'normal', 'normal_', 'uniform_', 'exponential_', 'geometric_', 'cauchy_', 'log_normal_', 'random_', 'rrelu', 'rrelu_',
            'poisson', 'gumbel_softmax', 'fractional_max_pool2d', 'fractional_max_pool3d',
            'multi_head_attention_forward', 'scaled_dot_product_attention'}   # composites that run dropout inside
+
+# Python composites logged as the torch ops their body runs (their own `__torch_function__` check is skipped once, the mode stays on)
+DECOMPOSE = {F.multi_head_attention_forward, F.normalize, F.local_response_norm}
+
+_HOP = getattr(torch._C, '_skip_one_hop_torch_function', None)   # torch.overrides.redispatch_function's primitive (recent torch)
+_never = lambda *a, **k: False
+_UNCHECKED = {}
+def _unchecked(func):
+    "`func` with its `has_torch_function` checks always False (for torch without the one-hop skip): its body runs, calls inside still dispatch"
+    f = _UNCHECKED.get(func)
+    if f is None:
+        g = {**func.__globals__, 'has_torch_function': _never, 'has_torch_function_unary': _never, 'has_torch_function_variadic': _never}
+        f = _UNCHECKED[func] = types.FunctionType(func.__code__, g, func.__name__, func.__defaults__, func.__closure__)
+        f.__kwdefaults__ = func.__kwdefaults__
+    return f
 
 def _func_name(func):
     name = getattr(func, '__name__', None) or type(func).__name__
@@ -148,10 +164,18 @@ def _rng_state():
     return torch.random.get_rng_state(), (torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None)
 
 def _caller():
-    "(file, line, function) of the nearest frame outside torch that called the logged function"
+    "(file, line, function, instruction) of the nearest frame outside torch (and outside TorchLens' wrappers, which stay on torch's functions once it ran) that called the logged function"
     f = sys._getframe(3)  # 0 _caller, 1 add_op, 2 __torch_function__
-    while f is not None and f.f_code.co_filename.startswith(_TORCH_DIR): f = f.f_back
-    return (f.f_code.co_filename, f.f_lineno, f.f_code.co_name) if f is not None else None
+    while f is not None and (f.f_code.co_filename.startswith(_TORCH_DIR) or f.f_globals.get('__name__', '').startswith('torchlens.')): f = f.f_back
+    return (f.f_code.co_filename, f.f_lineno, f.f_code.co_name, f.f_lasti) if f is not None else None
+
+def _inner_path(stop):
+    "(file, line, instruction) of each frame between the logged call and frame `stop` (a composite's entry): where in its body an op ran"
+    f, path = sys._getframe(3), []   # 0 _inner_path, 1 add_op, 2 __torch_function__
+    while f is not None and f is not stop:
+        path.append((f.f_code.co_filename, f.f_lineno, f.f_lasti))
+        f = f.f_back
+    return tuple(path)
 
 def _store_grad(ref, g):
     "Tensor hook: keep `g` on the op behind weak reference `ref` (a strong one would be a cycle through autograd that gc cannot see)"
@@ -165,11 +189,15 @@ class _Tracer(TorchFunctionMode):
         self.log, self.wants, self.params, self.keep_grads, self.source_lines = log, wants, params, keep_grads, source_lines
         self.save_device = save_device
         self.producer, self.stack, self.quiet = _Producers(), [], False
+        self.decompose, self.bodies = frozenset(DECOMPOSE), []   # bodies: the entry frames of the composites running now
         self.layers, self.type_counts = {}, Counter()   # structural key -> (layer label, short label, type); type -> count
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if self.quiet: return func(*args, **kwargs)
+        try: composite = func in self.decompose
+        except TypeError: composite = False
+        if composite: return self.run_body(func, types, args, kwargs)
         info = _FUNCS.get(func) or _func_info(func)
         name, skip, random_op, mutates = info
         if skip: return func(*args, **kwargs)
@@ -185,6 +213,13 @@ class _Tracer(TorchFunctionMode):
         if outs: self.add_op(func, info, args, kwargs, outs, elapsed, rng, before)
         return out
 
+    def run_body(self, func, types, args, kwargs):
+        "Run composite `func` with the mode on, so that the ops of its body are logged (not `func` itself)"
+        self.bodies.append(sys._getframe())
+        try:
+            with self: return _HOP(func, types, args, kwargs) if _HOP is not None else _unchecked(func)(*args, **kwargs)
+        finally: self.bodies.pop()
+
     def add_op(self, func, info, args, kwargs, outs, elapsed, rng, before=None):
         log, producer, ins, parents = self.log, self.producer, [], []
         name = info[0]
@@ -192,13 +227,14 @@ class _Tracer(TorchFunctionMode):
         if len(parents) > 1: parents = list(dict.fromkeys(parents))
         params = [(self.params[id(t)], t.shape, t.numel()) for t in ins if id(t) in self.params]
         source = _caller() if self.source_lines or not params else None   # where it was called: for loops, and where asked
-        if source is not None: source += (linecache.getline(source[0], source[1]).strip() if self.source_lines else '',)
+        where = None if source is None else source[:2] + source[3:] + (_inner_path(self.bodies[-1]) if self.bodies else ())
+        if source is not None: source = source[:3] + (linecache.getline(source[0], source[1]).strip() if self.source_lines else '',)
         if before is not None: targs = (before,) + tuple(targs[1:])
         path = tuple(self.stack)
         for j, out in enumerate(outs):
             inplace = any(out is t for t in ins)
             if params: key = (name, tuple(p for p, _, _ in params), j)
-            else: key = (name, tuple(m for m, _ in path), source[:2] if source else None, tuple(log.entries[i].layer_label for i in parents), j)
+            else: key = (name, tuple(m for m, _ in path), where, tuple(log.entries[i].layer_label for i in parents), j)
             op = TensorOp(len(log.entries), name, _layer_type(name), out, parents, path, params, elapsed, source if self.source_lines else None, inplace)
             if key in self.layers:
                 op.layer_label, op.short_label = self.layers[key]

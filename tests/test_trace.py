@@ -1,5 +1,6 @@
 "netlens.trace on torchvision architectures and a loop: module outputs equal forward hooks, labels equal TorchLens', validation passes and fails where it must, nothing is left behind"
 import re
+from collections import Counter
 import pytest, torch, torch.nn as nn, torchvision
 from conftest import perturbed, plain_outputs, out_of_place, tv_case, call_keys
 import netlens.trace as trace
@@ -198,3 +199,101 @@ def test_layers_to_save_that_saves_nothing_is_refused():
     with pytest.raises(KeyError, match="'linear_1_1' ran at most 4 pass"): log_forward_pass(model, x, layers_to_save=['linear_1_1:5'])
     saved = lambda keys: [op.label for op in log_forward_pass(model, x, layers_to_save=keys) if op.saved]
     assert saved(['fc:4']) == ['linear_1_1:4'] and saved([n - 1]) == ['output_1'] and saved(['linear_1_1:2']) == ['linear_1_1:2']
+
+# ---- composites decomposed (issue 15): every op inside multi-head attention is logged, as TorchLens does, and exactly as torch ran them
+
+COMPOSITES = {torch.nn.functional.multi_head_attention_forward, torch.nn.functional.normalize, torch.nn.functional.local_response_norm}
+
+class CallCounter(torch.overrides.TorchFunctionMode):
+    "The oracle: tensors each torch function produced, by TorchLens layer type; composites run their body with this mode on, as torch's own docs show"
+    def __init__(self):
+        super().__init__()
+        self.n = Counter()
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in COMPOSITES:
+            with self: return torch.overrides.redispatch_function(func, types, args, kwargs)
+        out = func(*args, **kwargs)
+        name = getattr(func, '__name__', '')
+        if name == '__get__': return out    # a property (x.shape, x.T...): a tensor attribute, not an operation
+        k = 1 if name == '__setitem__' else len(trace._tensors(out))
+        if k: self.n[name.lower().replace('_', '')] += k
+        return out
+
+def torch_counts(model, x):
+    with torch.no_grad(), CallCounter() as c: model(x)
+    return c.n
+
+SWIN = lambda: perturbed(torchvision.models.swin_t())
+
+@pytest.mark.parametrize('name', ['vit_b_16', 'swin_t'])
+def test_composites_are_logged_as_their_ops(name):
+    "Per layer type: netlens logs every call torch made (an independent counter), and at least as many as TorchLens 2.36; validation holds"
+    import torchlens
+    if name == 'vit_b_16': _, model, x = tv_case('vit_b_16')
+    else: torch.manual_seed(0); model, x = SWIN(), torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    log = log_forward_pass(model, x)
+    ours = Counter(op.layer_type for op in log if op.layer_type not in ('input', 'output'))
+    assert ours == torch_counts(model, x)
+    tl = torchlens.trace(model, x)
+    theirs = Counter(tl[l].layer_type for l in tl.layer_labels if tl[l].func_name not in ('none',) and not tl[l].is_buffer)
+    theirs.pop('input', None); theirs.pop('output', None)
+    # TorchLens adds an 'identity' node for a module that returns its input (Swin's StochasticDepth in eval): torch ran nothing there;
+    # netlens marks the op that made the tensor as that module's output instead
+    for l in tl.layer_labels:
+        if tl[l].layer_type == 'identity': assert any(tl[l].module in op.output_of for op in log), tl[l].module
+    theirs.pop('identity', None)
+    short = {k: (ours[k], v) for k, v in theirs.items() if ours[k] < v}
+    assert not short, short
+    assert 'multiheadattentionforward' not in ours
+    if name == 'vit_b_16':
+        assert ours['add'] == 25 and theirs['add'] == 13    # TorchLens drops each block's second residual add
+        assert ours['linear'] == 49 and ours['scaleddotproductattention'] == 12
+    assert validate_saved_activations(model, x) is True
+
+def test_attention_op_has_q_k_v_as_parents():
+    "On vit_b_16 each of the 12 attention ops has three parents: q, k and v, equal to the in-projection of the block's ln_1 output"
+    _, model, x = tv_case('vit_b_16')
+    log = log_forward_pass(model, x)
+    sdpa = [op for op in log if op.func_name == 'scaled_dot_product_attention']
+    assert len(sdpa) == 12
+    for i, op in enumerate(sdpa):
+        blk = model.encoder.layers[i]
+        assert op.module == f'encoder.layers.encoder_layer_{i}.self_attention' and len(op.parents) == 3
+        h = log[f'encoder.layers.encoder_layer_{i}.ln_1'].tensor
+        heads, d = blk.self_attention.num_heads, blk.self_attention.head_dim
+        qkv = (h @ blk.self_attention.in_proj_weight.T + blk.self_attention.in_proj_bias).unflatten(-1, (3, heads, d))
+        for j, p in enumerate(op.parents):
+            torch.testing.assert_close(log.entries[p].tensor, qkv[:, :, j].transpose(1, 2), rtol=1e-5, atol=1e-5)
+
+def test_mha_with_weights_logs_its_softmax():
+    "need_weights=True: the softmax inside F.multi_head_attention_forward is logged; its head mean is the weights MultiheadAttention returns"
+    torch.manual_seed(0)
+    mha, q = nn.MultiheadAttention(8, 2, batch_first=True).eval(), torch.randn(2, 5, 8)
+    log = log_forward_pass(mha, (q, q, q))
+    sm = [op for op in log if op.func_name == 'softmax']
+    assert len(sm) == 1 and sm[0].module is None   # the model is the MHA itself
+    torch.testing.assert_close(sm[0].tensor.view(2, 2, 5, 5).mean(1), mha(q, q, q)[1])
+    assert validate_saved_activations(mha, (q, q, q)) is True
+
+def test_decomposition_without_one_hop_skip(monkeypatch):
+    "Older torch (no _skip_one_hop_torch_function): the composite's body runs with its checks off; same log"
+    torch.manual_seed(0)
+    mha, q = nn.MultiheadAttention(8, 2, batch_first=True).eval(), torch.randn(2, 5, 8)
+    ref = log_forward_pass(mha, (q, q, q), kwargs=dict(need_weights=False))
+    monkeypatch.setattr(trace, '_HOP', None)
+    log = log_forward_pass(mha, (q, q, q), kwargs=dict(need_weights=False))
+    assert log.layer_labels == ref.layer_labels and 'scaleddotproductattention_1_20' in log.layer_labels
+    assert all(torch.equal(a.tensor, b.tensor) for a, b in zip(log, ref))
+    assert torch._C._len_torch_function_stack() == 0
+
+def test_same_line_ops_are_separate_layers():
+    "`q, k, v = qkv[0], qkv[1], qkv[2]` (Swin, and inside MHA) is three layers, not three passes; torchvision's files are not torch's"
+    import torchlens
+    torch.manual_seed(0)
+    model, x = SWIN(), torch.randn(1, 3, 32, 32)
+    torchlens.trace(model, x)   # TorchLens leaves its wrappers on torch's functions: their frames are not the caller
+    log = log_forward_pass(model, x, layers_to_save=None, source_lines=True)
+    assert all(op.n_passes == 1 for op in log)
+    qkv = [op for op in log if op.func_name == '__getitem__' and op.module == 'features.1.0.attn' and 'qkv[0]' in op.source]
+    assert len(qkv) == 3 and len({op.layer_label for op in qkv}) == 3 and qkv[0].source.startswith('swin_transformer.py:')
