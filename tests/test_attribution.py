@@ -3,10 +3,10 @@ perturbed BatchNorm statistics, and the trained digits model), plus the axioms a
 import warnings
 from copy import deepcopy
 import pytest, torch, torch.nn as nn, torchvision
-from captum.attr import (Saliency, IntegratedGradients, NoiseTunnel, GuidedBackprop, Deconvolution, LayerGradCam,
+from captum.attr import (Saliency, InputXGradient, IntegratedGradients, NoiseTunnel, GuidedBackprop, Deconvolution, LayerGradCam,
                          GuidedGradCam, Occlusion, LayerAttribution)
 from conftest import perturbed
-from netlens.attribution import (saliency, guided_backprop, deconvolution, smooth_grad, integrated_gradients, grad_cam,
+from netlens.attribution import (saliency, input_x_gradient, guided_backprop, deconvolution, smooth_grad, integrated_gradients, grad_cam,
                                  guided_grad_cam, occlusion, ig_quadrature)
 from netlens.data import digits_cnn, digits_data
 from netlens.hooks import ModelSnapshot
@@ -38,6 +38,10 @@ def test_saliency(case):
     for abs_ in (True, False):
         rel_close(saliency(model, x, y, abs=abs_), Saliency(model).attribute(x.clone().requires_grad_(), target=y, abs=abs_))
     assert snap.diff(model) == []
+
+def test_input_x_gradient(case):
+    name, model, x, y, _ = case
+    rel_close(input_x_gradient(model, x, y), InputXGradient(model).attribute(x.clone().requires_grad_(), target=y))
 
 @pytest.mark.parametrize('method', ['gausslegendre', 'riemann_left', 'riemann_right', 'riemann_middle'])
 def test_integrated_gradients(case, method):

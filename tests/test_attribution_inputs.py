@@ -16,6 +16,7 @@ METHODS = {
     'guided_backprop': lambda m, x, t, l, bs: A.guided_backprop(m, x, t),
     'deconvolution': lambda m, x, t, l, bs: A.deconvolution(m, x, t),
     'input_grad': lambda m, x, t, l, bs: A.input_grad(m, x, t)[0],
+    'input_x_gradient': lambda m, x, t, l, bs: A.input_x_gradient(m, x, t),
     'smooth_grad': lambda m, x, t, l, bs: A.smooth_grad(m, x, t, n_samples=3, seed=0, batch_size=bs),
     'integrated_gradients': lambda m, x, t, l, bs: A.integrated_gradients(m, x, t, n_steps=3, batch_size=bs, return_delta=True)[0],
     'cam': lambda m, x, t, l, bs: A.cam(m, x, t, l, 'gradcam++'),
@@ -170,16 +171,48 @@ def test_smooth_grad_one_example_without_its_batch_dimension(digits):
     with pytest.raises(ValueError, match=r"'stem.0' \(Conv2d\) takes batches of 4 dimensions.*\(x has shape \(1, 32, 32\)\).*x\[None\]"):
         A.smooth_grad(model, x[0], y[0], n_samples=4)
 
-# 6. tuple / dict outputs
+# 6. tuple / dict outputs (issue 13: one convention, netlens.adapters.model_output)
 
-@pytest.mark.parametrize('out,what,fix', [(lambda s, t: (s, t), r'a tuple of 2 \(Tensor, Tensor\)', r'model\(x\)\[0\]'),
-                                          (lambda s, t: {'logits': s}, r"a dict with keys \['logits'\]", r'\.logits|model\(x\)\[0\]')])
-def test_tuple_and_dict_outputs(digits, name, out, what, fix):
-    "Used to fail with `'tuple' object has no attribute 'ndim'`"
+@pytest.mark.parametrize('out', [lambda s, t: (s, t), lambda s, t: {'logits': s, 'x': t}], ids=['tuple', 'dict'])
+def test_tuple_and_dict_outputs(digits, name, out):
+    "Used to fail with `'tuple' object has no attribute 'ndim'`, then with a clear error: now a tuple's first element and a dict's logits are the scores"
     model, x, y = digits
-    with pytest.raises(TypeError, match=f"is {what}, not a tensor of scores \\(N, classes\\)") as e: call(name, Wrap(model, out), x, y, bs=2)
-    if name in CAMS: assert 'a CAM needs the module itself, so wrap it' in str(e.value)
-    else: assert 'pass a function that selects them' in str(e.value)
+    assert torch.equal(call(name, Wrap(model, out), x, y, bs=2), call(name, model, x, y, bs=2))
+
+@pytest.mark.parametrize('name', [n for n in METHODS if n not in CAMS])
+def test_output_selects_the_scores(digits, name):
+    "output= (a key, an index or a function) selects the scores; a dict without logits says how"
+    model, x, y = digits
+    ref = call(name, model, x, y, bs=2)
+    f = METHODS[name]
+    for out, sel in [(lambda s, t: {'scores': s}, 'scores'), (lambda s, t: (t, s), 1), (lambda s, t: (t, s), lambda o: o[1])]:
+        g = {'input_grad': lambda: A.input_grad(Wrap(model, out), x, y, output=sel)[0]}.get(name)
+        r = g() if g else _with_output(name, Wrap(model, out), x, y, sel)
+        assert torch.equal(r, ref), name
+    with pytest.raises(TypeError, match=r"a dict with keys \['scores'\] and no 'logits': choose the scores with output="): call(name, Wrap(model, lambda s, t: {'scores': s}), x, y, bs=2)
+
+class Keyword(nn.Module):
+    "The digits model taking keyword inputs, with a per-example `scale` of its scores (a stand-in for an attention mask)"
+    main_input_name = 'pixel_values'
+    def __init__(self, m): super().__init__(); self.m = m
+    def forward(self, pixel_values, scale=None): return self.m(pixel_values) * (1 if scale is None else scale[:, None])
+
+@pytest.mark.parametrize('name', [n for n in METHODS if n not in CAMS])
+def test_dict_inputs(digits, name):
+    "A dict of keyword inputs: its main input is attributed; the other per-example inputs follow their examples in every enlarged batch"
+    model, x, y = digits
+    ref = call(name, model, x, y, bs=2)
+    assert torch.equal(call(name, Keyword(model), {'pixel_values': x}, y, bs=2), ref)
+    sc = torch.tensor([2., 0.5, 3.])            # positive: every method is positively homogeneous in the score
+    torch.testing.assert_close(call(name, Keyword(model), {'scale': sc, 'pixel_values': x}, y, bs=2), ref * sc.view(-1, 1, 1, 1), rtol=1e-5, atol=1e-6)
+    with pytest.raises(TypeError, match=r"x\['pixel_values'\] must be floating point"): call(name, Keyword(model), {'pixel_values': x.long()}, y)
+    with pytest.raises(ValueError, match=r"x\['scale'\] holds NaN"): call(name, Keyword(model), {'pixel_values': x, 'scale': sc * float('nan')}, y)
+
+def _with_output(name, model, x, y, sel):
+    kw = {'smooth_grad': dict(n_samples=3, seed=0, batch_size=2), 'integrated_gradients': dict(n_steps=3, batch_size=2),
+          'occlusion': dict(window=(1, 8, 8), stride=(1, 8, 8), batch_size=2)}.get(name, {})
+    r = getattr(A, name)(model, x, y, output=sel, **kw, **({'return_delta': True} if name == 'integrated_gradients' else {}))
+    return r[0] if name == 'integrated_gradients' else r
 
 def test_scores_of_the_wrong_shape(digits):
     model, x, y = digits

@@ -1,4 +1,4 @@
-"""Saliency, guided backpropagation, deconvolution, SmoothGrad and VarGrad, integrated gradients: batched, on any architecture, equal to Captum
+"""Saliency, gradient × input, guided backpropagation, deconvolution, SmoothGrad and VarGrad, integrated gradients, to the input or through a layer: batched, on any architecture, equal to Captum
 
 Docs: https://netlens.github.io/netlens/gradients.html.md"""
 
@@ -6,19 +6,24 @@ Docs: https://netlens.github.io/netlens/gradients.html.md"""
 
 # %% ../../nbs/04_gradients.ipynb #d7d7e393
 from __future__ import annotations
+import warnings
+from html import escape
+from collections.abc import Mapping
 from contextlib import contextmanager, nullcontext
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 import matplotlib.pyplot as plt
+from fastprogress.core import in_notebook
 from ..core import *
 from ..hooks import annotate_errors
-from ..adapters import unwrap_model, check_tensor, check_finite, check_batch, check_count, check_number, check_scores, check_module, keeps_rng, warn_if_training
+from ..adapters import (unwrap_model, check_tensor, check_finite, check_batch, check_count, check_number, check_scores, check_module,
+                              keeps_rng, warn_if_training, model_output, call_model, main_input, batch_len, expand_batch, with_main_input, embedding_name)
 
 # %% auto #0
-__all__ = ['IG_METHODS', 'per_example', 'target_scores', 'guarded', 'input_grad', 'saliency', 'relu_rule', 'guided_backprop',
-           'deconvolution', 'smooth_grad', 'ig_quadrature', 'integrated_gradients', 'attribution_map',
-           'show_attribution', 'show_attributions']
+__all__ = ['IG_METHODS', 'per_example', 'target_scores', 'guarded', 'input_grad', 'saliency', 'input_x_gradient', 'relu_rule',
+           'guided_backprop', 'deconvolution', 'smooth_grad', 'ig_quadrature', 'integrated_gradients', 'token_scores',
+           'tokens_html', 'show_tokens', 'attribution_map', 'show_attribution', 'show_attributions']
 
 # %% ../../nbs/04_gradients.ipynb #3ed4be82
 def per_example(target, n:int, device=None) -> Tensor:
@@ -43,10 +48,14 @@ def _check_result(a:Tensor, what:str) -> Tensor:
     if bad.any(): raise ValueError(f"{what} is NaN or infinite for examples {bad.nonzero().flatten().tolist()[:5]} although x and the model's scores are finite (an overflow, or a gradient undefined there, e.g. sqrt or norm at 0): check the model")
     return a
 
+def _main(model, x) -> Tensor:
+    "The input attributed: `x` itself, or the main input of a dict of keyword inputs"
+    return x[main_input(model, x)] if isinstance(x, Mapping) else x
+
 def _why(model:nn.Module, x, misfed:list):
     "The clear cause of a failed forward on `x`, if there is one: a dtype or device unlike the model's, or a convolution fed the wrong rank"
     p = next((p for p in model.parameters() if p.is_floating_point()), None)
-    if x is not None and p is not None and x.dtype != p.dtype:
+    if x is not None and p is not None and x.is_floating_point() and x.dtype != p.dtype:
         return TypeError(f"x is {x.dtype} but the model's parameters are {p.dtype}: convert x with x.to({p.dtype}) (or the model with model.to({x.dtype}))")
     if x is not None and p is not None and x.device != p.device:
         return ValueError(f"x is on {x.device} but the model's parameters are on {p.device}: move it with x.to('{p.device}')")
@@ -58,9 +67,10 @@ def _why(model:nn.Module, x, misfed:list):
         return ValueError(f"layer {name!r} ({type(m).__name__}) takes batches of {d} dimensions, got an input of shape {shape}{got}: {fix}")
 
 @contextmanager
-def guarded(model, x:Tensor|None=None):
-    "Run the block with `model`'s buffers kept and errors annotated with the failing layer; a forward that fails because of `x`'s dtype, device or rank says so"
+def guarded(model, x:Tensor|Mapping|None=None):
+    "Run the block with `model`'s buffers kept and errors annotated with the failing layer; a forward that fails because of `x`'s (main input's) dtype, device or rank says so"
     if not isinstance(check_module(model, functions=True), nn.Module): yield; return
+    if isinstance(x, Mapping): x = _main(model, x)
     misfed, hs = [], []
     def rank(m, inp):                                        # ConvNd takes batches (N, C, *spatial), or one unbatched example
         d = len(m.kernel_size) + 2
@@ -76,41 +86,125 @@ def guarded(model, x:Tensor|None=None):
     finally:
         for h in hs: h.remove()
 
-def _checked(model, x) -> tuple:
-    "What every attribution entry point starts with: the module behind `model`'s wrappers, `x` checked and detached, the train-mode warning"
+# %% ../../nbs/04_gradients.ipynb #0d5e40d9
+def _is_ids(model, v:Tensor) -> bool:
+    "`v` holds token ids: integers (not uint8 images, not booleans) for a model with an input embedding"
+    return not v.is_floating_point() and v.dtype not in (torch.uint8, torch.bool) and isinstance(model, nn.Module) and embedding_name(model) is not None
+
+def _check_main(model, v, name:str, ids:bool, who:str|None) -> Tensor:
+    "The input attributed, detached: a float batch (`check_batch`), or token ids (N, T) with `ids`; ids without `ids`: the layer to attribute through"
+    v = check_tensor(v, name)
+    if not _is_ids(model, v): return check_batch(v, name).detach()
+    if not ids:
+        how = 'attribute through a layer' if who is None else f"{who} has no layer=; attribute through a layer with saliency, input_x_gradient or integrated_gradients"
+        raise TypeError(f"{name} holds integer token ids ({v.dtype}), which have no gradient: {how}, e.g. layer={embedding_name(model)!r}")
+    if v.ndim < 2: raise ValueError(f"{name} must be a batch of token ids (N, T), got shape {tuple(v.shape)}: add a batch dimension with {name}[None]")
+    if v.numel() == 0: raise ValueError(f"{name} is empty (shape {tuple(v.shape)}): pass at least one example")
+    return v.detach()
+
+def _check_inputs(model, x, ids=False, who=None):
+    "`x` (a tensor, or a dict of keyword inputs) with its tensors detached: the main input checked by `_check_main`, other floats finite"
+    if not isinstance(x, Mapping): return _check_main(model, x, 'x', ids, who)
+    if not x: raise ValueError("x is an empty dict: pass the model's keyword inputs")
+    key = main_input(model, x)
+    out = {k: v.detach() if isinstance(v, Tensor) else v for k, v in x.items()}
+    for k, v in out.items():
+        if k == key: out[k] = _check_main(model, v, f'x[{k!r}]', ids, who)
+        elif isinstance(v, Tensor) and v.is_floating_point(): check_finite(v, f'x[{k!r}]')
+    return out
+
+def _checked(model, x, ids=False, who:str|None=None) -> tuple:
+    "What every attribution entry point starts with: the module behind `model`'s wrappers, `x` checked and detached (token ids only with `ids`; `who` names the entry point in the error), the train-mode warning"
     model = unwrap_model(model)
-    x = check_batch(x, 'x').detach()
+    x = _check_inputs(model, x, ids, who)
     warn_if_training(model, stacklevel=4)   # the warning points at the caller's line
     return model, x
 
-def _input_grad(model, x:Tensor, target, name="the model's output", group=None) -> tuple[Tensor, Tensor]:
-    "Gradient of the `target` scores of `model(x)` w.r.t. `x`, and the scores: no checks, no guard (the entry point does both)"
-    x = x.detach().requires_grad_()
-    with torch.enable_grad():
-        scores = target_scores(model(x), target, len(x), name, group=group)
-        g, = torch.autograd.grad(scores.sum(), x)
-    return g, scores.detach()
+def _enlarged(model, x, k:int, main:Tensor|None=None, example_major=False):
+    "`x` with every per-example tensor repeated `k` times (`expand_batch`: copy-major or `example_major`), its main input replaced by `main` (already enlarged) if given"
+    if main is None: return expand_batch(x, k, example_major, model)
+    if not isinstance(x, Mapping): return main
+    return {**expand_batch(x, k, example_major, model), main_input(model, x): main}
 
-def _gradient(model, x:Tensor, target, rule=None) -> Tensor:
-    "The input gradient of checked `x`, guarded, every ReLU by `rule` (None: as it is)"
-    with guarded(model, x), relu_rule(rule) if rule else nullcontext(): g, _ = _input_grad(model, x, target)
+def _scores(model, x, output=None):
+    "What the model returns on `x` (a tensor, or a dict of keyword inputs), the scores chosen by `output` (`model_output`)"
+    return model_output(call_model(model, x), output)
+
+# %% ../../nbs/04_gradients.ipynb #cdafece2
+def _layer(model, layer:str) -> nn.Module:
+    "`model`'s module named `layer`, else an error naming the closest names"
+    if not isinstance(model, nn.Module): raise TypeError(f"layer= needs the model as a torch.nn.Module (the layer is found by name in it), got {type(model).__name__}")
+    if not isinstance(layer, str): raise TypeError(f"layer must be a module name as in model.named_modules(), e.g. {embedding_name(model)!r}, got {type(layer).__name__}")
+    mods = dict(model.named_modules())
+    if not layer or layer not in mods: raise unknown_key_error(layer, [n for n in mods if n], 'layer')
+    return mods[layer]
+
+@contextmanager
+def _at_layer(model, layer:str, n:int, act:Tensor|None=None):
+    "Within the block, `layer`'s output (or `act` in its place) is a leaf that requires grad, put in the yielded list; an error if the layer does not run once on a batch of `n`"
+    box = []
+    def hook(m, inp, out):
+        if box: raise ValueError(f"layer {layer!r} ran twice in one forward pass: attribute to a layer that runs once")
+        if not isinstance(out, Tensor) or not out.is_floating_point():
+            what = f'a {type(out).__name__}' if not isinstance(out, Tensor) else f'{out.dtype} values'
+            raise TypeError(f"layer {layer!r} outputs {what}, not a floating-point tensor: attribute to a layer whose output is one (e.g. the embedding {embedding_name(model)!r})")
+        if out.ndim == 0 or len(out) != n: raise ValueError(f"layer {layer!r} outputs shape {tuple(out.shape)} for a batch of {n}: its first dimension is not the examples (a table shared by the batch?): pick another layer")
+        v = (out if act is None else act).detach().requires_grad_()
+        box.append(v)
+        return v.clone()                                     # the model may change its copy in place
+    h = _layer(model, layer).register_forward_hook(hook)
+    try:
+        yield box
+        if not box: raise ValueError(f"layer {layer!r} did not run in the model's forward pass: attribute to a layer between x and the scores")
+    finally: h.remove()
+
+def _layer_value(model, x, layer:str) -> Tensor:
+    "`layer`'s output on `x` (the whole forward runs, without gradients)"
+    with torch.no_grad(), _at_layer(model, layer, batch_len(x, model)) as box: call_model(model, x)
+    return box[0]
+
+def _attr_grad(model, x, target, name="the model's output", group=None, output=None, layer=None, act=None) -> tuple:
+    "Gradient of the `target` scores w.r.t. `x`'s main input (or `layer`'s output, `act` in its place if given), the scores, and that input or output: no checks, no guard (the entry point does both)"
+    n = batch_len(x, model)
+    with torch.enable_grad():
+        if layer is None:
+            v = _main(model, x).detach().requires_grad_()
+            out = _scores(model, with_main_input(x, v, model), output)
+        else:
+            with _at_layer(model, layer, n, act) as box: out = _scores(model, x, output)
+            v = box[0]
+        scores = target_scores(out, target, n, name, group=group)
+        g, = torch.autograd.grad(scores.sum(), v, allow_unused=True)
+    if g is None: raise ValueError(f"the target scores do not depend on {'x' if layer is None else f'layer {layer!r}'}: there is nothing to attribute")
+    return g, scores.detach(), v.detach()
+
+def _gradient(model, x, target, rule=None, output=None, layer=None) -> Tensor:
+    "The gradient of checked `x`'s main input (or of `layer`'s output), guarded, every ReLU by `rule` (None: as it is); a warning if `rule` found no ReLU"
+    with guarded(model, x), relu_rule(rule) if rule else nullcontext() as mode: g, _, _ = _attr_grad(model, x, target, output=output, layer=layer)
+    if rule: mode.warn_if_unused(stacklevel=4)
     return _check_result(g, 'the gradient')
 
-def input_grad(model:nn.Module, x:Tensor, target) -> tuple[Tensor, Tensor]:
-    "Gradient of the `target` scores of `model(x)` with respect to `x`, and the scores; no parameter's `.grad` changes"
-    model, x = _checked(model, x)
-    with guarded(model, x): g, s = _input_grad(model, x, target)
+def input_grad(model:nn.Module, x:Tensor, target, *, output=None, layer:str|None=None) -> tuple[Tensor, Tensor]:
+    "Gradient of the `target` scores of `model(x)` with respect to `x` (or to `layer`'s output), and the scores; no parameter's `.grad` changes"
+    model, x = _checked(model, x, ids=layer is not None)
+    with guarded(model, x): g, s, _ = _attr_grad(model, x, target, output=output, layer=layer)
     return _check_result(g, 'the gradient'), s
 
 # %% ../../nbs/04_gradients.ipynb #221e3293
-def saliency(model:nn.Module, x:Tensor, target, abs=True, sign='all') -> Tensor:
-    "Gradient of the target score w.r.t. `x`: its magnitude (`abs`), the signed gradient, or one `sign` ('positive', 'negative')"
+def saliency(model:nn.Module, x:Tensor, target, abs=True, sign='all', *, output=None, layer:str|None=None) -> Tensor:
+    "Gradient of the target score w.r.t. `x` (or `layer`'s output): its magnitude (`abs`), the signed gradient, or one `sign` ('positive', 'negative')"
     if sign not in ('all', 'positive', 'negative'): raise ValueError(f"sign must be 'all', 'positive' or 'negative', got {sign!r}")
-    model, x = _checked(model, x)
-    g = _gradient(model, x, target)
+    model, x = _checked(model, x, ids=layer is not None)
+    g = _gradient(model, x, target, output=output, layer=layer)
     if sign == 'positive': return g.clamp(min=0)
     if sign == 'negative': return (-g).clamp(min=0)
     return g.abs() if abs else g
+
+def input_x_gradient(model:nn.Module, x:Tensor, target, *, output=None, layer:str|None=None) -> Tensor:
+    "Gradient × input (Captum's `InputXGradient`), or with `layer` gradient × that layer's output (`LayerGradientXActivation`)"
+    model, x = _checked(model, x, ids=layer is not None)
+    with guarded(model, x): g, _, v = _attr_grad(model, x, target, output=output, layer=layer)
+    return _check_result(g * v, 'gradient × input')
 
 # %% ../../nbs/04_gradients.ipynb #11db673a
 class _ReLURule(torch.autograd.Function):
@@ -132,27 +226,34 @@ class _ReLURule(torch.autograd.Function):
 _RELU = {F.relu: False, torch.relu: False, Tensor.relu: False, F.relu_: True, torch.relu_: True, Tensor.relu_: True}
 
 class relu_rule(TorchFunctionMode):
-    "Within the block, every ReLU call (module or functional, in place or not) backpropagates by `rule`: 'guided' or 'deconv'"
+    "Within the block, every ReLU call (module or functional, in place or not) backpropagates by `rule`: 'guided' or 'deconv'; `calls` counts them"
     def __init__(self, rule='guided'):
         if rule not in ('guided', 'deconv'): raise ValueError(f"rule must be 'guided' or 'deconv', got {rule!r}")
-        super().__init__(); self.rule = rule
+        super().__init__(); self.rule, self.calls = rule, 0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in _RELU:
+            self.calls += 1
             inplace = _RELU[func] or (kwargs.get('inplace', False) if len(args) < 2 else args[1])
             return _ReLURule.apply(args[0], self.rule, bool(inplace))
         return func(*args, **kwargs)
 
-def guided_backprop(model:nn.Module, x:Tensor, target) -> Tensor:
-    "Guided backpropagation (Springenberg et al. 2015): the input gradient with every ReLU's backward rectified"
-    model, x = _checked(model, x)
-    return _gradient(model, x, target, 'guided')
+    def warn_if_unused(self, stacklevel=3):
+        "Warn that the rule changed nothing if no ReLU ran in the block"
+        if self.calls: return
+        what = 'guided backpropagation' if self.rule == 'guided' else 'deconvolution'
+        warnings.warn(f"{what} changes the backward pass of ReLUs, and no ReLU ran in the model's forward pass (GELU, SiLU and other activations are left as they are): the result equals the plain gradient, saliency(model, x, target, abs=False)", stacklevel=stacklevel)
 
-def deconvolution(model:nn.Module, x:Tensor, target) -> Tensor:
+def guided_backprop(model:nn.Module, x:Tensor, target, *, output=None) -> Tensor:
+    "Guided backpropagation (Springenberg et al. 2015): the input gradient with every ReLU's backward rectified"
+    model, x = _checked(model, x, who='guided_backprop')
+    return _gradient(model, x, target, 'guided', output)
+
+def deconvolution(model:nn.Module, x:Tensor, target, *, output=None) -> Tensor:
     "Deconvolution (Zeiler & Fergus 2014): the input gradient where every ReLU passes only positive gradients back"
-    model, x = _checked(model, x)
-    return _gradient(model, x, target, 'deconv')
+    model, x = _checked(model, x, who='deconvolution')
+    return _gradient(model, x, target, 'deconv', output)
 
 # %% ../../nbs/04_gradients.ipynb #26ab92df
 def _unit_noise(seed:int, samples, shape, device=None, dtype=None) -> Tensor:
@@ -165,30 +266,33 @@ def _unit_noise(seed:int, samples, shape, device=None, dtype=None) -> Tensor:
 
 @keeps_rng
 def smooth_grad(model:nn.Module, x:Tensor, target, n_samples=50, stdev=0.15, kind='smoothgrad', guided=False, abs=False,
-                batch_size=None, seed=None) -> Tensor:
+                batch_size=None, seed=None, *, output=None) -> Tensor:
     "SmoothGrad / SmoothGrad² / VarGrad: statistics of the gradient over `n_samples` noisy copies of each example"
     if kind not in ('smoothgrad', 'smoothgrad_sq', 'vargrad'): raise ValueError(f"kind must be 'smoothgrad', 'smoothgrad_sq' or 'vargrad', got {kind!r}")
     n_samples = check_count(n_samples, 'n_samples')
     if batch_size is not None: batch_size = check_count(batch_size, 'batch_size')
     if seed is not None: seed = check_count(seed, 'seed', low=0)
     stdev = check_number(stdev, 'stdev', 0)           # the noise's standard deviation, a fraction of each example's value range
-    model, x = _checked(model, x)
-    n, feat = len(x), x.shape[1:]
-    t = per_example(target, n, x.device)
-    sigma = (stdev * (x.flatten(1).amax(1) - x.flatten(1).amin(1))).view(n, 1, *[1] * len(feat))   # per example
+    model, x = _checked(model, x, who='smooth_grad')
+    xm = _main(model, x)
+    n, feat = len(xm), xm.shape[1:]
+    t = per_example(target, n, xm.device)
+    sigma = (stdev * (xm.flatten(1).amax(1) - xm.flatten(1).amin(1))).view(n, 1, *[1] * len(feat))   # per example
     per = n_samples if batch_size is None else max(1, batch_size // n)       # samples per forward
-    total, total_sq = torch.zeros_like(x), torch.zeros_like(x)
-    with seeded(seed), guarded(model, x), relu_rule('guided') if guided else nullcontext():
+    total, total_sq = torch.zeros_like(xm), torch.zeros_like(xm)
+    with seeded(seed), guarded(model, x), relu_rule('guided') if guided else nullcontext() as mode:
         base = seed if seed is not None else int(torch.randint(2**62, ()).item())   # no seed: torch's generator picks one
         for s in range(0, n_samples, per):
             k = min(per, n_samples - s)
-            noise = _unit_noise(base, range(s, s + k), feat, x.device, x.dtype)   # the same for every example, scaled by its sigma
-            noisy = (x[:, None] + sigma * noise[None]).flatten(0, 1)            # example-major, as Captum's NoiseTunnel
-            gr, _ = _input_grad(model, noisy, t.repeat_interleave(k), "the model's output on the noisy copies of x", lambda o: o.reshape(n, -1))
+            noise = _unit_noise(base, range(s, s + k), feat, xm.device, xm.dtype)   # the same for every example, scaled by its sigma
+            noisy = (xm[:, None] + sigma * noise[None]).flatten(0, 1)           # example-major (x0 k times, x1 k times...), as Captum's NoiseTunnel
+            gr, _, _ = _attr_grad(model, _enlarged(model, x, k, noisy, example_major=True), t.repeat_interleave(k),
+                                  "the model's output on the noisy copies of x", lambda o: o.reshape(n, -1), output)
             if abs: gr = gr.abs()
             for gj in gr.view(n, k, *feat).unbind(1):                           # sample by sample: the same sums whatever the batching
                 total += gj
                 if kind != 'smoothgrad': total_sq += gj * gj
+    if guided: mode.warn_if_unused(stacklevel=4)
     mean, mean_sq = total / n_samples, total_sq / n_samples
     return _check_result(mean if kind == 'smoothgrad' else mean_sq if kind == 'smoothgrad_sq' else mean_sq - mean * mean, 'the SmoothGrad attribution')
 
@@ -209,36 +313,93 @@ def ig_quadrature(n_steps:int, method='gausslegendre') -> tuple[list[float], lis
     return torch.linspace(lo, hi, n).tolist(), [1 / n] * n                  # Captum's float32 points
 
 def _baseline(baseline, x):
+    "`baseline` (None: zeros; a number; a tensor) broadcast to `x`, in its dtype; token ids take integer baselines only"
+    ids = not x.is_floating_point()
     if baseline is None: return torch.zeros_like(x)
-    if isinstance(baseline, (int, float)) and not isinstance(baseline, bool): b = torch.full_like(x, float(baseline))
+    if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
+        if ids and float(baseline) != int(baseline): raise ValueError(f"baseline must be a token id (an integer) for token ids, got {baseline!r}")
+        b = torch.full_like(x, baseline if ids else float(baseline))
     else:
-        b = torch.as_tensor(baseline, dtype=x.dtype, device=x.device).detach()     # never part of the caller's graph
+        b = torch.as_tensor(baseline, device=x.device).detach()            # never part of the caller's graph
+        if ids and b.is_floating_point(): raise TypeError(f"baseline must hold token ids (integers) for token ids, got {b.dtype}")
+        b = b.to(x.dtype)
         try: b = b.expand_as(x)
-        except RuntimeError: raise ValueError(f"baseline of shape {tuple(b.shape)} does not broadcast to x of shape {tuple(x.shape)}: use one image (C, H, W), one per example, or a number") from None
+        except RuntimeError: raise ValueError(f"baseline of shape {tuple(b.shape)} does not broadcast to x of shape {tuple(x.shape)}: use one example {tuple(x.shape[1:])}, one per example, or a number") from None
     return check_finite(b, 'baseline')
 
 def integrated_gradients(model:nn.Module, x:Tensor, target, baseline=None, n_steps=50, method='gausslegendre',
-                         batch_size=None, return_delta=False):
-    "Integrated gradients from `baseline` to `x` by the `method` quadrature; with `return_delta`, also the completeness gap"
+                         batch_size=None, return_delta=False, *, output=None, layer:str|None=None):
+    "Integrated gradients from `baseline` to `x` (or, with `layer`, from the layer's output on the baseline to that on `x`) by the `method` quadrature; with `return_delta`, also the completeness gap"
     alphas, weights = ig_quadrature(n_steps, method)
     if batch_size is not None: batch_size = check_count(batch_size, 'batch_size')
-    model, x = _checked(model, x)
-    b = _baseline(baseline, x)
-    n, diff = len(x), x - b
-    t = per_example(target, n, x.device)
+    model, x = _checked(model, x, ids=layer is not None)
+    if layer is not None: _layer(model, layer)                         # an unknown layer is named before any forward
+    xm = _main(model, x)
+    n, b = len(xm), _baseline(baseline, xm)
+    xb = with_main_input(x, b, model)                                    # the baseline input: the other inputs (a mask) kept
+    t = per_example(target, n, xm.device)
     per = n_steps if batch_size is None else max(1, batch_size // n)      # steps per forward
     by_example = lambda o: o.reshape(-1, n, o.shape[1]).transpose(0, 1).reshape(n, -1)
-    total = torch.zeros_like(x)
+    name = "the model's output on the path from the baseline to x"
     with guarded(model, x):                                               # every forward, the completeness check's too
+        start, end = (b, xm) if layer is None else (_layer_value(model, xb, layer), _layer_value(model, x, layer))
+        diff, total = end - start, torch.zeros_like(end)
         for s in range(0, n_steps, per):
-            a = torch.tensor(alphas[s:s + per], dtype=x.dtype, device=x.device)
-            scaled = (b[None] + a.view(-1, *[1] * x.ndim) * diff[None]).flatten(0, 1)   # step-major, as Captum
-            gr, _ = _input_grad(model, scaled, t.repeat(len(a)), "the model's output on the path from the baseline to x", by_example)
-            for w, gk in zip(weights[s:s + per], gr.view(len(a), *x.shape)): total += w * gk
+            a = torch.tensor(alphas[s:s + per], dtype=end.dtype, device=end.device)
+            scaled = (start[None] + a.view(-1, *[1] * end.ndim) * diff[None]).flatten(0, 1)   # copy-major (step 1 for x0, x1, ..., step 2 ...), as Captum
+            if layer is None: gr, _, _ = _attr_grad(model, _enlarged(model, x, len(a), scaled), t.repeat(len(a)), name, by_example, output)
+            else: gr, _, _ = _attr_grad(model, _enlarged(model, x, len(a)), t.repeat(len(a)), name, by_example, output, layer, act=scaled)
+            for w, gk in zip(weights[s:s + per], gr.view(len(a), *end.shape)): total += w * gk
         attr = _check_result(total * diff, 'the integrated gradients')
         if not return_delta: return attr
-        with torch.no_grad(): fx, fb = target_scores(model(x), t, n), target_scores(model(b), t, n, "the model's output on the baseline")
+        with torch.no_grad(): fx, fb = target_scores(_scores(model, x, output), t, n), target_scores(_scores(model, xb, output), t, n, "the model's output on the baseline")
     return attr, attr.flatten(1).sum(1) - (fx - fb)
+
+# %% ../../nbs/04_gradients.ipynb #512bc9ad
+def token_scores(attr:Tensor, normalize=False) -> Tensor:
+    "One score per token (N, T) of a layer attribution (N, T, D): summed over the features D, as Captum's text tutorials; each example scaled to unit norm with `normalize`"
+    a = check_finite(check_tensor(attr, 'attr').detach(), 'attr')
+    if a.ndim != 3: raise ValueError(f"attr must be a token attribution (N, T, D), got shape {tuple(a.shape)}: attribute through a layer that outputs tokens, e.g. layer='...embeddings'")
+    s = a.sum(-1)
+    return s / s.norm(dim=1, keepdim=True).clamp_min(torch.finfo(s.dtype).tiny) if normalize else s
+
+def _token_color(v:float) -> str:
+    "Captum's `visualize_text` colour of a score in [-1, 1]: green raises the target score, red lowers it"
+    v = max(-1., min(1., v))
+    return f"hsl(120, 75%, {100 - int(50 * v)}%)" if v > 0 else f"hsl(0, 75%, {100 - int(-40 * v)}%)"
+
+def _one_row(tokens, scores) -> tuple[list[str], np.ndarray]:
+    s = check_finite(torch.as_tensor(scores).detach().float().cpu(), 'scores')
+    if s.ndim == 2 and len(s) == 1: s = s[0]
+    if s.ndim != 1 or len(s) != len(tokens): raise ValueError(f"scores must be one per token ({len(tokens)}), got shape {tuple(s.shape)}: pass one example's token_scores, e.g. token_scores(attr)[0]")
+    top = s.abs().max().item()
+    return [str(t) for t in tokens], (s / top if top > 0 else s).numpy()
+
+def tokens_html(tokens:list, scores) -> str:
+    "HTML of `tokens` on backgrounds coloured by `scores` (one per token, scaled by the largest magnitude), as Captum's `visualize_text`"
+    tokens, s = _one_row(tokens, scores)
+    marks = ''.join(f'<mark style="background-color: {_token_color(v)}; line-height: 1.75"><font color="black"> {escape(t)} </font></mark>'
+                    for t, v in zip(tokens, s))
+    return f'<div style="line-height: 2">{marks}</div>'
+
+def show_tokens(tokens:list, scores, ax=None, html:bool|None=None, width=60):
+    "`tokens` coloured by `scores` (green raises the target score, red lowers it): an HTML object in a notebook (or with `html=True`), else a matplotlib drawing on `ax`, returned"
+    if html or html is None and ax is None and in_notebook():
+        from IPython.display import HTML
+        return HTML(tokens_html(tokens, scores))
+    tokens, s = _one_row(tokens, scores)
+    rows, col = [[]], 0                                  # tokens laid out left to right, wrapped at `width` characters
+    for t, v in zip(tokens, s):
+        if col and col + len(t) + 1 > width: rows.append([]); col = 0
+        rows[-1].append((col, t, v)); col += len(t) + 1
+    if ax is None: _, ax = plt.subplots(figsize=(max(2, 0.11 * min(width, max(c + len(t) for c, t, _ in rows[0]) + 1)), 0.35 * len(rows) + 0.2))
+    import colorsys
+    for r, row in enumerate(rows):
+        for c, t, v in row:
+            h, l, sat = (120, 1 - 0.5 * max(v, 0), 0.75) if v > 0 else (0, 1 + 0.4 * min(v, 0), 0.75)
+            ax.text(c, -r, t, family='monospace', va='center', bbox=dict(boxstyle='square,pad=0.15', fc=colorsys.hls_to_rgb(h / 360, l, sat), ec='none'))
+    ax.set_xlim(-0.5, width); ax.set_ylim(-len(rows) + 0.5, 0.5); ax.axis('off')
+    return ax
 
 # %% ../../nbs/04_gradients.ipynb #bced8802
 def attribution_map(attr:Tensor, sign='absolute', outlier_perc=0.5) -> np.ndarray:

@@ -10,7 +10,7 @@ import math, itertools
 import torch, torch.nn as nn
 from torch import Tensor
 from ..adapters import check_count
-from .gradients import per_example, target_scores, _baseline, _check_result, guarded, _checked
+from .gradients import per_example, target_scores, _baseline, _check_result, guarded, _checked, _main, _enlarged, _scores
 
 # %% auto #0
 __all__ = ['occlusion']
@@ -27,29 +27,30 @@ def _entries(v, name:str, feat:tuple) -> tuple:
     if len(v) != len(feat): raise ValueError(f"{name} {v} needs one entry per input dimension {feat} (channels first)")
     return v
 
-def occlusion(model:nn.Module, x:Tensor, target, window=(3, 15, 15), stride=(3, 8, 8), baseline=0., batch_size=64) -> Tensor:
-    "Occlusion attributions shaped like `x`: mean score drop over the windows (of shape `window`, moved by `stride`) covering each feature"
+def occlusion(model:nn.Module, x:Tensor, target, window=(3, 15, 15), stride=(3, 8, 8), baseline=0., batch_size=64, *, output=None) -> Tensor:
+    "Occlusion attributions shaped like `x` (a dict's main input): mean score drop over the windows (of shape `window`, moved by `stride`) covering each feature"
     batch_size = check_count(batch_size, 'batch_size')
-    model, x = _checked(model, x)
-    feat = tuple(x.shape[1:])
+    model, x = _checked(model, x, who='occlusion')
+    xm = _main(model, x)
+    feat = tuple(xm.shape[1:])
     window, stride = _entries(window, 'window', feat), _entries(stride, 'stride', feat)
     if any(w > d for w, d in zip(window, feat)): raise ValueError(f"window {window} is larger than the input {feat}")
     if any(s > w and d > w for s, w, d in zip(stride, window, feat)): raise ValueError(f"stride {stride} is larger than window {window}: some features would never be covered")
-    b = _baseline(baseline, x)
+    b = _baseline(baseline, xm)
     starts = list(itertools.product(*[_positions(d, w, s) for d, w, s in zip(feat, window, stride)]))
-    n = len(x)
-    t = per_example(target, n, x.device)
-    total, counts = torch.zeros_like(x), torch.zeros(feat, dtype=x.dtype, device=x.device)
+    n = len(xm)
+    t = per_example(target, n, xm.device)
+    total, counts = torch.zeros_like(xm), torch.zeros(feat, dtype=xm.dtype, device=xm.device)
     per = max(1, batch_size // n)
     by_example = lambda o: o.reshape(-1, n, o.shape[1]).transpose(0, 1).reshape(n, -1)
     with torch.no_grad(), guarded(model, x):
-        base = target_scores(model(x), t, n)
+        base = target_scores(_scores(model, x, output), t, n)
         for c in range(0, len(starts), per):
             chunk = starts[c:c + per]
-            mask = torch.zeros(len(chunk), *feat, dtype=x.dtype, device=x.device)
+            mask = torch.zeros(len(chunk), *feat, dtype=xm.dtype, device=xm.device)
             for k, st in enumerate(chunk): mask[(k, *[slice(a, a + w) for a, w in zip(st, window)])] = 1
-            occluded = x[None] * (1 - mask[:, None]) + b[None] * mask[:, None]            # (k, N, ...)
-            out = model(occluded.flatten(0, 1))
+            occluded = (xm[None] * (1 - mask[:, None]) + b[None] * mask[:, None]).flatten(0, 1)   # copy-major: window 1 on x0, x1, ..., window 2 ...
+            out = _scores(model, _enlarged(model, x, len(chunk), occluded), output)
             drop = base[None] - target_scores(out, t.repeat(len(chunk)), len(chunk) * n, "the model's output on the occluded copies of x", group=by_example).view(len(chunk), n)
             total += torch.einsum('kn,k...->n...', drop, mask)
             counts += mask.sum(0)
