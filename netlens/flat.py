@@ -8,13 +8,14 @@ Docs: https://netlens.github.io/netlens/flat.html.md"""
 from __future__ import annotations
 from collections.abc import Mapping
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fastcore.basics import patch
 import torch, torch.nn as nn
 import matplotlib.pyplot as plt
 from .core import *
 from .hooks import *
-from .adapters import check_module, unwrap_model, check_index
+from .adapters import (check_module, unwrap_model, check_index, call_model, batch_len, Layout, feature_layout, channels_first,
+                              _as_layout)
 
 # %% auto #0
 __all__ = ['FlatModel', 'Recording', 'Channel', 'show_channels']
@@ -82,10 +83,10 @@ def _shape(m, i, o): return tuple(o.shape) if isinstance(o, torch.Tensor) else t
 
 @patch
 def output_shapes(self:FlatModel, x) -> dict:
-    "Each layer's output shape for example input `x`, one per call (a list; empty for a layer that did not run); in eval mode, without gradients"
+    "Each layer's output shape for example input `x` (a tensor or a dict of keyword inputs), one per call (a list; empty for a layer that did not run); in eval mode, without gradients"
     with eval_mode(self.model), torch.no_grad(), annotate_errors(self.model), \
          Hooks(self._modules.values(), _shape, every_call=True) as hs:
-        self.model(x)
+        call_model(self.model, x)
     return {n: h.stored for n, h in zip(self.layer_names, hs)}
 
 @patch
@@ -163,51 +164,69 @@ def record(self:FlatModel, layers, grads=False, detach=True, clone=True, cpu=Fal
 # %% ../nbs/03_flat.ipynb #8918ed41
 @dataclass(frozen=True)
 class Channel:
-    "Channel `k` of layer `layer`; called on a `Recording` it returns `acts[layer][:, k]`"
+    "Channel (feature) `k` of layer `layer`; called on a `Recording` it returns that feature at every position: (N, h, w) for maps and patch tokens, (N, T) for a sequence"
     layer: str
     k: int
-    def __call__(self, acts): return acts[self.layer][:, self.k]
+    layout: object = None                                                   # as `feature_layout`: a `Layout`, 'nchw', 'nhwc', 'sequence'; None: as the model says
+    model: nn.Module|None = field(default=None, compare=False, repr=False)  # the model that says where the features are; without it (and `layout`), dimension 1
+    def __call__(self, acts):
+        t = acts[self.layer]
+        lay = Layout('nchw') if self.model is None and self.layout is None else feature_layout(self.model, _split_call(self.layer)[0], t, self.layout)
+        c = channels_first(t, lay)
+        return c[:, check_index(self.k, c.shape[1], 'k', f"layer {self.layer!r}", 'channels')]
     def __str__(self): return f"{self.layer}[{self.k}]"
 
+_WIDTH = ('out_channels', 'num_features', 'out_features', 'embedding_dim')
+
 @patch
-def n_channels(self:FlatModel, layer, x=None) -> int:
-    "Channels (dim 1) of `layer`'s output, from its definition or from a probe forward on example input `x`"
+def n_channels(self:FlatModel, layer, x=None, layout=None) -> int:
+    "Channels (features) of `layer`'s output, from its definition or from a probe forward on example input `x` (`layout` as `feature_layout`)"
     name = self.name_of(layer)
     call = _split_call(layer)[1] if isinstance(layer, str) else None
     m = self._modules[name]
-    for attr in ('out_channels', 'num_features', 'out_features'):
-        if isinstance(getattr(m, attr, None), int): return getattr(m, attr)
+    if layout is None:
+        for attr in _WIDTH:
+            if isinstance(getattr(m, attr, None), int): return getattr(m, attr)
     if x is None: raise ValueError(f"{name!r} ({type(m).__name__}) does not say how many channels it outputs: pass an example input x")
-    with eval_mode(self.model), torch.no_grad(), self.record(name, clone=False) as rec: self.model(x)
+    with eval_mode(self.model), torch.no_grad(), self.record(name, clone=False) as rec: call_model(self.model, x)
     outs = [rec[f"{name}:{call}"]] if call is not None else list(rec.values())
     if not outs: raise ValueError(f"{name!r} did not run on the example input x")
     if not all(isinstance(o, torch.Tensor) and o.ndim >= 2 for o in outs): raise ValueError(f"{name!r} outputs {type(outs[0]).__name__}, not a tensor (N, C, ...) with channels")
-    counts = {o.shape[1] for o in outs}
+    n = batch_len(x, self.model)
+    counts = {channels_first(o, feature_layout(self.model, name, o, layout, n=n)).shape[1] for o in outs}
     if len(counts) > 1: raise ValueError(f"{name!r} ran {len(outs)} times with different channel counts {sorted(counts)}: ask for one call, {name}:1 ... {name}:{len(outs)}")
     return counts.pop()
 
 @patch
-def channel(self:FlatModel, layer, k:int, x=None) -> Channel:
-    "Channel `k` of `layer`, checked against its channel count where that is known"
+def channel(self:FlatModel, layer, k:int, x=None, layout=None) -> Channel:
+    "Channel (feature) `k` of `layer`, checked against its channel count where that is known (from its definition, or a probe on `x`); `layout` as `feature_layout`"
     name = self.name_of(layer)
     key = f"{name}:{_split_call(layer)[1]}" if isinstance(layer, str) and _split_call(layer)[1] else name   # keep the call: `res.relu:2`
-    try: n = self.n_channels(key, x)
-    except ValueError: n = None
-    return Channel(key, check_index(k, n, 'k', f"layer {key!r}", 'channels'))
+    if x is None:
+        try: n = self.n_channels(key, None, layout)
+        except ValueError: n = None                      # known when the Channel reads a recording
+    else: n = self.n_channels(key, x, layout)
+    return Channel(key, check_index(k, n, 'k', f"layer {key!r}", 'channels'), layout, self.model)
 
 # %% ../nbs/03_flat.ipynb #5c49fcca
-def show_channels(acts:torch.Tensor, max_channels=32, ncols=8, cmap='viridis', shared=False, size=1.2, title=None):
-    "Grid of the channel maps of one activation (C,H,W) or (1,C,H,W); returns the figure"
+def show_channels(acts:torch.Tensor, max_channels=32, ncols=8, cmap='viridis', shared=False, size=1.2, title=None,
+                  layout=None): # how `acts`, one example's output as recorded (1, ...), holds its features: a `Layout`, 'nhwc', 'sequence'
+    "Grid of the channels of one example: maps (C, h, w) or (1, C, h, w) as images, a sequence (C, T) as strips; `layout` moves the features first"
     a = acts.detach().float().cpu()
-    if a.ndim == 4 and a.shape[0] == 1: a = a[0]
-    if a.ndim != 3: raise ValueError(f"expected one example's activation (C, H, W), got shape {tuple(acts.shape)}: index the batch first")
+    if layout is not None:
+        if a.ndim < 2 or len(a) != 1: raise ValueError(f"with layout=, pass one example's output as recorded, (1, ...), got shape {tuple(acts.shape)}: index the batch with [:1]")
+        a = channels_first(a, _as_layout(layout, None))[0]
+    elif a.ndim == 4 and a.shape[0] == 1: a = a[0]
+    if a.ndim not in (2, 3): raise ValueError(f"expected one example's activation (C, H, W) or sequence (C, T), got shape {tuple(acts.shape)}: index the batch first, or pass layout= for channels-last maps or tokens")
     a = a[:max_channels]
     lim = dict(vmin=a.min().item(), vmax=a.max().item()) if shared else {}
     ncols = min(ncols, len(a)); nrows = -(-len(a) // ncols)
-    fig, axs = plt.subplots(nrows, ncols, figsize=(size*ncols, size*nrows + (0.4 if title else 0)), squeeze=False)
+    height = size if a.ndim == 3 else size * 0.3 + 0.25                      # a strip is one row of values
+    fig, axs = plt.subplots(nrows, ncols, figsize=(size*ncols, height*nrows + (0.4 if title else 0)), squeeze=False)
     for i, ax in enumerate(axs.flat):
-        if i < len(a): show_image(a[i], ax=ax, title=str(i), cmap=cmap, **lim)
-        else: ax.axis('off')
+        if i >= len(a): ax.axis('off')
+        elif a.ndim == 3: show_image(a[i], ax=ax, title=str(i), cmap=cmap, **lim)
+        else: ax.imshow(a[i][None].numpy(), aspect='auto', cmap=cmap, **lim); ax.set_title(str(i), fontsize=9); ax.axis('off')
     if title: fig.suptitle(title)
     fig.tight_layout()
     return fig

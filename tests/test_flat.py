@@ -116,3 +116,73 @@ def test_bad_layer_keys_are_explained():
     with pytest.raises(ValueError, match='calls count from 1'): fm.resolve('res.relu:0')
     with pytest.raises(TypeError, match='got Tensor'): FlatModel(torch.ones(2))
     with pytest.raises(TypeError, match='not float'): fm[1.0]
+
+# channels are features in every layout (issue 13): dimension 1 of maps, the last dimension of channels-last maps and of tokens
+
+def _timm_vit():
+    import timm
+    torch.manual_seed(0)
+    return timm.create_model('vit_small_patch16_224', pretrained=False, img_size=32, patch_size=8, depth=2, reg_tokens=4, num_classes=5).eval()
+
+def test_vit_channel_is_a_feature_of_the_patch_tokens():
+    "channel('blocks.1', k) used to index dimension 1 (the 21 tokens: 'it has 21 channels'); now feature k of the 16 patch tokens on their 4x4 grid, the 5 prefix tokens dropped"
+    model, x = _timm_vit(), torch.rand(2, 3, 32, 32)
+    fm = FlatModel(model)
+    assert fm.n_channels('blocks.1', x) == 384 and fm.n_channels('blocks.1.mlp.fc1') == 1536
+    with fm.record(['blocks.1', 'blocks.1.mlp.fc1']) as rec: model(x)
+    for k in (0, 300, 383): assert torch.equal(fm.channel('blocks.1', k, x)(rec), rec['blocks.1'][:, 5:, k].reshape(2, 4, 4))
+    assert torch.equal(fm.channel('blocks.1.mlp.fc1', 1000)(rec), rec['blocks.1.mlp.fc1'][:, 5:, 1000].reshape(2, 4, 4))
+    with pytest.raises(IndexError, match="k 384 is out of range: layer 'blocks.1' has 384 channels"): fm.channel('blocks.1', 384, x)
+    with pytest.raises(IndexError, match="k 384 is out of range: layer 'blocks.1' has 384 channels"): fm.channel('blocks.1', 384)(rec)   # known once recorded
+    assert hook_count(model) == 0
+
+def test_swin_channel_is_the_last_dimension():
+    "A Swin stage's (N, h, w, C): channel k used to be an image row"
+    import timm
+    torch.manual_seed(0)
+    model = timm.create_model('swin_tiny_patch4_window7_224', pretrained=False, img_size=32, window_size=2, depths=(1, 1, 1, 1),
+                              embed_dim=24, num_heads=(1, 1, 1, 1), num_classes=5).eval()
+    x = torch.rand(2, 3, 32, 32)
+    fm = FlatModel(model)
+    assert fm.n_channels('layers.1', x) == 48 and fm.n_channels('layers.2', x) == 96
+    with fm.record(['layers.1', 'layers.2']) as rec: model(x)
+    assert rec['layers.1'].shape == (2, 4, 4, 48)
+    assert torch.equal(fm.channel('layers.1', 40, x)(rec), rec['layers.1'][..., 40])
+    assert torch.equal(fm.channel('layers.2', 95)(rec), rec['layers.2'][..., 95])
+    with pytest.raises(ValueError, match=r"layer 'layers.0.blocks.0.attn' outputs shape \(32, 4, 24\) for a batch of 2: its first dimension is not the examples"):
+        fm.n_channels('layers.0.blocks.0.attn', x)
+    assert hook_count(model) == 0
+
+def test_hf_text_and_image_channels():
+    "BERT: feature k along the sequence (N, T), from a dict of keyword inputs; HF ViT: the config's class token dropped"
+    from transformers import BertConfig, BertForSequenceClassification, ViTConfig, ViTForImageClassification
+    torch.manual_seed(0)
+    bert = BertForSequenceClassification(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, vocab_size=100, num_labels=3)).eval()
+    ids = torch.randint(0, 100, (2, 9)); batch = {'input_ids': ids, 'attention_mask': torch.ones_like(ids)}
+    fm = FlatModel(bert)
+    assert fm.n_channels('bert.encoder.layer.1', batch) == 32 and fm.output_shapes(batch)['bert.encoder.layer.1'] == [(2, 9, 32)]
+    with fm.record('bert.encoder.layer.1') as rec: bert(**batch)
+    assert torch.equal(fm.channel('bert.encoder.layer.1', 31, batch)(rec), rec['bert.encoder.layer.1'][:, :, 31])
+    vit = ViTForImageClassification(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, num_labels=5)).eval()
+    fm, x = FlatModel(vit), torch.rand(2, 3, 32, 32)
+    with fm.record('vit.layers.0') as rec: vit(x)
+    assert fm.n_channels('vit.layers.0', x) == 32
+    assert torch.equal(fm.channel('vit.layers.0', 7)(rec), rec['vit.layers.0'][:, 1:, 7].reshape(2, 4, 4))
+
+def test_show_channels_tokens_and_sequences():
+    "Patch tokens drawn on their grid, one image per feature; a sequence as strips"
+    import matplotlib.pyplot as plt
+    from netlens.adapters import feature_layout
+    from netlens.flat import show_channels
+    model = _timm_vit()
+    fm = FlatModel(model)
+    with fm.record('blocks.1') as rec: model(torch.rand(1, 3, 32, 32))
+    t = rec['blocks.1']
+    fig = show_channels(t, max_channels=6, layout=feature_layout(model, 'blocks.1', t))
+    ims = [a.get_images()[0].get_array() for a in fig.axes if a.get_images()]
+    assert len(ims) == 6 and all(im.shape == (4, 4) for im in ims)
+    assert torch.equal(torch.as_tensor(ims[4].data), t[0, 5:, 4].reshape(4, 4))
+    plt.close(fig)
+    fig = show_channels(t[0].T[:, 5:], max_channels=3)                           # (C, T): strips
+    assert [a.get_images()[0].get_array().shape for a in fig.axes if a.get_images()] == [(1, 16)] * 3
+    plt.close(fig)

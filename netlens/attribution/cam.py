@@ -7,61 +7,68 @@ Docs: https://netlens.github.io/netlens/gradcam.html.md"""
 # %% ../../nbs/05_gradcam.ipynb #db897635
 from __future__ import annotations
 import math
+from collections.abc import Mapping
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
 from ..core import *
 from ..hooks import Hook
 from ..flat import FlatModel
-from ..adapters import check_index
+from ..adapters import (check_index, model_output, call_model, main_input, batch_len, with_main_input,
+                              Layout, feature_layout, channels_first, as_maps)
 from .gradients import target_scores, guarded, _gradient, _check_result, _checked
 
 # %% auto #0
 __all__ = ['CAM_METHODS', 'vit_reshape', 'layer_acts_grads', 'cam', 'grad_cam', 'guided_grad_cam']
 
 # %% ../../nbs/05_gradcam.ipynb #d1d2aac7
-def vit_reshape(t:Tensor) -> Tensor:
-    "Token outputs (N, T, D) as maps (N, D, h, w): drop the class token when T - 1 is a square, lay the tokens on their grid"
-    if t.ndim != 3: raise ValueError(f"vit_reshape takes tokens (N, T, D), got shape {tuple(t.shape)}: pass reshape= a function that returns maps (N, D, h, w)")
-    n, T, d = t.shape
-    for drop in (1, 0):
-        side = math.isqrt(T - drop)
-        if side * side == T - drop: return t[:, drop:].transpose(1, 2).reshape(n, d, side, side)
-    raise ValueError(f"cannot lay {T} tokens on a square grid: pass reshape= a function (N, T, D) -> (N, D, h, w)")
+def vit_reshape(t:Tensor, prefix:int, grid:tuple|None=None) -> Tensor:
+    "Token outputs (N, T, D) as maps (N, D, h, w): the first `prefix` tokens (class, register) dropped, the others laid on `grid` (default: a square)"
+    if not isinstance(t, Tensor) or t.ndim != 3: raise ValueError(f"vit_reshape takes tokens (N, T, D), got {f'shape {tuple(t.shape)}' if isinstance(t, Tensor) else type(t).__name__}: pass reshape= a function that returns maps (N, D, h, w)")
+    n = t.shape[1] - prefix
+    if grid is None:
+        side = math.isqrt(max(n, 0))
+        if side < 1 or side * side != n: raise ValueError(f"cannot lay {t.shape[1]} tokens less {prefix} prefix tokens on a square grid: pass grid=(h, w) or the right prefix")
+        grid = (side, side)
+    if n != grid[0] * grid[1]: raise ValueError(f"{t.shape[1]} tokens less {prefix} prefix tokens do not fill a {grid[0]}x{grid[1]} grid: pass the grid and prefix of the model")
+    return channels_first(t, Layout('tokens', prefix, tuple(grid)))
 
-def _as_maps(t, reshape):
-    if reshape is not None: return reshape(t)
-    if t.ndim == 4: return t
-    if t.ndim == 3: return vit_reshape(t)
-    raise ValueError(f"a CAM needs maps (N, C, h, w) or tokens (N, T, D); the layer outputs shape {tuple(t.shape)}: pick a convolutional layer")
+def _maps(t, name:str, n:int, lay, reshape, what) -> Tensor:
+    "The layer's output or its gradient `t` as maps (N, C, h, w): by `reshape` if given, else by its layout `lay`"
+    if reshape is None: return as_maps(t, lay, name)
+    m = reshape(t)
+    if not isinstance(m, Tensor) or m.ndim != 4 or len(m) != n:
+        got = f"shape {tuple(m.shape)}" if isinstance(m, Tensor) else f"a {type(m).__name__}"
+        raise ValueError(f"reshape must return maps (N, C, h, w) for the {n} examples; for the {what} of layer {name!r} it returned {got}")
+    return m
 
-# a function that selects the scores has no layers to hook
-_WRAP_CAM = ("a CAM needs the module itself, so wrap it in an nn.Module whose forward returns the scores (e.g. model(x)[0]) "
-             "and prefix the layer name with the attribute that holds the model")
-
-def _layer_acts_grads(model, x:Tensor, target, layer, reshape=None) -> tuple[Tensor, Tensor]:
-    "`layer_acts_grads` of checked `x`"
+def _layer_acts_grads(model, x, target, layer, reshape=None, output=None, layout=None) -> tuple[Tensor, Tensor]:
+    "`layer_acts_grads` of checked `x` (a tensor or a dict of keyword inputs)"
     fm = FlatModel(model)
     name = fm.name_of(layer)
     call = layer.rpartition(':')[2] if isinstance(layer, str) and ':' in layer else None
+    n = batch_len(x, model)
+    main = x[main_input(model, x)] if isinstance(x, Mapping) else x
     with fm.record(name, grads=True) as rec, Hook(fm[name], detach=False, every_call=True) as raw, torch.enable_grad(), guarded(model, x):
-        xr = x.detach().requires_grad_()
-        out = model(xr)
-        scores = target_scores(out, target, len(x), fix=_WRAP_CAM)
+        v = main.detach().requires_grad_() if main.is_floating_point() else main     # token ids have no gradient
+        scores = target_scores(model_output(call_model(model, with_main_input(x, v, model)), output), target, n)
         key = name if call is None else f"{name}:{call}"
         acts = rec[key]                                          # raises clearly for an unused layer or an ambiguous call
+        if not isinstance(acts, Tensor): raise TypeError(f"layer {name!r} outputs a {type(acts).__name__}, not a tensor: a CAM needs one tensor of features; pick a submodule that outputs one")
+        lay = None if reshape is not None else feature_layout(model, name, acts, layout, n=n)   # before the backward: a wrong layer fails fast
         k = int(call) - 1 if call else 0
         try: out = raw.stored[k]
         except RuntimeError: out = None                          # changed in place after the layer
         if not isinstance(out, Tensor) or not out.requires_grad: out = None
-        if out is not None: torch.autograd.grad(scores.sum(), out)
-        else: torch.autograd.grad(scores.sum(), xr)
+        inputs = [out] if out is not None else [v] if v.requires_grad else [p for p in model.parameters() if p.requires_grad]
+        if not scores.requires_grad or not inputs: raise ValueError(f"the target scores do not depend on layer {name!r}: pick a layer between x and the scores")
+        torch.autograd.grad(scores.sum(), inputs, allow_unused=True)
         grads = rec.grads[key]
-    return _as_maps(acts, reshape), _as_maps(grads, reshape)
+    return _maps(acts, name, n, lay, reshape, 'output'), _maps(grads, name, n, lay, reshape, 'gradient')
 
-def layer_acts_grads(model:nn.Module, x:Tensor, target, layer, reshape=None) -> tuple[Tensor, Tensor]:
-    "Activations of `layer` (N, K, h, w) and the gradient of the summed `target` scores with respect to them"
-    model, x = _checked(model, x)
-    return _layer_acts_grads(model, x, target, layer, reshape)
+def layer_acts_grads(model:nn.Module, x:Tensor, target, layer, reshape=None, *, output=None, layout=None) -> tuple[Tensor, Tensor]:
+    "Activations of `layer` as maps (N, C, h, w) (`layout` as `feature_layout`) and the gradient of the summed `target` scores of `output` with respect to them"
+    model, x = _checked(model, x, ids=True)
+    return _layer_acts_grads(model, x, target, layer, reshape, output, layout)
 
 # %% ../../nbs/05_gradcam.ipynb #7bc85f6d
 def _gradcam_weights(A, G): return G.mean((2, 3), keepdim=True)
@@ -78,31 +85,38 @@ def _layercam_weights(A, G): return G.clamp(min=0)           # one weight per po
 
 CAM_METHODS = {'gradcam': _gradcam_weights, 'gradcam++': _gradcampp_weights, 'xgradcam': _xgradcam_weights, 'layercam': _layercam_weights}
 
-def _cam(model, x:Tensor, target, layer, method='gradcam', channel=None, interpolate=True, relu=True, reshape=None, mode='bilinear') -> Tensor:
+def _image_size(model, x) -> tuple:
+    "The (H, W) a map is resized to: that of `x`, or of a dict's main input (`pixel_values`); token ids have none"
+    key = main_input(model, x) if isinstance(x, Mapping) else None
+    v = x if key is None else x[key]
+    if v.ndim < 3: raise ValueError(f"interpolate=True resizes the map to the input image's size, but {'x' if key is None else f'x[{key!r}]'} has shape {tuple(v.shape)}, not images: pass interpolate=False")
+    return v.shape[-2:]
+
+def _cam(model, x, target, layer, method='gradcam', channel=None, interpolate=True, relu=True, reshape=None, mode='bilinear', output=None, layout=None) -> Tensor:
     "`cam` of checked `x`"
     if method not in CAM_METHODS: raise unknown_key_error(method, CAM_METHODS, 'CAM method')
     if channel is not None: check_index(channel, None, 'channel', unit='channels')   # before the forward; its range after
-    A, G = _layer_acts_grads(model, x, target, layer, reshape)
+    A, G = _layer_acts_grads(model, x, target, layer, reshape, output, layout)
     if channel is not None: channel = check_index(channel, A.shape[1], 'channel', f"layer {layer!r}", 'channels')
     maps = CAM_METHODS[method](A, G) * A
     m = maps.sum(1) if channel is None else maps[:, channel]
     if relu: m = m.clamp(min=0)
-    if interpolate: m = F.interpolate(m[:, None], size=x.shape[-2:], mode=mode, **({'align_corners': False} if mode in ('bilinear', 'bicubic') else {}))[:, 0]
+    if interpolate: m = F.interpolate(m[:, None], size=_image_size(model, x), mode=mode, **({'align_corners': False} if mode in ('bilinear', 'bicubic') else {}))[:, 0]
     return _check_result(m, 'the CAM')
 
 def cam(model:nn.Module, x:Tensor, target, layer, method='gradcam', channel=None, interpolate=True, relu=True,
-        reshape=None, mode='bilinear') -> Tensor:
-    "Class activation map of `method` at `layer` (or only its `channel`): (N, H, W) with `interpolate`, else the layer's (N, h, w)"
-    model, x = _checked(model, x)
-    return _cam(model, x, target, layer, method, channel, interpolate, relu, reshape, mode)
+        reshape=None, mode='bilinear', *, output=None, layout=None) -> Tensor:
+    "Class activation map of `method` at `layer` (or only its `channel`): (N, H, W) with `interpolate`, else the layer's (N, h, w); `output` and `layout` as `layer_acts_grads`"
+    model, x = _checked(model, x, ids=True)
+    return _cam(model, x, target, layer, method, channel, interpolate, relu, reshape, mode, output, layout)
 
-def grad_cam(model:nn.Module, x:Tensor, target, layer, channel=None, interpolate=True, relu=True, reshape=None) -> Tensor:
+def grad_cam(model:nn.Module, x:Tensor, target, layer, channel=None, interpolate=True, relu=True, reshape=None, *, output=None, layout=None) -> Tensor:
     "GradCAM (Selvaraju et al. 2017): activations of `layer` weighted by their spatially averaged gradients, summed"
-    model, x = _checked(model, x)
-    return _cam(model, x, target, layer, 'gradcam', channel, interpolate, relu, reshape)
+    model, x = _checked(model, x, ids=True)
+    return _cam(model, x, target, layer, 'gradcam', channel, interpolate, relu, reshape, output=output, layout=layout)
 
-def guided_grad_cam(model:nn.Module, x:Tensor, target, layer, mode='bilinear', reshape=None) -> Tensor:
-    "Guided GradCAM: guided backpropagation times the GradCAM map (positive part) resized to the input; shaped like `x`"
-    model, x = _checked(model, x)
-    m = _cam(model, x, target, layer, 'gradcam', relu=True, interpolate=True, reshape=reshape, mode=mode)
-    return _gradient(model, x, target, 'guided') * m[:, None]
+def guided_grad_cam(model:nn.Module, x:Tensor, target, layer, mode='bilinear', reshape=None, *, output=None, layout=None) -> Tensor:
+    "Guided GradCAM: guided backpropagation times the GradCAM map (positive part) resized to the input; shaped like `x` (a dict's main input)"
+    model, x = _checked(model, x, ids=True)
+    m = _cam(model, x, target, layer, 'gradcam', relu=True, interpolate=True, reshape=reshape, mode=mode, output=output, layout=layout)
+    return _gradient(model, x, target, 'guided', output=output) * m[:, None]
