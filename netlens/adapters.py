@@ -330,7 +330,8 @@ def feature_layout(model:nn.Module, layer:str, t:Tensor, layout=None, n:int|None
     mod = m.get_submodule(layer) if isinstance(layer, str) else layer
     kind = _kind_of_module(mod)
     if kind is None and t.ndim == 3:
-        if _width(mod) is None and _last_width(m, mod) == t.shape[1] != t.shape[2]: kind = 'nchw'  # e.g. an activation after a Conv1d
+        conv1d = any(isinstance(l, (nn.Conv1d, nn.BatchNorm1d, nn.MaxPool1d, nn.AvgPool1d)) for l in m.modules())
+        if conv1d and _width(mod) is None and _last_width(m, mod) == t.shape[1] != t.shape[2]: kind = 'nchw'  # e.g. an activation after a Conv1d
         else: return _tokens(m, layer, t.shape[1])
     if kind is None:
         w = _last_width(m, mod)
