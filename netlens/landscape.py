@@ -7,47 +7,71 @@ Docs: https://netlens.github.io/netlens/landscape.html.md"""
 # %% ../nbs/11_landscape.ipynb #bf595ad0
 from __future__ import annotations
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import nullcontext
-import numpy as np, torch, torch.nn as nn
+import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
 import matplotlib.pyplot as plt
 from .core import *
-from .adapters import unwrap_model, check_batch, check_count, check_number, check_scores, check_module, to_model_input, keeps_rng, progress
+from .adapters import (unwrap_model, check_batch, check_count, check_number, check_scores, check_module, to_model_inputs, keeps_rng, progress,
+                              model_output, call_model, batch_len, main_input)
+from .distributed import is_main, get_world_size, shard, all_gather_cat, all_reduce_sum
 
 # %% auto #0
 __all__ = ['dataset_loss', 'normalize_direction', 'random_direction', 'direction_to', 'landscape1d', 'landscape2d',
            'plot_landscape', 'fourier_basis', 'conjugate', 'fourier_map', 'plot_fourier_map']
 
 # %% ../nbs/11_landscape.ipynb #2b65c5e7
+_LABELS = ('labels', 'label')   # in a dict batch, the targets; every other entry is a keyword input
+
+def _one_batch(data) -> bool:
+    "Whether `data` is one batch, not an iterable of batches: a dict, or `(x, y, ...)` with `x` a tensor or a dict (and `y` not a batch)"
+    if isinstance(data, Mapping): return True
+    return (isinstance(data, (tuple, list)) and len(data) >= 2
+            and (isinstance(data[0], Tensor) or isinstance(data[0], Mapping) and not isinstance(data[1], Mapping)))
+
+def _split(b, i):
+    "`(x, y)` of batch `i`: `(x, y, ...)`, or a dict whose 'labels' (or 'label') are `y` and whose other entries are the keyword inputs `x`"
+    if isinstance(b, Mapping):
+        key = next((k for k in _LABELS if k in b), None)
+        if key is None: raise ValueError(f"data (batch {i}) is a dict with keys {list(b)} and no 'labels': put the targets under 'labels', or pass batches (x, y)")
+        return {k: v for k, v in b.items() if k not in _LABELS}, b[key]
+    if isinstance(b, (tuple, list)) and len(b) >= 2: return b[0], b[1]
+    raise TypeError(f"each batch must be (x, y, ...) or a dict of keyword inputs with 'labels', got {type(b).__name__}")
+
 def _batches(data, model=None):
-    "Batches `(x, y)` of `data` (one batch, or an iterable of batches): `x` checked and on `model`'s device in its dtype (`to_model_input`), `y` on its device"
-    if isinstance(data, (tuple, list)) and len(data) >= 2 and isinstance(data[0], Tensor): data = [data]
+    "Batches `(x, y)` of `data` (one batch, or an iterable of batches): `x` (a tensor, or a dict of keyword inputs) checked and on `model`'s device (`to_model_inputs`), `y` on its device"
+    if _one_batch(data): data = [data]
     elif not isinstance(data, Iterable): raise TypeError(f"data must be a batch (x, y) or an iterable of batches such as a DataLoader, not {type(data).__name__}")
     for i, b in enumerate(data):
-        if not (isinstance(b, (tuple, list)) and len(b) >= 2): raise TypeError(f"each batch must be (x, y, ...), got {type(b).__name__}")
-        x = to_model_input(b[0], model, f"data (batch {i}, x)")
-        yield x, b[1].to(x.device) if isinstance(b[1], Tensor) else b[1]
+        x, y = _split(b, i)
+        x = to_model_inputs(x, model, f"data (batch {i}, x)")
+        dev = (x[main_input(model, x)] if isinstance(x, Mapping) else x).device
+        yield x, y.to(dev) if isinstance(y, Tensor) else y
 
 def _reusable(data):
     "`data` if it can be read again (a batch, a list, a DataLoader); a one-shot iterator (a generator, `map`) is read once into a list"
     return list(data) if isinstance(data, Iterator) else data
 
+def _cross_entropy(scores, y):
+    "The default loss: cross-entropy of scores (N, classes) with `y` (class indices or probabilities)"
+    if not isinstance(scores, Tensor) or scores.ndim != 2: check_scores(scores, name="the model's scores")   # raises, saying what they are and how to choose them
+    return F.cross_entropy(scores, y)
+
 @keeps_rng
-def dataset_loss(model:nn.Module, data, loss_fn) -> Tensor:
-    "Mean of `loss_fn(model(x), y)` over the batches of `data`, weighted by batch size (0-dim tensor); inputs in the model's dtype; buffers kept"
+def dataset_loss(model:nn.Module, data, loss_fn=None,
+                 output=None, # the scores in what the model returns (`model_output`): a key, an index or a function; None: a tensor, `logits`, or a tuple's first
+                ) -> Tensor:
+    "Mean of `loss_fn(scores, y)` (default: cross-entropy) over the batches of `data`, scores read from the model's output by `output`, weighted by batch size (0-dim tensor); buffers kept"
     losses, sizes = [], []
     model = unwrap_model(check_module(model, 'dataset_loss'))
+    loss_fn = _cross_entropy if loss_fn is None else loss_fn
     for x, y in _batches(data, model):
-        with keep_buffers(model): out = model(x)   # a model in train mode normalises with the batch, but looking does not move its statistics
-        try: l = loss_fn(out, y)
-        except (TypeError, AttributeError):
-            if isinstance(out, Tensor): raise
-            sel = "out['logits']" if isinstance(out, dict) else 'out[0]'
-            check_scores(out, fix=f"loss_fn failed on it; make loss_fn select the scores, e.g. lambda out, y: F.cross_entropy({sel}, y)")   # raises, saying what the model returned
+        with keep_buffers(model): out = call_model(model, x)   # a model in train mode normalises with the batch, but looking does not move its statistics
+        l = loss_fn(model_output(out, output), y)
         if not isinstance(l, Tensor) or l.dim() != 0:
             raise ValueError(f"loss_fn must return a scalar (mean over the batch), got {getattr(l, 'shape', type(l))}: use reduction='mean'")
-        losses.append(l); sizes.append(len(x))
+        losses.append(l); sizes.append(batch_len(x, model))
     if not sizes: raise ValueError("data yielded no batches: pass a non-empty batch or loader")
     n = sum(sizes)
     return sum(l * (s / n) for l, s in zip(losses, sizes))  # one batch: l * 1.0, exactly l
@@ -112,7 +136,7 @@ def _grid(lo_hi, step) -> Tensor:
     c[c.abs() < step * 1e-9] = 0.  # the centre is exactly 0
     return c
 
-def _landscape(model, data, loss_fn, dirs, coords, train, show_progress):
+def _landscape(model, data, loss_fn, dirs, coords, train, show_progress, output):
     ps = _params(model)
     data = _reusable(data)                                  # read at every grid point
     for d in dirs: _check_direction(d, ps)
@@ -122,7 +146,7 @@ def _landscape(model, data, loss_fn, dirs, coords, train, show_progress):
     losses, row_a, row = [], None, None
     try:
         with torch.no_grad(), (nullcontext() if train else eval_mode(model)):
-            for c in progress(coords, show=show_progress):
+            for c in progress(shard(coords), show=show_progress and is_main()):   # torch.distributed: this rank's block of the grid
                 if len(c) == 2 and c[0] != row_a:           # 2d, row by row: θ0 + a·d1 once per row, then + b·d2 per point
                     row_a = c[0]
                     row = orig_p if row_a == 0 else [torch.add(p0, d, alpha=row_a) for p0, d in zip(orig_p, dirs[0])]
@@ -132,25 +156,29 @@ def _landscape(model, data, loss_fn, dirs, coords, train, show_progress):
                         else: torch.add(row[i], dirs[1][i], alpha=c[1], out=p)
                     elif c[0] == 0: p.copy_(p0)                # the centre: exactly θ0
                     else: torch.add(p0, dirs[0][i], alpha=c[0], out=p)
-                losses.append(dataset_loss(model, data, loss_fn))
+                losses.append(dataset_loss(model, data, loss_fn, output))
     finally:
         with torch.no_grad():
             for p, p0 in zip(ps, orig_p): p.copy_(p0)
             for b, b0 in zip(bufs, orig_b): b.copy_(b0)
-    return torch.stack(losses).cpu()
+    return all_gather_cat(torch.stack(losses).cpu() if losses else torch.zeros(0))   # every rank's block, in order: the whole grid
 
 @keeps_rng
-def landscape1d(model:nn.Module, data, loss_fn, x_range=(-1., 1.), step_size=0.1, direction=None,
-                normalize='filter', ignore='biasbn', seed=None, train=False, show_progress=True) -> tuple[Tensor, Tensor]:
-    "Loss along one direction (random and filter-normalised unless given): returns coordinates `xs` and `losses`, both (n,)"
+def landscape1d(model:nn.Module, data, loss_fn=None, x_range=(-1., 1.), step_size=0.1, direction=None,
+                normalize='filter', ignore='biasbn', seed=None, train=False, show_progress=True,
+                output=None, # the scores in what the model returns (`model_output`), as in `dataset_loss`
+               ) -> tuple[Tensor, Tensor]:
+    "Loss (`loss_fn(scores, y)`, default cross-entropy) along one direction (random and filter-normalised unless given): returns coordinates `xs` and `losses`, both (n,)"
     model = unwrap_model(model)
     xs = _grid(x_range, step_size)
     d = random_direction(model, normalize, ignore, seed) if direction is None else direction
-    return xs, _landscape(model, data, loss_fn, [d], [(a,) for a in xs.tolist()], train, show_progress)
+    return xs, _landscape(model, data, loss_fn, [d], [(a,) for a in xs.tolist()], train, show_progress, output)
 
 @keeps_rng
-def landscape2d(model:nn.Module, data, loss_fn, x_range=(-1., 1.), y_range=(-1., 1.), step_size=0.1, directions=None,
-                normalize='filter', ignore='biasbn', seed=None, train=False, show_progress=True) -> tuple[Tensor, Tensor, Tensor]:
+def landscape2d(model:nn.Module, data, loss_fn=None, x_range=(-1., 1.), y_range=(-1., 1.), step_size=0.1, directions=None,
+                normalize='filter', ignore='biasbn', seed=None, train=False, show_progress=True,
+                output=None, # the scores in what the model returns (`model_output`), as in `dataset_loss`
+               ) -> tuple[Tensor, Tensor, Tensor]:
     "Loss on a plane of two directions: returns `xs` (nx,), `ys` (ny,) and `losses` (nx, ny), `losses[i, j]` at `(xs[i], ys[j])`"
     model = unwrap_model(model)
     xs, ys = _grid(x_range, step_size), _grid(y_range, step_size)
@@ -158,7 +186,7 @@ def landscape2d(model:nn.Module, data, loss_fn, x_range=(-1., 1.), y_range=(-1.,
         directions = [random_direction(model, normalize, ignore, None if seed is None else seed + k) for k in range(2)]
     if len(directions) != 2: raise ValueError(f"landscape2d needs two directions, got {len(directions)}")
     coords = [(a, b) for a in xs.tolist() for b in ys.tolist()]
-    return xs, ys, _landscape(model, data, loss_fn, directions, coords, train, show_progress).view(len(xs), len(ys))
+    return xs, ys, _landscape(model, data, loss_fn, directions, coords, train, show_progress, output).view(len(xs), len(ys))
 
 # %% ../nbs/11_landscape.ipynb #961052e6
 def plot_landscape(*result, log=False, levels=20, cmap='viridis', title=None, figsize=None):
@@ -222,6 +250,7 @@ def _metric_values(metric, out, y, k):
 
 def _check_images(batches, metric):
     for i, (x, y) in enumerate(batches):
+        if isinstance(x, Mapping): raise TypeError(f"fourier_map perturbs images: data (batch {i}, x) is a dict of keyword inputs (keys {list(x)}); pass batches (x, y) of images (N, C, H, W)")
         if not x.is_floating_point(): check_batch(x, f"data (batch {i}, x)")   # token ids: not images; says so
         if x.ndim != 4: raise ValueError(f"fourier_map needs images (N, C, H, W), got shape {tuple(x.shape)}")
         if x.shape[-2:] != batches[0][0].shape[-2:]: raise ValueError(f"every image must be {tuple(batches[0][0].shape[-2:])} as in the first batch, batch {i} holds {tuple(x.shape[-2:])}: resize them first")
@@ -230,7 +259,9 @@ def _check_images(batches, metric):
 
 @keeps_rng
 def fourier_map(model:nn.Module, data, metric='error', norm=4., random_sign=True, max_freq=None, batch_size=2048,
-                seed=0, train=False, show_progress=True) -> Tensor:
+                seed=0, train=False, show_progress=True,
+                output=None, # the scores in what the model returns (`model_output`): a key, an index or a function
+               ) -> Tensor:
     "Error (or `metric(outputs, y)`) under a perturbation of L2 norm `norm` along each Fourier basis image: an (H, W) map, centred"
     if metric != 'error' and not callable(metric): raise ValueError(f"metric must be 'error' or a callable (outputs, y) -> scalar, got {metric!r}")
     norm = check_number(norm, 'norm', 0, strict=True)
@@ -250,14 +281,15 @@ def fourier_map(model:nn.Module, data, metric='error', norm=4., random_sign=True
              else torch.ones(len(todo), len(x), x.shape[1], 1, 1) for x, _ in batches]
     total = torch.zeros(len(todo), dtype=torch.float64)
     n = sum(len(x) for x, _ in batches)
-    work = [(b, s, k) for b, (x, _) in enumerate(batches) for k in [max(1, batch_size // len(x))] for s in range(0, len(todo), k)]
+    work = [(b, s, k) for b, (x, _) in enumerate(batches) for k in [max(1, min(batch_size // len(x), -(-len(todo) // get_world_size())))] for s in range(0, len(todo), k)]   # torch.distributed: work for every rank
     with torch.no_grad(), (nullcontext() if train or module is None else eval_mode(module)), (keep_buffers(module) if module is not None else nullcontext()):
-        for b, s, k in progress(work, show=show_progress):
+        for b, s, k in progress(shard(work, key=lambda t: t[1]), show=show_progress and is_main()):   # torch.distributed: a band of frequencies per rank
             (x, y), sg = batches[b], signs[b]
             U = fourier_basis(h, w, todo[s:s + k], x.dtype, x.device)                             # (k, H, W)
             xp = x + norm * sg[s:s + k].to(x.device, x.dtype) * U[:, None, None]                  # (k, n, C, H, W)
-            vals = _metric_values(metric, model(xp.flatten(0, 1)), y, len(U))
+            vals = _metric_values(metric, model_output(model(xp.flatten(0, 1)), output, "fourier_map: the model's output"), y, len(U))
             total[s:s + k] += vals.double().cpu() * len(x)
+    total = all_reduce_sum(total)                       # torch.distributed: each rank's frequencies (0 elsewhere), summed in float64
     m = torch.full((h, w), float('nan'), dtype=torch.float64)
     for (i, j), v in zip(todo, (total / n).tolist()):
         m[i, j] = m[conjugate(i, j, h, w)] = v

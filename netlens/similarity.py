@@ -6,14 +6,17 @@ Docs: https://netlens.github.io/netlens/similarity.html.md"""
 
 # %% ../nbs/10_similarity.ipynb #78ec503e
 from __future__ import annotations
-import itertools, json, warnings
+import itertools, json, math, warnings, inspect
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
 import matplotlib.pyplot as plt
 from .core import *
-from .adapters import unwrap_model, check_tensor, check_finite, check_count, to_model_input, progress
+from .adapters import (unwrap_model, check_tensor, check_finite, check_count, to_model_inputs, call_model, batch_len, progress,
+                              Layout, feature_layout, channels_first, _as_layout)
+from .distributed import is_main, all_ranks, all_reduce_sum, all_gather_cat
 from .flat import FlatModel, _split_call
 
 # %% auto #0
@@ -25,22 +28,25 @@ __all__ = ['REDUCTIONS', 'MEASURES', 'DISTANCES', 'MEASURE_ALIASES', 'as_feature
 # %% ../nbs/10_similarity.ipynb #4a4aa0af
 REDUCTIONS = ('flatten', 'avgpool', 'mean', 'positions')
 
-def as_features(x:Tensor, reduce='flatten', size=None, name='x') -> Tensor:
-    "Activations `x` (n, ...) as features (m, p) by `reduce`: 'flatten', 'avgpool' (to `size` x `size`), 'mean' or 'positions'; integers become float32"
+def as_features(x:Tensor, reduce='flatten', size=None, name='x',
+                layout=None, # how `x` holds its features (a `Layout`, 'nchw', 'nhwc' or 'sequence'); None: maps (n, C, H, W), tokens (n, T, D)
+               ) -> Tensor:
+    "Activations `x` (n, ...) as features (m, p) by `reduce`: 'flatten', 'avgpool' (to `size` x `size`), 'mean' or 'positions', read by `layout`; integers become float32"
     x = check_tensor(x, name)
     if reduce not in REDUCTIONS: raise unknown_key_error(reduce, REDUCTIONS, 'reduction')
     if x.ndim < 2:
         hint = f": for one feature per example use {name}[:, None]" if name.isidentifier() else ""
         raise ValueError(f"{name} must be (n, ...) with one row per example, got shape {tuple(x.shape)}{hint}")
     if not x.is_floating_point(): x = x.float()                     # counts, token ids, bool masks: pooling and sums need floats
+    if layout is not None: x = channels_first(x, _as_layout(layout, None))   # (n, C, *positions): channels-last moved first, prefix tokens dropped
     if x.ndim == 2: return x
     if reduce == 'flatten': return x.flatten(1)
     if reduce == 'avgpool':
         if x.ndim != 4 or size is None: raise ValueError(f"reduce='avgpool' needs conv maps (n, C, H, W) and size=, got shape {tuple(x.shape)}, size={size}")
         return F.adaptive_avg_pool2d(x, check_count(size, 'size')).flatten(1)
-    maps = x.ndim == 4                                               # (n, C, H, W); otherwise tokens (n, T, D)
-    if reduce == 'mean': return x.flatten(2).mean(2) if maps else x.mean(1)
-    return x.flatten(2).transpose(1, 2).reshape(-1, x.shape[1]) if maps else x.reshape(-1, x.shape[-1])
+    if layout is None and x.ndim != 4: x = x.movedim(-1, 1)          # no layout: tokens (n, T, D), features last
+    if reduce == 'mean': return x.flatten(2).mean(2)                 # the mean over positions
+    return x.flatten(2).transpose(1, 2).reshape(-1, x.shape[1])      # one row per example and position
 
 def _as_pair(X, Y, min_n=2, names=('X', 'Y')):
     "Both as finite 2-D features of the same `min_n`+ examples, in one floating dtype (float32 at least: float16 sums of squares overflow), on `X`'s device"
@@ -323,16 +329,36 @@ class SimilarityResult:
         ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
         return ax
 
-def batch_input(batch, input_key=None):
-    "The model input of a batch: a tensor, the first item of a tuple/list, or a dict's `input_key` (or 'x', 'input', 'image', 'pixel_values')"
+_LABELS = ('labels', 'label')   # the entries of a dict batch that are not model inputs by default
+
+def _takes_keywords(model, keys) -> bool:
+    "Whether `model`'s forward takes every name in `keys` as a keyword"
+    try: ps = inspect.signature(model.forward if isinstance(model, nn.Module) else model).parameters.values()
+    except (TypeError, ValueError): return True                    # no signature to read: let the call say
+    if any(p.kind == p.VAR_KEYWORD for p in ps): return True
+    return set(keys) <= {p.name for p in ps if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+def batch_input(batch, input_key=None, inputs=None, model=None):
+    "The model input of a batch: a tensor, the first item of a tuple/list, or from a dict: `input_key` (one positional input), the keyword inputs `inputs`, or every entry but the labels"
+    if input_key is not None and inputs is not None: raise ValueError("pass input_key= (the one positional input) or inputs= (the keyword inputs), not both")
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], (Tensor, Mapping)): batch = batch[0]
     if isinstance(batch, Tensor): return batch
-    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor): return batch[0]
-    if isinstance(batch, dict):
-        keys = [input_key] if input_key else ['x', 'input', 'image', 'pixel_values']
-        for k in keys:
-            if k in batch: return batch[k]
-        raise KeyError(f"the batch is a dict with keys {list(batch)}: pass input_key= naming the model input")
-    raise TypeError(f"a batch must be a tensor, a tuple (x, ...) or a dict, got {type(batch).__name__}")
+    if not isinstance(batch, Mapping): raise TypeError(f"a batch must be a tensor, a tuple (x, ...) or a dict, got {type(batch).__name__}")
+    if input_key is not None:
+        if input_key not in batch: raise KeyError(f"input_key={input_key!r} is not in the batch, a dict with keys {list(batch)}")
+        return batch[input_key]
+    if inputs is not None:
+        keys = [inputs] if isinstance(inputs, str) else list(inputs)
+        missing = [k for k in keys if k not in batch]
+        if missing: raise KeyError(f"inputs= names {missing}, which the batch (a dict with keys {list(batch)}) lacks")
+        return {k: batch[k] for k in keys}
+    x = {k: v for k, v in batch.items() if k not in _LABELS}
+    if not x: raise ValueError(f"the batch is a dict with only labels (keys {list(batch)}): it holds no model input")
+    if model is None or _takes_keywords(model, x): return x
+    key = next((k for k in ('x', 'input', 'image', 'pixel_values') if k in x), None)   # a model of one tensor: the batch's image
+    if key is not None: return x[key]
+    raise TypeError(f"the batch is a dict with keys {list(batch)}, and {type(model).__name__}'s forward does not take them all as keywords: "
+                    "pass input_key='name' for its one input, or inputs=[...] naming the keyword inputs it takes")
 
 def _leaf_layers(fm): return [n for n in fm.layer_names if not any(True for _ in fm[n].children())]
 
@@ -346,11 +372,12 @@ def _layer_specs(fm, layers) -> list:
         specs += [(name, k)] if k is not None and name in fm else [(n, None) for n in fm.resolve(key)]
     return list(dict.fromkeys(specs))
 
-def _keys(rec, specs):
-    "Recording keys for `specs`, in their order: each call of a repeated module in turn, or the call asked for; a layer that did not run is an error"
+def _keys(rec, specs, every=False):
+    "Recording keys for `specs`, in their order: each call of a repeated module in turn, or the call asked for; a layer that did not run is an error (skipped for `every` leaf layer)"
     ks, out = list(rec), []
     for n, k in specs:
         calls = [c for c in ks if c == n or c.rpartition(':')[0] == n]
+        if not calls and every: continue                # by default, the leaf layers that ran (not a dropout the model skips)
         if not calls: rec[n]                            # raises: the layer did not run
         if k is None: out += calls
         else:
@@ -358,24 +385,35 @@ def _keys(rec, specs):
             out.append(n if calls == [n] else f"{n}:{k}")
     return list(dict.fromkeys(out))
 
-def _batch_first(a, n, what):
-    "`a` if its first dimension is the `n` examples of the batch; else an error (an unbatched input, or a sequence-first layer)"
-    if not isinstance(a, Tensor): raise TypeError(f"{what} returned a {type(a).__name__}, not a tensor: compare a layer inside it that returns one")
-    if a.ndim == 0 or a.shape[0] != n:
-        raise ValueError(f"{what} gave {tuple(a.shape)} for a batch of {n} examples: its first dimension must be the examples "
-                         "(is the input missing its batch dimension, or is the layer sequence-first (T, N, D)?)")
+def _batch_first(model, key, a, n, what):
+    "`a` if its first dimension is the `n` examples of the batch (`feature_layout`'s check); else an error naming the layer"
+    if not isinstance(a, Tensor): raise TypeError(f"{what} layer {key!r} returned a {type(a).__name__}, not a tensor: compare a layer inside it that returns one")
+    try: feature_layout(model, key, a, Layout('nchw'), n=n)      # the layout given: only the batch dimension is checked here
+    except ValueError as e: raise ValueError(f"{what}: {e} (or is the input missing its batch dimension, or the layer sequence-first (T, N, D)?)") from None
     return a
 
-def _features(rec, keys, reduce, size, what, n):
+def _layout_of(model, fm, key, t, layout, reduce, what):
+    "How `as_features` reads layer `key`: `layout` (one for every layer, or a dict by layer name) if given, else `feature_layout`; None for 'flatten' (every value kept)"
+    name = key if key in fm else key.rpartition(':')[0]
+    lay = layout.get(key, layout.get(name)) if isinstance(layout, Mapping) else layout
+    if lay is None and reduce == 'flatten': return None                # the measures do not depend on the order of the features
+    try: return feature_layout(model, name, t, lay)
+    except ValueError as e: raise ValueError(f"{what} layer {key!r}: {e}") from None
+
+def _features(model, fm, rec, keys, reduce, size, what, n, layout, layouts):
     out = []
     for k in keys:
-        f = as_features(_batch_first(rec[k], n, f"{what} layer {k!r}"), reduce, size, name=f"{what} layer {k!r}")
+        t = _batch_first(model, k, rec[k], n, what)
+        if k not in layouts: layouts[k] = _layout_of(model, fm, k, t, layout, reduce, what)   # found once, on the first batch
+        f = as_features(t, reduce, size, name=f"{what} layer {k!r}", layout=layouts[k])
         if not torch.isfinite(f).all(): raise ValueError(f"NaN or Inf in the activations of {what} layer {k!r}")
         out.append(f)
     return out
 
+def _constant(f) -> bool: return bool((f == f[:1]).all())
+
 def _ugram(f):
-    f = f - f.mean(0)                                   # centre before the gram: no cancellation in float32
+    f = torch.zeros_like(f) if _constant(f) else f - f.mean(0)   # centre before the gram: no cancellation in float32; a constant layer exactly 0
     return u_center(f @ f.T)
 
 def _stack_ugrams(feats, device):
@@ -388,9 +426,20 @@ def _len(it):
 
 _END = object()
 
+def _warn_constant(flat1, flat2, one_model):
+    "One warning naming every layer without variance (its row or column is NaN)"
+    groups = [('layers', list(dict.fromkeys(flat1 + flat2)))] if one_model else [('model 1 layers', flat1), ('model 2 layers', flat2)]
+    said = [f"{what} {', '.join(map(repr, ks[:8]))}{f' and {len(ks) - 8} more' if len(ks) > 8 else ''}" for what, ks in groups if ks]
+    if said: warnings.warn(f"{' and '.join(said)} have no variance across the examples (a constant output, e.g. a zero-initialised BatchNorm): "
+                           "their similarity is undefined, so their rows / columns are NaN", stacklevel=3)
+
 def compare_models(model1:nn.Module, model2:nn.Module=None, loader=None, layers1=None, layers2=None, measure='cka',
-                   loader2=None, reduce='flatten', size=None, store='cpu', input_key=None, names=None,
-                   show_progress=True) -> SimilarityResult:
+                   loader2=None, reduce='flatten', size=None, store='cpu',
+                   input_key=None, # a dict batch's one positional input (the model is called as model(batch[input_key]))
+                   names=None, show_progress=True,
+                   inputs=None,    # the keys of a dict batch passed as keyword inputs (default: all but 'labels' / 'label')
+                   layout=None,    # how features are read (`as_features`): a `Layout` or name for every layer, or a dict by layer name; None: from the model
+                  ) -> SimilarityResult:
     "Similarity of every layer in `layers1` of `model1` with every layer in `layers2` of `model2` over `loader` (model 2 over `loader2` if given)"
     if loader is None: raise ValueError("pass a loader (any iterable of batches)")
     model1 = unwrap_model(model1); model2 = model1 if model2 is None else unwrap_model(model2)   # hooks on the modules behind wrappers
@@ -406,35 +455,38 @@ def compare_models(model1:nn.Module, model2:nn.Module=None, loader=None, layers1
         raise ValueError(f"loader has {len(loader)} batches and loader2 {len(loader2)}: the two datasets are compared example by example, so they must be as long (cut the longer, e.g. itertools.islice(loader, {min(len(loader), len(loader2))}))")
     batches = loader if loader2 is None else itertools.zip_longest(loader, loader2, fillvalue=_END)
     hkl = hkk = hll = None
-    store1, store2, keys1, keys2, n, seen = None, None, None, None, 0, 0
+    store1, store2, keys1, keys2, n, seen, lay1, lay2 = None, None, None, None, 0, 0, {}, {}
     with torch.no_grad(), eval_mode(model1), eval_mode(model2):
-        for b in progress(batches, total=_len(loader), show=show_progress):
+        for b in progress(batches, total=_len(loader), show=show_progress and is_main()):   # torch.distributed: this rank's shard, rank 0's bar
             b1, b2 = (b, b) if loader2 is None else b
             if b1 is _END or b2 is _END:
                 short, other = ('loader2', 'loader') if b2 is _END else ('loader', 'loader2')
                 raise ValueError(f"{short} ended after {seen} batches while {other} went on: the two datasets are compared example by example, so they must be as long")
             seen += 1
-            x1, x2 = batch_input(b1, input_key), batch_input(b2, input_key)
-            if len(x1) != len(x2): raise ValueError(f"the two loaders' batches differ in size ({len(x1)} vs {len(x2)}): use the same batch size and drop_last")
-            if len(x1) < (4 if streamed else 1):
-                warnings.warn(f"a batch of {len(x1)} examples is skipped" + (": the unbiased HSIC needs at least 4 (use drop_last=True or another batch size)" if streamed else ""))
+            x1, x2 = batch_input(b1, input_key, inputs, model1), batch_input(b2, input_key, inputs, model2)
+            n1, n2 = batch_len(x1, model1), batch_len(x2, model2)
+            if n1 != n2: raise ValueError(f"the two loaders' batches differ in size ({n1} vs {n2}): use the same batch size and drop_last")
+            if n1 < (4 if streamed else 1):
+                warnings.warn(f"a batch of {n1} examples is skipped" + (": the unbiased HSIC needs at least 4 (use drop_last=True or another batch size)" if streamed else ""))
                 continue
-            x1 = to_model_input(x1, model1, 'a batch of loader')
-            x2 = x1 if one_pass else to_model_input(x2, model2, 'a batch of loader2' if loader2 is not None else 'a batch of loader')
+            x1 = to_model_inputs(x1, model1, 'a batch of loader')       # a dict: keyword inputs (the attention mask reaches the model)
+            x2 = x1 if one_pass else to_model_inputs(x2, model2, 'a batch of loader2' if loader2 is not None else 'a batch of loader')
             if one_pass:
-                with fm1.record(list(dict.fromkeys(names1 + names2))) as r1: model1(x1)
+                with fm1.record(list(dict.fromkeys(names1 + names2))) as r1: call_model(model1, x1)
                 r2 = r1
             else:
-                with fm1.record(names1) as r1: model1(x1)
-                with fm2.record(names2) as r2: model2(x2)
-            if keys1 is None: keys1, keys2 = _keys(r1, specs1), _keys(r2, specs2)
+                with fm1.record(names1) as r1: call_model(model1, x1)
+                with fm2.record(names2) as r2: call_model(model2, x2)
+            if keys1 is None: keys1, keys2 = _keys(r1, specs1, layers1 is None), _keys(r2, specs2, layers2 is None)
             if one_pass:                                # one model, one pass: each layer's features (and gram) made once
-                feats = dict(zip(both := list(dict.fromkeys(keys1 + keys2)), _features(r1, both, reduce, size, 'model 1', len(x1))))
+                feats = dict(zip(both := list(dict.fromkeys(keys1 + keys2)), _features(model1, fm1, r1, both, reduce, size, 'model 1', n1, layout, lay1)))
                 f1, f2 = [feats[k] for k in keys1], [feats[k] for k in keys2]
-            else: f1, f2 = _features(r1, keys1, reduce, size, 'model 1', len(x1)), _features(r2, keys2, reduce, size, 'model 2', len(x2))
+            else:
+                f1 = _features(model1, fm1, r1, keys1, reduce, size, 'model 1', n1, layout, lay1)
+                f2 = _features(model2, fm2, r2, keys2, reduce, size, 'model 2', n2, layout, lay2)
             rows = {t.shape[0] for t in f1 + f2}
             if len(rows) > 1: raise ValueError(f"with reduce={reduce!r} the layers give different numbers of rows per batch ({sorted(rows)}): compare layers with the same grid, or use reduce='mean' or 'avgpool'")
-            n += len(x1)
+            n += n1
             if streamed:
                 if one_pass:
                     grams = {k: _ugram(feats[k]).to(dev1) for k in both}
@@ -448,15 +500,19 @@ def compare_models(model1:nn.Module, model2:nn.Module=None, loader=None, layers1
                 store2 = [[] for _ in keys2] if store2 is None else store2
                 for s, t in zip(store1, f1): s.append(t.to(store))
                 for s, t in zip(store2, f2): s.append(t.to(store))
-    if n == 0: raise ValueError("the loader gave no batches" if not seen else f"all {seen} batches of the loader were skipped (too small): use batches of at least {4 if streamed else 1} examples")
+    if not all_ranks(n > 0): raise ValueError(("the loader gave no batches" if not seen else f"all {seen} batches of the loader were skipped (too small): use batches of at least {4 if streamed else 1} examples")
+                                              if n == 0 else "another rank's loader gave no usable batch: under torch.distributed every rank's shard needs one")
+    n = int(all_reduce_sum(n))                          # torch.distributed: the examples of every rank
+    if streamed: hkl, hkk, hll = map(all_reduce_sum, (hkl, hkk, hll))   # the HSIC sums over every rank's batches, in float64
     if streamed:
-        for acc, keys, what in ((hkk, keys1, 'model 1'), (hll, keys2, 'model 2')):
-            flat = [k for k, v in zip(keys, acc.tolist()) if not v > 0]
-            if flat: raise ValueError(f"{what} layer {flat[0]!r} has no variance across the examples: its CKA is undefined")
+        var1, var2 = (hkk > 0).cpu(), (hll > 0).cpu()  # a constant layer's grams are exactly 0
         matrix = (hkl / (hkk[:, None] * hll[None]).sqrt()).cpu()
     else:
-        A1, A2 = [torch.cat(s) for s in store1], [torch.cat(s) for s in store2]
-        matrix = torch.tensor([[_scalar(f(a, b), measure) for b in A2] for a in A1], dtype=torch.float64)
+        A1, A2 = [all_gather_cat(torch.cat(s)) for s in store1], [all_gather_cat(torch.cat(s)) for s in store2]   # torch.distributed: every rank's features, in rank order
+        var1, var2 = [torch.tensor([not _constant(a) for a in A]) for A in (A1, A2)]
+        matrix = torch.tensor([[_scalar(f(a, b), measure) if v1 and v2 else math.nan for b, v2 in zip(A2, var2)] for a, v1 in zip(A1, var1)], dtype=torch.float64)
+    matrix[~var1] = math.nan; matrix[:, ~var2] = math.nan   # no variance: undefined, not a lost matrix
+    _warn_constant([k for k, v in zip(keys1, var1) if not v], [k for k, v in zip(keys2, var2) if not v], model2 is model1)
     nm = names or (type(model1).__name__, type(model2).__name__)
     return SimilarityResult(matrix, keys1, keys2, nm[0], nm[1], measure if isinstance(measure, str) else getattr(measure, '__name__', 'custom'), n)
 
@@ -474,17 +530,22 @@ def _one_layer(fm, layer, arg):
         raise ValueError(f"{arg} names {len(specs)} layers ({shown}): layer_similarity compares one layer with one; pass one name ('name:k' for one call of a repeated module), or use compare_models for every pair")
     return specs[0]
 
-def layer_similarity(model1:nn.Module, layer1, model2:nn.Module, layer2, x:Tensor, measure='linear_cka', x2=None, reduce='flatten', size=None) -> Tensor:
-    "Similarity (by `measure`) of `layer1` of `model1` on `x` and `layer2` of `model2` on `x2` (default `x`); `name:k` is call k of a repeated module"
+def layer_similarity(model1:nn.Module, layer1, model2:nn.Module, layer2, x, measure='linear_cka', x2=None, reduce='flatten', size=None,
+                     layout=None, # how both layers' features are read (`as_features`); None: from the models
+                    ) -> Tensor:
+    "Similarity (by `measure`) of `layer1` of `model1` on `x` and `layer2` of `model2` on `x2` (default `x`); `name:k` is call k of a repeated module; `x` may be a dict of keyword inputs"
     model1, model2 = unwrap_model(model1), unwrap_model(model2)
     f = _measure(measure)
     fm1, fm2 = FlatModel(model1), FlatModel(model2)
     (n1, k1), (n2, k2) = _one_layer(fm1, layer1, 'layer1'), _one_layer(fm2, layer2, 'layer2')
-    x1 = to_model_input(x, model1, 'x')
-    x2 = to_model_input(x if x2 is None else x2, model2, 'x' if x2 is None else 'x2')
+    x1 = to_model_inputs(x, model1, 'x')
+    x2 = to_model_inputs(x if x2 is None else x2, model2, 'x' if x2 is None else 'x2')
     with torch.no_grad(), eval_mode(model1), eval_mode(model2):
-        with fm1.record(n1) as r1: model1(x1)
-        with fm2.record(n2) as r2: model2(x2)
-    a = _batch_first(r1[n1 if k1 is None else f"{n1}:{k1}"], len(x1), f"layer1 {layer1!r}")
-    b = _batch_first(r2[n2 if k2 is None else f"{n2}:{k2}"], len(x2), f"layer2 {layer2!r}")
-    return f(as_features(a, reduce, size, 'layer1'), as_features(b, reduce, size, 'layer2').to(a.device))
+        with fm1.record(n1) as r1: call_model(model1, x1)
+        with fm2.record(n2) as r2: call_model(model2, x2)
+    feats = []
+    for m, fm, r, n, k, x_, arg in ((model1, fm1, r1, n1, k1, x1, 'layer1'), (model2, fm2, r2, n2, k2, x2, 'layer2')):
+        key = n if k is None else f"{n}:{k}"
+        a = _batch_first(m, key, r[key], batch_len(x_, m), arg)
+        feats.append(as_features(a, reduce, size, arg, layout=_layout_of(m, fm, key, a, layout, reduce, arg)))
+    return f(feats[0], feats[1].to(feats[0].device))

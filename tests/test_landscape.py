@@ -133,18 +133,28 @@ def test_empty_and_bad_counts_are_named(digits):
     m0 = fourier_map(model, (x[:1], y[:1]), max_freq=0, show_progress=False)      # one image, one frequency
     assert (~torch.isnan(m0)).sum() == 1
 
-def test_tuple_outputs_get_a_clear_error_and_a_function_works(digits):
+def test_dict_outputs_are_read_by_the_convention_and_output_chooses(digits):
     model, x, y = digits
     class Pair(nn.Module):
         def __init__(self, m): super().__init__(); self.m = m
         def forward(self, x): return {'logits': self.m(x), 'x': x}
-    pair = Pair(model)
-    with pytest.raises(TypeError, match=r"fourier_map: the model's output is a dict with keys \['logits', 'x'\].*model\(x\).logits"):
-        fourier_map(pair, (x[:4], y[:4]), max_freq=1, show_progress=False)
-    with pytest.raises(TypeError, match=r"model's output is a dict with keys \['logits', 'x'\], not a tensor of scores.*loss_fn failed on it.*out\['logits'\]"):
-        landscape1d(pair, (x[:4], y[:4]), F.cross_entropy, show_progress=False)
+    class Named(Pair):
+        def forward(self, x): return {'scores': self.m(x), 'x': x}
+    pair, named = Pair(model), Named(model)
     ref = fourier_map(model, (x[:4], y[:4]), max_freq=2, show_progress=False)
-    assert torch.equal(fourier_map(lambda t: pair(t)['logits'], (x[:4], y[:4]), max_freq=2, show_progress=False).nan_to_num(-1), ref.nan_to_num(-1))
+    for kw in ({}, {'output': 'logits'}, {'output': lambda o: o['logits']}):          # a dict's logits; a key; a function
+        assert torch.equal(fourier_map(pair, (x[:4], y[:4]), max_freq=2, show_progress=False, **kw).nan_to_num(-1), ref.nan_to_num(-1))
+    assert torch.equal(fourier_map(named, (x[:4], y[:4]), max_freq=2, output='scores', show_progress=False).nan_to_num(-1), ref.nan_to_num(-1))
+    with pytest.raises(TypeError, match=r"fourier_map: the model's output is a dict with keys \['scores', 'x'\] and no 'logits': choose the scores with output="):
+        fourier_map(named, (x[:4], y[:4]), max_freq=1, show_progress=False)
+    with pytest.raises(TypeError, match=r"model's output is a dict with keys \['scores', 'x'\] and no 'logits': choose the scores with output="):
+        landscape1d(named, (x[:4], y[:4]), F.cross_entropy, show_progress=False)
+    with pytest.raises(KeyError, match=r"output='score' selects nothing"):
+        landscape1d(named, (x[:4], y[:4]), output='score', show_progress=False)
+    d = random_direction(model, seed=0)
+    want = landscape1d(model, (x, y), F.cross_entropy, step_size=0.5, direction=d, show_progress=False)[1]
+    assert torch.equal(landscape1d(pair, (x, y), step_size=0.5, direction=d, show_progress=False)[1], want)
+    assert torch.equal(landscape1d(named, (x, y), step_size=0.5, direction=d, output='scores', show_progress=False)[1], want)
     with pytest.raises(ValueError, match='NaN or infinite for examples'):
         fourier_map(lambda t: model(t) * float('nan'), (x[:4], y[:4]), max_freq=1, show_progress=False)
 

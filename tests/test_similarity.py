@@ -357,11 +357,11 @@ def test_compare_models_train_mode_dtypes_and_bad_batches(digits_batches):
 def test_first_dimension_must_be_the_batch():
     "An unbatched image (conv2d accepts (C, H, W)) or a sequence-first layer would make channels or tokens the examples"
     m, x = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 8, 3)), torch.rand(1, 32, 32)
-    with pytest.raises(ValueError, match=r"layer1 '2' gave \(8, 28, 28\) for a batch of 1 examples"): layer_similarity(m, '2', m, '0', x)
+    with pytest.raises(ValueError, match=r"layer1: layer '2' outputs shape \(8, 28, 28\) for a batch of 1: its first dimension is not the examples"): layer_similarity(m, '2', m, '0', x)
     class SeqFirst(nn.Module):                                       # as OpenAI's CLIP: (N, T, D) in, (T, N, D) inside
         def __init__(self):
             super().__init__(); self.block = nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, batch_first=False)
         def forward(self, x): return self.block(x.permute(1, 0, 2)).permute(1, 0, 2)
     sf = SeqFirst().eval()
-    with pytest.raises(ValueError, match=r"model 1 layer 'block.linear1' gave \(10, 6, 16\) for a batch of 6 examples"):
+    with pytest.raises(ValueError, match=r"model 1: layer 'block.linear1' outputs shape \(10, 6, 16\) for a batch of 6: its first dimension is not the examples.*sequence-first"):
         compare_models(sf, sf, [torch.randn(6, 10, 8)], ['block.linear1'], ['block'], measure='linear_cka', show_progress=False)
