@@ -62,13 +62,13 @@ def _cross_entropy(scores, y):
 def dataset_loss(model:nn.Module, data, loss_fn=None,
                  output=None, # the scores in what the model returns (`model_output`): a key, an index or a function; None: a tensor, `logits`, or a tuple's first
                 ) -> Tensor:
-    "Mean of `loss_fn(scores, y)` (default: cross-entropy) over the batches of `data`, scores read from the model's output by `output`, weighted by batch size (0-dim tensor); buffers kept"
+    "Mean of `loss_fn(scores, y)` (default: cross-entropy) over the batches of `data`, scores read from the model's output by `output`, weighted by batch size (a detached 0-dim tensor); buffers kept"
     losses, sizes = [], []
     model = unwrap_model(check_module(model, 'dataset_loss'))
     loss_fn = _cross_entropy if loss_fn is None else loss_fn
     for x, y in _batches(data, model):
-        with keep_buffers(model): out = call_model(model, x)   # a model in train mode normalises with the batch, but looking does not move its statistics
-        l = loss_fn(model_output(out, output), y)
+        with keep_buffers(model), torch.no_grad():             # a measurement: no graph; a model in train mode normalises with the batch, but looking does not move its statistics
+            l = loss_fn(model_output(call_model(model, x), output), y)
         if not isinstance(l, Tensor) or l.dim() != 0:
             raise ValueError(f"loss_fn must return a scalar (mean over the batch), got {getattr(l, 'shape', type(l))}: use reduction='mean'")
         losses.append(l); sizes.append(batch_len(x, model))

@@ -42,11 +42,11 @@ VGG = tiny_vgg()
 RGB = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
 
 class Wrapped(nn.Module):
-    "The digits model behind a wrapper whose output is `kind`: 'tuple', 'dict', or the model's own"
+    "The digits model behind a wrapper whose output is `kind`: 'tuple', 'dict' (with logits), 'nologits' (a dict without), or the model's own"
     def __init__(self, m, kind): super().__init__(); self.m, self.kind = m, kind
     def forward(self, x):
         out = self.m(x)
-        return (out, out.detach()) if self.kind == 'tuple' else {'logits': out} if self.kind == 'dict' else out
+        return (out, out.detach()) if self.kind == 'tuple' else {'logits': out} if self.kind == 'dict' else {'scores': out} if self.kind == 'nologits' else out
 
 class Interrupting(nn.Module):
     "Raises KeyboardInterrupt at its `at`-th forward call, as a user pressing ctrl-C mid-loop"
@@ -66,7 +66,7 @@ class Entry:
     model: nn.Module = None         # the model probed (the digits CNN unless given)
     x: object = None                # the clean input (X unless given)
     arg: str = 'x'                  # the argument name an error about `x` must name
-    scores: bool = True             # reads the model's scores (tuple/dict outputs must give a clear error)
+    scores: bool = True             # reads the model's scores (a tuple's first element, a dict's logits; a dict without logits: a clear error)
     per_example: bool = True        # result row i depends on example i only (batch of 1 = first row)
     warns_train: bool = False       # warns when the model is in train mode
     finite_only: bool = True        # refuses NaN/Inf input (the tracer logs them: finding NaNs is what it is for)
@@ -132,7 +132,7 @@ ENTRIES = [
                  ('batch 0', lambda: O.render(MODEL, O.channel('conv2', 3), size=16, batch=0, steps=2, show_progress=False), ['batch']),
                  ('channel out of range', lambda: O.render(MODEL, O.channel('conv2', 999), size=16, steps=2, show_progress=False), ['999']),
                  ('class out of range', lambda: O.render(MODEL, O.class_logit(10), size=16, steps=2, show_progress=False), ['10']),
-                 ('class of a tuple output', lambda: O.render(Wrapped(MODEL, 'tuple'), O.class_logit(3), size=16, steps=2, show_progress=False), ['tuple'])]),
+                 ('class of a dict output without logits', lambda: O.render(Wrapped(MODEL, 'nologits'), O.class_logit(3), size=16, steps=2, show_progress=False), ['output='])]),
     Entry('net_dreamer', lambda m, x, p='': D.net_dreamer(m, p + 'conv2', size=16, octaves=1, steps=2, seed=0, show_progress=False),
           kind='none', scores=False, layer=True),
     Entry('class_visualization', lambda m, x, p='': D.class_visualization(m, classes=[1, 2], size=16, steps=2, seed=0, show_progress=False),
@@ -324,7 +324,8 @@ def test_contract(e):
     if e.layer:
         expect_error(e, model, x, 'unknown layer', ['bogus'], p='bogus.')
     if e.scores:
-        for kind in ('tuple', 'dict'): expect_error(e, Wrapped(model, kind), x, f'{kind} output', [kind, 'logits', 'select'], p='m.')
+        for kind in ('tuple', 'dict'): expect_same(e, Wrapped(model, kind), x, ref, f'{kind} output', p='m.')   # the first element, the logits
+        expect_error(e, Wrapped(model, 'nologits'), x, 'dict output without logits', ['output='], p='m.')
     frozen_params = [p for p in model.parameters() if p.requires_grad]
     for p in frozen_params: p.requires_grad_(False)
     try: expect_same(e, model, x, ref, 'frozen parameters')

@@ -108,9 +108,14 @@ def test_flat_model_channel_names_the_count():
     assert FlatModel(MODEL).channel('conv3', torch.tensor(5)).k == 5
 
 # ---- scores: every module's words for a non-tensor output come from check_scores (fix=) ----
-def test_dataset_loss_names_the_output_and_the_fix():
+def test_dataset_loss_reads_the_output_convention():
+    "A tuple's first element and a dict's logits are the scores; a dict without logits names the fix (output=)"
     class Pair(nn.Module):
-        def __init__(self, m): super().__init__(); self.m = m
-        def forward(self, x): return self.m(x), x
-    with pytest.raises(TypeError, match=r"the model's output is a tuple of 2 \(Tensor, Tensor\), not a tensor of scores \(N, classes\): loss_fn failed on it.*out\[0\]"):
-        L.dataset_loss(Pair(MODEL), (X, Y), F.cross_entropy)
+        def __init__(self, m, kind): super().__init__(); self.m, self.kind = m, kind
+        def forward(self, x): return (self.m(x), x) if self.kind == 'tuple' else {self.kind: self.m(x)}
+    ref = L.dataset_loss(MODEL, (X, Y), F.cross_entropy)
+    assert L.dataset_loss(Pair(MODEL, 'tuple'), (X, Y), F.cross_entropy) == ref
+    assert L.dataset_loss(Pair(MODEL, 'logits'), (X, Y), F.cross_entropy) == ref
+    assert L.dataset_loss(Pair(MODEL, 'scores'), (X, Y), F.cross_entropy, output='scores') == ref
+    with pytest.raises(TypeError, match=r"no 'logits': choose the scores with output="):
+        L.dataset_loss(Pair(MODEL, 'scores'), (X, Y), F.cross_entropy)
