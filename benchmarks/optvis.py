@@ -7,17 +7,19 @@ preprocessing, Adam at 0.05, `steps` steps, on random-init torchvision googlenet
 of each, and of the floor (the same number of forward + backward passes of the model alone on a fixed image).
 
 Equal work: Lucent's render_vis upsamples every transformed image to 224 px when the image is smaller than 224,
-unless it is given `fixed_image_size`, in which case it resizes the transformed image to that size. So both
-contenders here end their transforms with the same bilinear resize to `size` (Lucent through `fixed_image_size`,
-netlens through one more transform), and the model sees size x size images in both, as it does in the floor.
+unless it is given `fixed_image_size`, in which case it resizes the transformed image to that size. netlens'
+standard transforms end with a bilinear resize back to the image's size (they keep the size), and at 128 px and
+above use lucid's pixel counts (pad 12, jitter 8 and 4), as Lucent's do. So both contenders run the same five
+transforms and one bilinear resize to `size` (Lucent through `fixed_image_size`), and the model sees size x size
+images in both, as it does in the floor. Below 128 px netlens scales the pad and jitters down: use --size 128 or more.
 Lucent registers hooks on every module and never removes them, so it gets a fresh copy of the model for every run
 (otherwise each call would slow the next).
 """
 import argparse, copy, json
-import torch, torchvision, torch.nn.functional as F
+import torch, torchvision
 from timing import best_of
 from netlens.core import normalize
-from netlens.optvis import render, channel, standard_transforms, compose
+from netlens.optvis import render, channel, standard_transforms
 
 MODELS = {'googlenet': (lambda: torchvision.models.googlenet(aux_logits=False, init_weights=True), 'inception4a', 5),
           'resnet18': (lambda: torchvision.models.resnet18(), 'layer3', 5)}
@@ -28,6 +30,7 @@ def main():
     p.add_argument('--size', type=int, default=128)
     p.add_argument('--reps', type=int, default=3)
     a = p.parse_args()
+    if a.size < 128: p.error('--size must be at least 128: below it the standard transforms shrink their pad and jitter, which Lucent does not')
     from lucent.optvis import render as lrender, param as lparam, transform as ltransform
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {a.steps} steps, both resize to {a.size}x{a.size} after the transforms, best of {a.reps}")
     results = {}
@@ -40,8 +43,7 @@ def main():
             for _ in range(a.steps):
                 x.grad = None
                 frozen(normalize(x))[0].sum().backward()
-        resize = lambda x, g: F.interpolate(x, size=a.size, mode='bilinear', align_corners=True)   # what Lucent's fixed_image_size does
-        def ours(): render(model, channel(layer, k), size=a.size, steps=a.steps, transforms=compose(standard_transforms(), resize),
+        def ours(): render(model, channel(layer, k), size=a.size, steps=a.steps, transforms=standard_transforms(),   # ends with the resize to size
                            preprocess='imagenet', show_progress=False, seed=0)
         def lucent():
             m = copy.deepcopy(model)

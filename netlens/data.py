@@ -16,8 +16,9 @@ from .core import *
 from .adapters import check_count, check_scores, progress
 
 # %% auto #0
-__all__ = ['DIGITS_SPLITS', 'DIGITS_WEIGHTS', 'SAMPLE_IMAGES', 'digits_data', 'digits_loader', 'ResBlock', 'DigitsCNN',
-           'accuracy', 'train_digits_cnn', 'digits_cnn', 'sample_image', 'sample_images']
+__all__ = ['DIGITS_SPLITS', 'DIGITS_WEIGHTS', 'SAMPLE_IMAGES', 'IMAGENETTE_CLASSES', 'TUTORIAL_DATA', 'digits_data',
+           'digits_loader', 'ResBlock', 'DigitsCNN', 'accuracy', 'train_digits_cnn', 'digits_cnn', 'sample_image',
+           'sample_images', 'load_pretrained', 'pretrained_categories', 'tutorial_data', 'Tutorial', 'tutorial_setup']
 
 # %% ../nbs/01_data.ipynb #aeb78c0e
 DIGITS_SPLITS = ('train', 'test', 'all')
@@ -145,3 +146,98 @@ def sample_images(names=SAMPLE_IMAGES, size=224, imagenet_norm=True) -> torch.Te
     "Photos `names` as one batch (N,3,`size`,`size`), ImageNet-normalised unless `imagenet_norm=False`"
     x = torch.stack([sample_image(n, size) for n in names])
     return normalize(x) if imagenet_norm else x
+
+# %% ../nbs/01_data.ipynb #17fd4151
+import os, socket, threading
+from dataclasses import dataclass, field
+
+IMAGENETTE_CLASSES = (0, 217, 482, 491, 497, 566, 569, 571, 574, 701)   # ImageNet indices of Imagenette's 10 classes, in its order
+TUTORIAL_DATA = ('imagenette', 'cifar10')
+_HOSTS = {'torchvision': 'download.pytorch.org', 'timm': 'huggingface.co', 'imagenette': 's3.amazonaws.com', 'cifar10': 'www.cs.toronto.edu'}
+
+def _reachable(hosts, timeout=5.) -> list:
+    "The `hosts` that do not accept a TCP connection on port 443 within `timeout` seconds in all (probes run in parallel daemon threads)"
+    ok = set()
+    def probe(h):
+        try: socket.create_connection((h, 443), timeout=timeout).close(); ok.add(h)
+        except OSError: pass
+    threads = [threading.Thread(target=probe, args=(h,), daemon=True) for h in hosts]
+    for t in threads: t.start()
+    for t in threads: t.join(timeout)   # a hung DNS lookup is abandoned here, never waited for
+    return [h for h in hosts if h not in ok]
+
+def load_pretrained(name:str, device='cpu') -> nn.Module:
+    "Model `name` with pretrained weights, in eval mode on `device`: torchvision's (`'resnet18'`), or timm's as `'timm:<name>'`; downloads on first use"
+    if name.startswith('timm:'):
+        import timm
+        return timm.create_model(name[5:], pretrained=True).eval().to(device)
+    import torchvision
+    return torchvision.models.get_model(name, weights='DEFAULT').eval().to(device)
+
+def pretrained_categories(name:str) -> list|None:
+    "The class names of torchvision model `name`'s pretrained weights (ImageNet's for classifiers), `None` for others"
+    if name.startswith('timm:'): return None
+    from torchvision.models import get_model_weights
+    return get_model_weights(name).DEFAULT.meta.get('categories')
+
+# %% ../nbs/01_data.ipynb #8d3e426a
+def tutorial_data(name='imagenette', n=64, size=None, root=None, seed=0) -> tuple[torch.Tensor, torch.Tensor]:
+    "`n` images (n,3,`size`,`size`) in [0, 1] and labels from a real dataset, downloaded to `root` on first use: 'imagenette' (validation split, 160 px, ImageNet labels) or 'cifar10' (test split)"
+    import torchvision.datasets as D
+    if name not in TUTORIAL_DATA: raise unknown_key_error(name, TUTORIAL_DATA, 'tutorial dataset')
+    n = check_count(n, 'n')
+    root = Path(root or os.environ.get('NETLENS_DATA', '~/.cache/netlens')).expanduser()
+    if name == 'imagenette': ds, size = D.Imagenette(root, split='val', size='160px', download=not (root/'imagenette2-160').exists()), size or 128
+    else: ds, size = D.CIFAR10(root, train=False, download=True), size or 32
+    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n].tolist()
+    xs, ys = [], []
+    for i in idx:
+        img, label = ds[i]
+        t = image_to_tensor(np.asarray(img.convert('RGB')))
+        t = TF.center_crop(t, [min(t.shape[-2:])] * 2)
+        xs.append(TF.resize(t, [size, size], antialias=True).clamp_(0, 1))
+        ys.append(IMAGENETTE_CLASSES[label] if name == 'imagenette' else label)
+    return torch.stack(xs), torch.tensor(ys)
+
+# %% ../nbs/01_data.ipynb #cee4945c
+@dataclass
+class Tutorial:
+    "The path a tutorial takes: `online` (pretrained `models`, real `data`) or offline (what ships with netlens), on `device`, and why"
+    online: bool
+    device: str
+    reason: str
+    models: dict = field(default_factory=dict)
+    data: tuple|None = None
+    @property
+    def path(self) -> str: return 'online' if self.online else 'offline'
+    def __str__(self):
+        if self.online: return f"netlens tutorial: online path on {self.device}: {self.reason}"
+        hint = '; unset NETLENS_OFFLINE for pretrained weights and real data' if self.reason == 'NETLENS_OFFLINE=1' else ''
+        return f"netlens tutorial: offline path on {self.device} ({self.reason}): the digits model, scikit-image's photos and random-init models{hint}"
+
+def _offline_env() -> bool: return os.environ.get('NETLENS_OFFLINE', '').strip().lower() in ('1', 'true', 'yes', 'on')
+
+def tutorial_setup(models=(), data=None, n=64, size=None, offline=None, timeout=5., download_timeout=60., device=None, quiet=False) -> Tutorial:
+    "Pick a tutorial's path and print it: pretrained `models` and `n` images of `data` when the servers answer within `timeout` s and the downloads work, else offline (always with `offline` or NETLENS_OFFLINE=1)"
+    models = [models] if isinstance(models, str) else list(models)
+    if data is not None and data not in TUTORIAL_DATA: raise unknown_key_error(data, TUTORIAL_DATA, 'tutorial dataset')
+    device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
+    tut = Tutorial(False, device, '')
+    if offline or (offline is None and _offline_env()): tut.reason = 'offline=True' if offline else 'NETLENS_OFFLINE=1'
+    else:
+        hosts = sorted({_HOSTS['timm' if m.startswith('timm:') else 'torchvision'] for m in models} | ({_HOSTS[data]} if data else set()))
+        down = _reachable(hosts or [_HOSTS['torchvision']], timeout)
+        if down: tut.reason = f"{', '.join(down)} did not answer within {timeout:g} s"
+        else:
+            prev = socket.getdefaulttimeout()
+            socket.setdefaulttimeout(download_timeout)   # a stalled download raises instead of hanging
+            try:
+                ms = {m: load_pretrained(m, device) for m in models}
+                xy = tutorial_data(data, n, size) if data else None
+            except Exception as e: tut.reason = f"the download failed ({type(e).__name__}: {str(e)[:120]})"
+            else:
+                tut.online, tut.models, tut.data = True, ms, xy
+                tut.reason = ', '.join([f"{m} (pretrained)" for m in models] + ([f"{len(xy[0])} {data} images"] if data else [])) or 'the network answers'
+            finally: socket.setdefaulttimeout(prev)
+    if not quiet: print(tut)
+    return tut

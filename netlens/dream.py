@@ -9,9 +9,11 @@ from __future__ import annotations
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
 from .flat import FlatModel
-from .adapters import unwrap_model, to_model_images, check_count, check_number, check_index, check_scores, keeps_rng, progress
+from .adapters import (unwrap_model, to_model_images, check_count, check_number, check_index, check_scores, keeps_rng, progress,
+                              model_output)
 from .optvis import (Objective, ImageParam, channel, class_logit, class_prob, tv, render, optimize, frozen, input_channels,
-                            check_layers, generator, blank_input, _preprocess, _Run, _hw, _scalar, _WRAP_SCORES)
+                            check_layers, generator, blank_input, model_input_size, _preprocess, _Run, _hw, _scalar, _default_size, _to_size,
+                            _WRAP_SCORES)
 from .optvis import layer as layer_objective
 
 # %% auto #0
@@ -34,7 +36,8 @@ def deep_dream(model:nn.Module, image:Tensor, layer:str, octaves=4, octave_scale
     objective, prep = layer_objective(layer, 'l2'), _preprocess(preprocess)
     H, W = image.shape[-2:]
     sizes = [(max(8, round(H / octave_scale ** i)), max(8, round(W / octave_scale ** i))) for i in reversed(range(octaves))]
-    g = generator(seed)
+    g, fixed, layouts = generator(seed), model_input_size(model), {}
+    feed = lambda x: prep(x) if fixed is None else _resize(prep(x), fixed)   # a fixed-size model sees every octave at its size
     detail, norms = torch.zeros_like(_resize(image, sizes[0])), []
     with frozen(model), fm.record([layer], detach=False, clone=True) as rec:
         for size in progress(sizes, leave=False, show=show_progress):
@@ -45,7 +48,7 @@ def deep_dream(model:nn.Module, image:Tensor, layer:str, octaves=4, octave_scale
                 oy, ox = (int(v) for v in torch.randint(-j, j + 1, (2,), generator=g))
                 xj = torch.roll(x, (oy, ox), (-2, -1)).requires_grad_()
                 rec.reset()
-                value = objective(_Run(rec, xj, model(prep(xj))))
+                value = objective(_Run(rec, xj, model(feed(xj)), fm, None, layouts))
                 _scalar(value, objective, step)
                 grad, = torch.autograd.grad(value, xj)
                 grad = torch.roll(grad, (-oy, -ox), (-2, -1))
@@ -55,17 +58,17 @@ def deep_dream(model:nn.Module, image:Tensor, layer:str, octaves=4, octave_scale
                 with torch.no_grad():
                     rec.reset()
                     full = (image + _resize(detail, (H, W))).clamp(0, 1)
-                    norms.append(objective(_Run(rec, full, model(prep(full)))).item() / len(full))
+                    norms.append(objective(_Run(rec, full, model(feed(full)), fm, None, layouts)).item() / len(full))
     out = (image + _resize(detail, (H, W))).clamp(0, 1)
     return (out, norms) if return_norms else out
 
 # %% ../nbs/08_dream.ipynb #925c29f2
 @keeps_rng
-def net_dreamer(model:nn.Module, layer:str, size=128, channels:int|None=None, batch=1, noise=0.1, seed=None, **kwargs):
-    "DeepDream from grey noise (`batch` images of `size`): the patterns `layer` makes on its own; keyword arguments go to `deep_dream`"
+def net_dreamer(model:nn.Module, layer:str, size=None, channels:int|None=None, batch=1, noise=0.1, seed=None, **kwargs):
+    "DeepDream from grey noise (`batch` images of `size`, the model's own or 128): the patterns `layer` makes on its own; keyword arguments go to `deep_dream`"
     model = unwrap_model(model)
     channels = check_count(channels, 'channels') if channels is not None else input_channels(model) or 3
-    (h, w), batch = _hw(size), check_count(batch, 'batch')
+    (h, w), batch = _hw(_default_size(model, size)), check_count(batch, 'batch')
     g = generator(seed)
     start = (0.5 + noise * torch.randn(batch, channels, h, w, generator=g)).clamp(0, 1)
     return deep_dream(model, start, layer, seed=seed, **kwargs)
@@ -87,7 +90,8 @@ def invert_features(model:nn.Module, image:Tensor, layer:str, steps=256, lr=0.05
     image = to_model_images(image, model, 'image', input_channels(model))
     fm = FlatModel(model)
     check_layers(fm, [layer])
-    with torch.no_grad(), frozen(model), fm.record([layer]) as rec: model(_preprocess(preprocess)(image))
+    size = model_input_size(model)                                  # a fixed-size model sees the image at its size, as in `optimize`
+    with torch.no_grad(), frozen(model), fm.record([layer]) as rec: model(_preprocess(preprocess)(_to_size(image, size)))
     target = rec[layer]
     param = param or ImageParam(tuple(image.shape[-2:]), image.shape[1], len(image), seed=seed, device=image.device).to(dtype=image.dtype)
     return optimize(model, feature_distance(layer, target) - tv_weight * tv(beta), param, transforms, preprocess, None, lr, steps,
@@ -110,20 +114,28 @@ def _indices(ks, n, name, of, unit):
     return [check_index(k, n, name, of, unit) for k in ks]
 
 @keeps_rng
-def class_visualization(model:nn.Module, classes=None, size=128, channels:int|None=None, prob_weight=3., batch_size=16, **kwargs):
-    "One image per class in `classes` (all outputs by default) maximising its logit plus `prob_weight` times its log-probability; keyword arguments go to `render`"
+def class_visualization(model:nn.Module, classes=None, size=None, channels:int|None=None, prob_weight=3., batch_size=16, output=None, **kwargs):
+    "One image per class in `classes` (all outputs by default) maximising its logit plus `prob_weight` times its log-probability; `output` selects the scores; keyword arguments go to `render`"
     model = unwrap_model(model)
     batch_size = check_count(batch_size, 'batch_size')
-    with torch.no_grad(), frozen(model): n = check_scores(model(blank_input(model, size, channels)), fix=_WRAP_SCORES).shape[1]
+    with torch.no_grad(), frozen(model): n = check_scores(model_output(model(blank_input(model, size, channels)), output)).shape[1]
     classes = _indices(classes, n, 'classes', 'the model', 'classes')
     makers = [lambda i, k=k: class_logit(k, batch=i) + prob_weight * class_prob(k, batch=i) for k in classes]
-    return _render_each(model, makers, size, channels, batch_size, **kwargs)
+    return _render_each(model, makers, size, channels, batch_size, output=output, **kwargs)
+
+def _n_channels(model, layer, x, layout=None) -> int:
+    "The feature count of `layer` on input `x` (`feature_layout`: a ViT's token width, a Swin stage's last dimension)"
+    fm = FlatModel(model)
+    check_layers(fm, [layer])
+    with torch.no_grad(), frozen(model), fm.record([layer]) as rec:
+        out = model(x)
+        return _Run(rec, x, out, fm).features(layer, layout).shape[1]
 
 @keeps_rng
-def channel_visualization(model:nn.Module, layer:str, ks=None, size=128, channels:int|None=None, batch_size=16, **kwargs):
-    "One image per channel `ks` of `layer` (all of them by default) maximising that channel; keyword arguments go to `render`"
+def channel_visualization(model:nn.Module, layer:str, ks=None, size=None, channels:int|None=None, batch_size=16, layout=None, **kwargs):
+    "One image per channel (feature) `ks` of `layer` (all of them by default) maximising that channel; `layout` as `feature_layout`; keyword arguments go to `render`"
     model = unwrap_model(model)
     batch_size = check_count(batch_size, 'batch_size')
-    with frozen(model): n = FlatModel(model).n_channels(layer, blank_input(model, size, channels))
+    n = _n_channels(model, layer, blank_input(model, size, channels), layout)
     ks = _indices(ks, n, 'ks', f'layer {layer!r}', 'channels')
-    return _render_each(model, [lambda i, k=k: channel(layer, k, batch=i) for k in ks], size, channels, batch_size, **kwargs)
+    return _render_each(model, [lambda i, k=k: channel(layer, k, batch=i, layout=layout) for k in ks], size, channels, batch_size, **kwargs)

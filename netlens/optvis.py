@@ -13,13 +13,15 @@ import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
 from .core import *
 from .flat import FlatModel
-from .adapters import unwrap_model, as_images, check_count, check_scores, check_index, keeps_rng, progress
+from .adapters import (unwrap_model, as_images, check_count, check_scores, check_index, keeps_rng, progress, model_output,
+                              feature_layout, channels_first, Layout, _as_layout)
 
 # %% auto #0
 __all__ = ['COLOR_CORRELATION', 'Rendered', 'decorrelate_colors', 'correlate_colors', 'ImageParam', 'pad', 'jitter',
-           'random_scale', 'random_rotate', 'compose', 'standard_transforms', 'Objective', 'channel', 'neuron', 'layer',
-           'class_logit', 'class_prob', 'direction', 'diversity', 'total_variation', 'tv', 'l1', 'l2', 'frozen',
-           'input_channels', 'generator', 'blank_input', 'check_layers', 'optimize', 'render']
+           'random_scale', 'random_rotate', 'compose', 'resize_to', 'keep_size', 'standard_transforms', 'Objective',
+           'channel', 'neuron', 'layer', 'class_logit', 'class_prob', 'direction', 'diversity', 'total_variation', 'tv',
+           'l1', 'l2', 'frozen', 'input_channels', 'model_input_size', 'generator', 'blank_input', 'check_layers',
+           'optimize', 'render']
 
 # %% ../nbs/07_optvis.ipynb #48d12937
 # square root of ImageNet's colour correlation matrix (lucid's constants), columns normalised to at most 1
@@ -142,10 +144,29 @@ def compose(*transforms):
         return x
     return f
 
+def resize_to(size=None):
+    "Resize (bilinear) to `size` (h, w), or back to the size the batch had before the transforms when `size` is None (see `keep_size`)"
+    hw = None if size is None else _hw(size)
+    def f(x, g, to=None):
+        to = hw or to
+        return x if to is None or tuple(x.shape[-2:]) == tuple(to) else F.interpolate(x, size=tuple(to), mode='bilinear', align_corners=False)
+    return f
+
+def keep_size(*transforms):
+    "Apply `transforms` in order, then resize the result back to the size of the input: a size-preserving transform"
+    t = compose(*transforms)
+    return lambda x, g: resize_to()(t(x, g), g, to=x.shape[-2:])
+
+_STANDARD_PX = 128   # lucid's pad 12, jitter 8 and 4 are for 128-224 px images
+
 def standard_transforms():
-    "lucid's robust set: pad 12, jitter 8, scale 0.9-1.1, rotate +-10 degrees, jitter 4"
-    return compose(pad(12), jitter(8), random_scale([1 + (i - 5) / 50 for i in range(11)]),
-                   random_rotate(list(range(-10, 11)) + 5 * [0]), jitter(4))
+    "lucid's robust set: pad 12, jitter 8, scale 0.9-1.1, rotate +-10 degrees, jitter 4 at 128 px and above, proportionally less below; then resized back to the image's size"
+    def f(x, g):
+        s = min(1., min(x.shape[-2:]) / _STANDARD_PX)
+        px = lambda v: max(1, round(v * s))
+        return keep_size(pad(px(12)), jitter(px(8)), random_scale([1 + (i - 5) / 50 for i in range(11)]),
+                         random_rotate(list(range(-10, 11)) + 5 * [0]), jitter(px(4)))(x, g)
+    return f
 
 # %% ../nbs/07_optvis.ipynb #a8e7ce25
 class Objective:
@@ -174,34 +195,55 @@ def _pick(v, batch):
     "Sum of a per-image vector, or image `batch` only"
     return v.sum() if batch is None else v[batch]
 
-def _channel_of(run, layer, k):
-    a = run[layer]
+def _features(run, layer, layout=None, any_order=False) -> Tensor:
+    "`layer`'s output in `run` with its features at dimension 1 (`channels_first`): (N, C, *positions), prefix tokens dropped"
+    f = getattr(run, 'features', None)
+    if callable(f): return f(layer, layout, any_order)
+    a = run[layer]                 # a hand-made pass without a model: features first unless `layout` says otherwise
+    return a if layout is None else channels_first(a, _as_layout(layout, None))
+
+def _per_image(a): return a.reshape(len(a), -1).mean(1)
+
+def _channel_of(run, layer, k, layout=None):
+    a = _features(run, layer, layout)
     return a[:, check_index(k, a.shape[1], 'channel', f"layer {layer!r}", 'channels')]
 
-def channel(layer:str, k:int, batch=None) -> Objective:
-    "Mean activation of channel `k` of `layer`"
-    return Objective(lambda r: _pick(_channel_of(r, layer, k).flatten(1).mean(1), batch), f"channel({layer!r}, {k})", [layer])
+def channel(layer:str, k:int, batch=None, layout=None) -> Objective:
+    "Mean of channel (feature) `k` of `layer` over its positions: pixels of a map, patch tokens of a vision transformer; `layout` as `feature_layout`"
+    return Objective(lambda r: _pick(_per_image(_channel_of(r, layer, k, layout)), batch), f"channel({layer!r}, {k})", [layer])
 
-def neuron(layer:str, k:int, x=None, y=None, batch=None) -> Objective:
-    "Activation of channel `k` of `layer` at position (`x`, `y`), the centre by default"
+def neuron(layer:str, k:int, x=None, y=None, batch=None, layout=None) -> Objective:
+    "Channel `k` of `layer` at grid position (`x`, `y`), the centre by default; a layer without a 2-D grid is refused"
     def f(r):
-        a = _channel_of(r, layer, k)
+        a = _features(r, layer, layout)
+        if a.ndim != 4:
+            what = f"a sequence of {a.shape[-1]} tokens without a grid" if a.ndim == 3 else f"shape {tuple(r[layer].shape)}, no positions"
+            raise ValueError(f"neuron needs features on a 2-D grid, but layer {layer!r} gives {what}: use channel({layer!r}, {k}) for its mean, or pass layout= (e.g. Layout('tokens', prefix=1, grid=(h, w)) if its tokens are image patches)")
+        a = a[:, check_index(k, a.shape[1], 'channel', f"layer {layer!r}", 'channels')]
         h, w = a.shape[-2:]
         i, j = h // 2 if y is None else y, w // 2 if x is None else x
         if not (0 <= i < h and 0 <= j < w): raise IndexError(f"neuron (x={j}, y={i}) of layer {layer!r}: its maps are {h}x{w} (x in 0..{w - 1}, y in 0..{h - 1})")
         return _pick(a[:, i, j], batch)
     return Objective(f, f"neuron({layer!r}, {k}, {x}, {y})", [layer])
 
-def layer(name:str, kind='mean', batch=None) -> Objective:
-    "All of `name`'s activation: its mean (`kind='mean'`) or its mean square (`'l2'`, DeepDream's objective)"
+def layer(name:str, kind='mean', batch=None, layout=None) -> Objective:
+    "All of `name`'s activation (prefix tokens dropped): its mean (`kind='mean'`) or its mean square (`'l2'`, DeepDream's objective)"
     if kind not in ('mean', 'l2'): raise ValueError(f"kind is 'mean' or 'l2', got {kind!r}")
-    return Objective(lambda r: _pick((r[name] if kind == 'mean' else r[name] ** 2).flatten(1).mean(1), batch), f"layer({name!r}, {kind!r})", [name])
+    def f(r):
+        a = _features(r, name, layout, any_order=True)
+        return _pick(_per_image(a if kind == 'mean' else a ** 2), batch)
+    return Objective(f, f"layer({name!r}, {kind!r})", [name])
 
 _WRAP_SCORES = "wrap the model in an nn.Module whose forward returns the scores (N, classes)"
 
+def _scores(r):
+    "The scores in what the model returned (`model_output`, with the `output=` the run was given)"
+    s = getattr(r, 'scores', None)
+    return s() if callable(s) else model_output(r.output)
+
 def _output_of(r, k):
-    "The model's output, once class `k` is known to be one of its columns"
-    out = check_scores(r.output, fix=f"select them in an objective of your own, e.g. Objective(lambda r: r.output[0][:, {k}].sum(), 'class {k}'), or {_WRAP_SCORES}")
+    "The model's scores, once class `k` is known to be one of its columns"
+    out = check_scores(_scores(r), fix="choose them with render(..., output=) (a key, an index or a function of the model's output)")
     check_index(k, out.shape[1], 'class', unit='outputs')
     return out
 
@@ -213,22 +255,22 @@ def class_prob(k:int, batch=None) -> Objective:
     "The log-probability of class `k` (log-softmax of the output): raising it lowers the other classes' scores too"
     return Objective(lambda r: _pick(F.log_softmax(_output_of(r, k), 1)[:, k], batch), f"class_prob({k})")
 
-def direction(layer:str, vector, batch=None) -> Objective:
+def direction(layer:str, vector, batch=None, layout=None) -> Objective:
     "Cosine similarity between `layer`'s activation at each position and `vector` (one value per channel), averaged over positions"
     def f(r):
-        a = r[layer]
+        a = _features(r, layer, layout)
         v = torch.as_tensor(vector, dtype=a.dtype, device=a.device)
         if v.shape != a.shape[1:2]: raise ValueError(f"the direction has {v.numel()} values; layer {layer!r} has {a.shape[1]} channels")
-        return _pick(F.cosine_similarity(a, v.view(1, -1, *[1] * (a.ndim - 2)), dim=1).flatten(1).mean(1), batch)
+        return _pick(_per_image(F.cosine_similarity(a, v.view(1, -1, *[1] * (a.ndim - 2)), dim=1)), batch)
     return Objective(f, f"direction({layer!r})", [layer])
 
-def diversity(layer:str) -> Objective:
+def diversity(layer:str, layout=None) -> Objective:
     "Minus the mean cosine similarity between the Gram matrices of `layer` for different images of the batch (lucid's diversity)"
     def f(r):
-        a = r[layer]
+        a = _features(r, layer, layout)
         n = len(a)
         if n < 2: raise ValueError("diversity compares the images of a batch: render with batch >= 2")
-        fl = a.flatten(2)
+        fl = a.reshape(n, a.shape[1], -1)
         grams = F.normalize((fl @ fl.transpose(1, 2)).flatten(1), dim=1)
         sim = grams @ grams.T
         return -(sim.sum() - sim.diagonal().sum()) / n
@@ -256,12 +298,33 @@ def l2(constant=0.5) -> Objective:
 Rendered = namedtuple('Rendered', 'images snapshots history')
 
 class _Run:
-    "One forward pass as objectives see it"
-    def __init__(self, rec, image, output): self.rec, self.image, self.output = rec, image, output
+    "One forward pass as objectives see it: `run[layer]`, `run.features(layer)`, `run.image`, `run.output` and `run.scores()`"
+    def __init__(self, rec, image, output, fm:FlatModel|None=None, output_sel=None, layouts:dict|None=None):
+        self.rec, self.image, self.output, self.fm, self.output_sel = rec, image, output, fm, output_sel
+        self.layouts = {} if layouts is None else layouts      # one per layer for the whole loop: the layout does not change between steps
     def __getitem__(self, layer):
         a = self.rec[layer]
         if not isinstance(a, Tensor): raise TypeError(f"layer {layer!r} outputs a {type(a).__name__}, not a tensor: objectives read layers with one tensor output; pick a submodule that gives one")
         return a
+    def scores(self) -> Tensor:
+        "The scores in what the model returned, by `model_output` and the `output=` of the call"
+        return model_output(self.output, self.output_sel)
+    def features(self, layer, layout=None, any_order=False) -> Tensor:
+        "`layer`'s output (N, C, *positions), features first (`feature_layout`, `channels_first`); with `any_order`, as it is where the layout is unknown"
+        a, n = self[layer], len(self.image)
+        if a.ndim == 0 or len(a) != n:
+            raise ValueError(f"layer {layer!r} outputs shape {tuple(a.shape)} for a batch of {n} images: its first dimension is not the images (windows, heads or a shared table?): pick another layer")
+        key = (layer, layout, any_order)
+        if key not in self.layouts:
+            if self.fm is None: lay = Layout('nchw') if layout is None else _as_layout(layout, None)
+            else:
+                try: lay = feature_layout(self.fm.model, self.fm.name_of(layer), a, layout)
+                except ValueError:
+                    if not any_order or layout is not None: raise
+                    lay = None                                  # a mean over every value is the same in any order
+            self.layouts[key] = lay
+        lay = self.layouts[key]
+        return a if lay is None else channels_first(a, lay)
 
 @contextmanager
 def frozen(model:nn.Module):
@@ -278,13 +341,28 @@ def input_channels(model:nn.Module) -> int|None:
     conv = next((m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)), None)
     return None if conv is None else conv.in_channels
 
+_FIXED_SIZE_HF = ('vit', 'deit', 'vit_msn', 'vit_mae', 'clip_vision_model', 'siglip_vision_model')   # Hugging Face models that refuse other sizes
+
+def model_input_size(model:nn.Module) -> tuple|None:
+    "The (h, w) image size a model takes and no other, as it says (timm's strict patch embedding, a Hugging Face ViT's config, torchvision's ViT); None if any size goes"
+    m = unwrap_model(model)
+    pe = getattr(m, 'patch_embed', None)
+    if getattr(pe, 'strict_img_size', False) and not getattr(m, 'dynamic_img_size', False) and getattr(pe, 'img_size', None) is not None:
+        return tuple(int(v) for v in pe.img_size)
+    cfg = getattr(m, 'config', None)
+    if getattr(cfg, 'model_type', None) in _FIXED_SIZE_HF and getattr(cfg, 'image_size', None): return _hw(cfg.image_size)
+    if type(m).__module__.startswith('torchvision.models.vision_transformer'): return (m.image_size, m.image_size)
+    return None
+
 def generator(seed=None) -> torch.Generator:
     "A CPU generator for transforms and jitter: seeded by `seed`, or by torch's global generator when `None`"
     return torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(2**62, (1,))))
 
-def blank_input(model:nn.Module, size, channels:int|None=None) -> Tensor:
-    "A zero image (1, C, H, W) on the model's device and dtype, C the channels its first convolution takes: for probing shapes"
-    h, w = _hw(size)
+def _default_size(model, size): return (model_input_size(model) or 128) if size is None else size
+
+def blank_input(model:nn.Module, size=None, channels:int|None=None) -> Tensor:
+    "A zero image (1, C, H, W) on the model's device and dtype, C the channels its first convolution takes, (H, W) `size` or the model's: for probing shapes"
+    h, w = _hw(_default_size(model, size))
     return torch.zeros(1, channels or input_channels(model) or 3, h, w, device=model_device(model), dtype=model_dtype(model))
 
 def _preprocess(preprocess):
@@ -302,6 +380,10 @@ def _transforms(transforms):
 def check_layers(fm:FlatModel, layers):
     "Raise a clear error for any of `layers` that `fm` does not have"
     for l in layers: fm.name_of(l)
+
+def _to_size(x, size):
+    "`x` resized (bilinear) to `size`, the size a fixed-size model takes (None: as it is)"
+    return x if size is None or tuple(x.shape[-2:]) == tuple(size) else F.interpolate(x, size=tuple(size), mode='bilinear', align_corners=False)
 
 def _forward(model, x, image, step):
     "`model(x)`; an error on the first step says which batch the loop fed the model"
@@ -321,8 +403,8 @@ def _scalar(value, objective, step) -> float:
 
 @keeps_rng
 def optimize(model:nn.Module, objective:Objective, param:nn.Module, transforms='standard', preprocess=None, optimizer=None, lr=0.05,
-             steps=512, thresholds=None, show_progress=True, seed=None):
-    "Maximise `objective` over the images `param()` makes: the loop behind `render` and the dream functions"
+             steps=512, thresholds=None, show_progress=True, seed=None, output=None):
+    "Maximise `objective` over the images `param()` makes: the loop behind `render` and the dream functions; `output` selects the scores (`model_output`)"
     model = unwrap_model(model)
     if not isinstance(objective, Objective): raise TypeError(f"objective must be an Objective (channel(...), class_logit(...) ...), got {type(objective).__name__}")
     steps = check_count(steps, 'steps')
@@ -334,7 +416,7 @@ def optimize(model:nn.Module, objective:Objective, param:nn.Module, transforms='
     if any(not 1 <= t <= steps for t in thresholds): raise ValueError(f"thresholds must lie in 1..steps={steps}, got {thresholds}")
     transform, prep = _transforms(transforms), _preprocess(preprocess)
     opt = optimizer(param.parameters()) if optimizer is not None else torch.optim.Adam(param.parameters(), lr=lr)
-    g = generator(seed)
+    g, fixed, layouts = generator(seed), model_input_size(model), {}
     snapshots, history = {}, []
     recording = fm.record(objective.layers, detach=False, clone=True) if objective.layers else nullcontext()
     with frozen(model), recording as rec:
@@ -342,7 +424,8 @@ def optimize(model:nn.Module, objective:Objective, param:nn.Module, transforms='
             opt.zero_grad()
             if rec is not None: rec.reset()
             image = param()
-            value = objective(_Run(rec, image, _forward(model, prep(transform(image, g)), image, step)))
+            out = _forward(model, prep(_to_size(transform(image, g), fixed)), image, step)
+            value = objective(_Run(rec, image, out, fm, output, layouts))
             history.append(_scalar(value, objective, step))
             (-value).backward()
             opt.step()
@@ -352,10 +435,10 @@ def optimize(model:nn.Module, objective:Objective, param:nn.Module, transforms='
     return Rendered(images, snapshots, history) if thresholds else images
 
 @keeps_rng
-def render(model:nn.Module, objective:Objective, param:nn.Module|None=None, size=128, channels:int|None=None, batch=1, transforms='standard',
-           preprocess=None, optimizer=None, lr=0.05, steps=512, thresholds=None, show_progress=True, seed=None):
-    "Optimise an image batch (batch, channels, size, size) in [0, 1] that maximises `objective` for `model`; `channels`: what its first convolution takes"
+def render(model:nn.Module, objective:Objective, param:nn.Module|None=None, size=None, channels:int|None=None, batch=1, transforms='standard',
+           preprocess=None, optimizer=None, lr=0.05, steps=512, thresholds=None, show_progress=True, seed=None, output=None):
+    "Optimise an image batch (batch, channels, size, size) in [0, 1] that maximises `objective` for `model`; `size`: the model's own or 128; `output` selects the scores"
     model = unwrap_model(model)
     channels = check_count(channels, 'channels') if channels is not None else input_channels(model) or 3
-    if param is None: param = ImageParam(size, channels, batch, seed=seed, device=model_device(model)).to(dtype=model_dtype(model))
-    return optimize(model, objective, param, transforms, preprocess, optimizer, lr, steps, thresholds, show_progress, seed)
+    if param is None: param = ImageParam(_default_size(model, size), channels, batch, seed=seed, device=model_device(model)).to(dtype=model_dtype(model))
+    return optimize(model, objective, param, transforms, preprocess, optimizer, lr, steps, thresholds, show_progress, seed, output)

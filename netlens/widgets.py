@@ -1,4 +1,4 @@
-"""Explorers built on ipywidgets: pick an image, a method, a layer, a channel and a class, and see the attribution change; pick a layer and a channel, and see what it looks for
+"""Explorers built on ipywidgets: pick an image, a method, a layer, a channel and a class, and see the attribution change; pick a layer and a channel, and see what it looks for; pick a layer, a head and a token, and see where a transformer attends
 
 Docs: https://netlens.github.io/netlens/widgets.html.md"""
 
@@ -17,12 +17,15 @@ from .attribution import (saliency, guided_backprop, smooth_grad, integrated_gra
                                  occlusion, attribution_map)
 from .adapters import unwrap_model, to_model_images, to_model_input, check_batch, check_count, check_index, check_scores
 from .optvis import render, Objective, input_channels, blank_input, _hw, _WRAP_SCORES
+from .attention import attention_maps, attention_rollout, token_layout
+from .adapters import to_model_inputs, main_input, map_batch, num_prefix_tokens, token_grid
 try: from netlens.adapters import model_output      # the shared convention for what a model returns, where it exists
 except ImportError: model_output = None
 
 # %% auto #0
-__all__ = ['LAYER_METHODS', 'CHANNEL_METHODS', 'fig_to_png', 'display_scale', 'to_png', 'sign_cmap', 'overlay_map',
-           'colorbar_html', 'explorer_layers', 'AttributionExplorer', 'grid_image', 'ChannelExplorer']
+__all__ = ['LAYER_METHODS', 'CHANNEL_METHODS', 'FUSIONS', 'fig_to_png', 'display_scale', 'to_png', 'sign_cmap', 'overlay_map',
+           'colorbar_html', 'explorer_layers', 'AttributionExplorer', 'grid_image', 'ChannelExplorer', 'fuse_heads',
+           'patch_overlay', 'matrix_image', 'token_html', 'AttentionExplorer']
 
 # %% ../nbs/13_widgets.ipynb #206711db
 def fig_to_png(fig) -> bytes:
@@ -506,3 +509,189 @@ class ChannelExplorer(_Live):
         _set_picture(self.pictures[1], *to_png(grid_image(self.grid, ncols=4 if len(ks) <= 16 else 8, scale=display_scale(h, w, self.display // 3), chosen=j)))
         self.titles[1].value = f"{html.escape(st['layer'])} channels {ks[0]}–{ks[-1]} of {self.n_chans[st['layer']]}"
         return []
+
+# %% ../nbs/13_widgets.ipynb #1248d2db
+FUSIONS = ('mean', 'max', 'min')
+
+def fuse_heads(a:torch.Tensor, head) -> torch.Tensor:
+    "One layer's attention (heads, T, S) for `head`: a head index, or the heads' 'mean', 'max' or 'min'"
+    if head in FUSIONS: return a.mean(0) if head == 'mean' else a.amax(0) if head == 'max' else a.amin(0)
+    return a[check_index(head, len(a), 'head', 'this layer', 'heads')]
+
+def _unit(s) -> np.ndarray:
+    "Scores scaled to [0, 1] by their minimum and maximum (as `show_rollout`)"
+    s = np.asarray(s, dtype=np.float32)
+    return (s - s.min()) / (s.max() - s.min() + 1e-12)
+
+def _frame(a:np.ndarray, y0, y1, x0, x1, colour=(1., 1., 1.), t=2) -> np.ndarray:
+    "Draw a `t` px frame around rows y0..y1, columns x0..x1 of an (H, W, 3) picture, in place"
+    a[y0:y0 + t, x0:x1] = a[max(y1 - t, y0):y1, x0:x1] = colour
+    a[y0:y1, x0:x0 + t] = a[y0:y1, max(x1 - t, x0):x1] = colour
+    return a
+
+def patch_overlay(image:torch.Tensor, grid_scores:torch.Tensor, scale:int=1, query=None, alpha=0.5, denorm=False) -> np.ndarray:
+    "Patch-grid scores (h, w) laid over `image` (C, H, W), each patch a block of one colour ('jet', min-max scaled), enlarged `scale` times; patch `query` (r, c) framed"
+    H, W = image.shape[-2:]
+    s = F.interpolate(grid_scores.detach().float().cpu()[None, None], size=(H, W), mode='nearest')[0, 0].numpy()
+    a = (1 - alpha) * _rgb(tensor_to_image(image, denorm)) + alpha * matplotlib.colormaps['jet'](_unit(s))[..., :3]
+    a = a.repeat(scale, 0).repeat(scale, 1)
+    if query is not None:
+        (h, w), (r, c) = grid_scores.shape, query
+        _frame(a, r * H * scale // h, (r + 1) * H * scale // h, c * W * scale // w, (c + 1) * W * scale // w)
+    return a
+
+def matrix_image(a:torch.Tensor, scale:int=1, row:int|None=None) -> np.ndarray:
+    "An attention map (T, S), queries down and keys across, in 'viridis' scaled to its maximum, enlarged `scale` times; `row` framed in red"
+    m = a.detach().float().cpu().numpy()
+    m = matplotlib.colormaps['viridis'](m / (m.max() + 1e-12))[..., :3].repeat(scale, 0).repeat(scale, 1)
+    if row is not None: _frame(m, row * scale, (row + 1) * scale, 0, m.shape[1], (0.9, 0.1, 0.1), max(1, min(2, scale // 3)))
+    return m
+
+def token_html(tokens:list, scores:torch.Tensor, query:int|None=None, width:int=400) -> str:
+    "Tokens as HTML on boxes coloured by their scores ('Reds', min-max scaled), token `query` outlined; the score in each box's tooltip"
+    s = scores.detach().float().cpu().numpy()
+    cols = matplotlib.colormaps['Reds'](_unit(s) * 0.9)
+    spans = [f'<span title="{v:.4f}" style="background:{matplotlib.colors.to_hex(c)};color:{"#fff" if u > 0.6 else "#000"};padding:1px 4px;'
+             f'margin:2px;border-radius:3px;{"outline:2px solid #1f5fbf;" if i == query else ""}">{html.escape(str(t))}</span>'
+             for i, (t, v, c, u) in enumerate(zip(tokens, s, cols, _unit(s)))]
+    return f'<div class="netlens-tokens" style="display:flex;flex-wrap:wrap;max-width:{width}px;font-size:12px;line-height:1.6">{"".join(spans)}</div>'
+
+# %% ../nbs/13_widgets.ipynb #d05bfcfd
+def _text_tokens(tokens, ids:torch.Tensor) -> list:
+    "One list of token strings per example: `tokens` checked against the ids (N, T), or the ids themselves"
+    n, T = ids.shape[:2]
+    if tokens is None: return [[str(int(t)) for t in row] for row in ids]
+    if len(tokens) and isinstance(tokens[0], str): tokens = [tokens]
+    if len(tokens) != n or any(len(t) != T for t in tokens):
+        raise ValueError(f"tokens must hold one list of {T} strings per example ({n} lists), got {len(tokens)} list(s) of lengths {[len(t) for t in tokens]}: pass the tokenizer's tokens, e.g. [tok.convert_ids_to_tokens(r) for r in x['input_ids']]")
+    return [[str(t) for t in row] for row in tokens]
+
+class AttentionExplorer(_Live):
+    "Explore a transformer's attention on `x` (images (N, C, H, W) in [0, 1], or text: a dict of keyword inputs or ids (N, T)): example, layer, head, query token; the query's attention over the image (or the tokens), the layer's T x T map, and the rollout through the layer"
+    def __init__(self, model:nn.Module, x,
+                 tokens=None,     # text: the tokens' strings, a list per example (default: the ids)
+                 layers=None,     # the attention layers offered (default: every one `attention_maps` finds)
+                 query:int|None=None,   # the first query token (default: 0, the class token, for images; the last token for text)
+                 head='mean',     # the first head: an index, or 'mean', 'max', 'min' over the heads
+                 prefix:int|None=None, grid:tuple|None=None,   # images: prefix tokens and patch grid, when the model does not say (`token_layout`)
+                 size=192,        # display size (px) of the pictures' longer side: enlarged by a whole factor, crisp
+                 denorm=False, background=None):
+        model = unwrap_model(model)
+        self.model, self.size, self.denorm, self.layers_asked = model, check_count(size, 'size'), denorm, layers
+        self.is_image = isinstance(x, torch.Tensor) and x.ndim in (3, 4) and (x.is_floating_point() or x.dtype == torch.uint8)   # else text: ids or keyword inputs
+        if self.is_image:
+            self.x = _explorer_input(x, model, denorm)
+            self.prefix = (num_prefix_tokens(model) or 0) if prefix is None else check_count(prefix, 'prefix', 0)
+            self.grid = token_grid(model) if grid is None else tuple(grid)
+            if self.grid is None: raise ValueError(f"{type(model).__name__} does not say its patch grid: pass grid=(rows, columns) and prefix= (its class and register tokens)")
+            n = len(self.x)
+        else:
+            self.x = to_model_inputs(x, model, 'x')
+            ids = self.x[main_input(model, self.x)] if isinstance(self.x, dict) else self.x
+            n, self.tokens = len(ids), _text_tokens(tokens, ids)
+        self.cache, self.runs, self._quiet = {}, 0, False
+        with _model_lock(model): m0 = self.maps(0)
+        self.layer_names = list(m0)
+        if self.is_image and not any(a.shape[-1] == self.prefix + self.grid[0] * self.grid[1] for a in m0.values()):
+            raise ValueError(f"grid={self.grid} and prefix={self.prefix} make {self.prefix + self.grid[0] * self.grid[1]} tokens, the attention layers have {sorted({a.shape[-1] for a in m0.values()})}: pass grid= and prefix= that fit")
+        T = m0[self.layer_names[-1]].shape[-2]
+        q = (0 if self.is_image else T - 1) if query is None else check_index(query, T, 'query', 'the last layer', 'tokens')
+        self._live_init(background)
+        lw = W.Layout(width='240px')
+        self.pick = W.IntSlider(min=0, max=n - 1, value=0, description='image' if self.is_image else 'example', continuous_update=False, disabled=n == 1, layout=lw)
+        self.layer = W.Dropdown(options=self.layer_names, value=self.layer_names[-1], description='layer', layout=W.Layout(width='320px'))
+        if head not in self._heads(self.layer.value): raise ValueError(f"head must be a head index 0..{len(self._heads(self.layer.value)) - 4} or one of {FUSIONS}, got {head!r}")
+        self.head = W.Dropdown(options=self._heads(self.layer.value), value=head, description='head', layout=W.Layout(width='160px'))
+        self.query_label = W.HTML(layout=W.Layout(width='200px'))
+        self.query = _int_slider(T, q, 0, 'query')
+        self.query_box = W.HBox([self.query, self.query_label], layout=W.Layout(flex='0 0 auto'))
+        self.fusion = W.Dropdown(options=FUSIONS, value='mean', description='rollout', layout=W.Layout(width='180px'))
+        self.residual = W.Checkbox(value=True, description='residual', indent=False, layout=W.Layout(width='100px'))
+        self.titles = [W.HTML(layout=W.Layout(min_height='80px')) for _ in range(3)]   # up to four lines: the pictures stay aligned
+        self.pictures = [_picture() for _ in range(3)] if self.is_image else [W.HTML(), _picture(), W.HTML()]
+        self.panels = _row([_titled(t, p) for t, p in zip(self.titles, self.pictures)])
+        for wdg in (self.pick, self.layer, self.head, self.query, self.fusion, self.residual): wdg.observe(self._changed, names='value')
+        self.box = W.VBox([_css(), _row([self.pick, self.layer, self.head]), _row([self.query_box, self.fusion, self.residual]), self.status, self.panels])
+        self._label()
+        self._first_draw()
+
+    def maps(self, i:int) -> dict:
+        "`attention_maps` of example `i`, {layer: (1, heads, T, S)}: run once per example, then cached"
+        if i not in self.cache:
+            xi = self.x[i:i + 1] if self.is_image else map_batch(lambda t: t[i:i + 1], self.x, self.model)
+            self.cache[i] = attention_maps(self.model, xi, self.layers_asked)
+            self.runs += 1
+        return self.cache[i]
+
+    def _heads(self, layer) -> list:
+        return [*FUSIONS, *range(self.cache[0][layer].shape[1])]
+
+    def describe_query(self, q:int, i:int=0) -> str:
+        "What token `q` is: the class (or another prefix) token or a patch (row, column) for images; the token's text otherwise"
+        if not self.is_image: return f"{self.tokens[i][q]!r}"
+        if q < self.prefix: return 'the class token' if q == 0 else f'prefix token {q}'
+        r, c = divmod(q - self.prefix, self.grid[1])
+        return f'patch ({r}, {c})'
+
+    def _label(self): self.query_label.value = f'{self.query.value}: {html.escape(self.describe_query(self.query.value, self.pick.value), quote=False)}'
+
+    def _changed(self, change):
+        if self._quiet: return
+        self._quiet = True
+        try:
+            o = change['owner']
+            if o is self.layer:
+                a = self.cache[0][self.layer.value]
+                if self._heads(self.layer.value) != list(self.head.options):
+                    cur = self.head.value
+                    self.head.options = self._heads(self.layer.value)
+                    self.head.value = cur if cur in self.head.options else 'mean'
+                if a.shape[-2] - 1 != self.query.max:     # a new token count, a new slider (see `_int_slider`)
+                    old = self.query
+                    self.query = _int_slider(a.shape[-2], old.value, 0, 'query')
+                    self.query.observe(self._changed, names='value'); old.unobserve(self._changed, names='value')
+                    self.query_box.children = (self.query, self.query_label)
+                    old.close()
+            self._label()
+        finally: self._quiet = False
+        self.request()
+
+    def state(self) -> dict:
+        "The controls' values"
+        return dict(example=self.pick.value, layer=self.layer.value, head=self.head.value, query=self.query.value,
+                    fusion=self.fusion.value, residual=self.residual.value)
+
+    def describe(self, st:dict) -> str: return f"{st['layer']}, head {st['head']}, query {st['query']}"
+
+    def draw(self, st:dict) -> list:
+        "Show the state `st` from the example's cached maps: the query's row, the layer's map, the rollout through the layer"
+        maps, i, q, notes = self.maps(st['example']), st['example'], st['query'], []
+        self.map = fuse_heads(maps[st['layer']][0], st['head'])
+        self.row = self.map[q]
+        upto = self.layer_names[:self.layer_names.index(st['layer']) + 1]
+        try: self.rollout = attention_rollout([maps[k] for k in upto], st['fusion'], st['residual'])[0]
+        except ValueError as e: self.rollout, notes = None, [str(e)]
+        self.rollout_row = None if self.rollout is None else self.rollout[q]
+        lyr, hd, qd = html.escape(st['layer']), html.escape(str(st['head'])), html.escape(self.describe_query(q, i), quote=False)
+        wrap = lambda s: f'<div style="overflow-wrap:anywhere">{s}</div>'   # a long layer name breaks at the picture's width
+        self.titles[0].value = wrap(f"<b>{lyr}, head {hd}</b><br>attention of query {q}, {qd}")
+        self.titles[1].value = wrap(f"<b>{lyr}, head {hd}</b><br>{self.map.shape[0]}×{self.map.shape[1]}, query {q} framed")
+        self.titles[2].value = wrap(f"<b>rollout through {lyr}</b><br>{st['fusion']} of heads{', residual' if st['residual'] else ''}, query {q}")
+        T, S = self.map.shape
+        _set_picture(self.pictures[1], *to_png(matrix_image(self.map, display_scale(T, S, self.size), q)))
+        if self.is_image:
+            img, self.patch_map = self.x[i], None
+            sc = display_scale(*img.shape[-2:], self.size)
+            where = None if q < self.prefix else divmod(q - self.prefix, self.grid[1])
+            for k, row in ((0, self.row), (2, self.rollout_row)):
+                try: g = None if row is None else token_layout(row[None], prefix=self.prefix, grid=self.grid)[0]
+                except ValueError as e: g = None; notes.append(str(e))
+                self.pictures[k].layout.display = 'none' if g is None else None
+                if g is None: continue
+                if k == 0: self.patch_map = g
+                _set_picture(self.pictures[k], *to_png(patch_overlay(img, g, sc, where, denorm=self.denorm)))
+        else:
+            w = max(2 * self.size, 240)
+            self.pictures[0].value = token_html(self.tokens[i], self.row, q, w)
+            self.pictures[2].value = '' if self.rollout_row is None else token_html(self.tokens[i], self.rollout_row, q, w)
+        return notes

@@ -7,7 +7,7 @@ from netlens.data import digits_cnn
 from netlens.hooks import ModelSnapshot, hook_count
 from netlens.core import tensor_to_pil
 from netlens.optvis import (ImageParam, Objective, render, channel, neuron, class_logit, class_prob, jitter, optimize, blank_input,
-                            decorrelate_colors, total_variation)
+                            decorrelate_colors, total_variation, resize_to)
 from netlens.dream import deep_dream, net_dreamer, invert_features, class_visualization, channel_visualization
 from netlens.style import style_transfer, gram, content_loss, style_loss
 from netlens.widgets import AttributionExplorer, ChannelExplorer
@@ -16,11 +16,11 @@ MODULES = ['netlens.optvis', 'netlens.dream', 'netlens.style', 'netlens.widgets'
 # every public name of the four modules, by how this file probes it (a new function fails test_every_public_name_is_probed)
 IMAGE_TAKING = {'deep_dream', 'invert_features', 'style_transfer', 'ImageParam', 'AttributionExplorer'}
 COUNTED = {'render', 'optimize', 'net_dreamer', 'class_visualization', 'channel_visualization', 'ChannelExplorer', 'jitter',
-           'random_scale', 'random_rotate', 'blank_input'}
+           'random_scale', 'random_rotate', 'blank_input', 'resize_to'}
 TENSOR_HELPERS = {'decorrelate_colors', 'correlate_colors', 'total_variation', 'gram', 'style_loss', 'content_loss', 'feature_distance'}
 OBJECTIVES = {'Objective', 'channel', 'neuron', 'layer', 'class_logit', 'class_prob', 'direction', 'diversity', 'tv', 'l1', 'l2'}
 NO_INPUT = {'COLOR_CORRELATION', 'Rendered', 'pad', 'compose', 'standard_transforms', 'frozen', 'input_channels', 'generator',
-            'check_layers', 'PRESETS', 'vgg_layer_names', 'avg_pooling', 'default_style_model', 'LAYER_METHODS', 'fig_to_png'}
+            'check_layers', 'keep_size', 'model_input_size', 'PRESETS', 'vgg_layer_names', 'avg_pooling', 'default_style_model', 'LAYER_METHODS', 'fig_to_png'}
 
 def test_every_public_name_is_probed():
     names = {n for m in MODULES for n in importlib.import_module(m).__all__}
@@ -147,6 +147,8 @@ TwoHeads = type('TwoHeads', (nn.Module,), {'__init__': lambda s: (nn.Module.__in
                                            'forward': lambda s, x: (s.m(x), x)})
 DictOut = type('DictOut', (nn.Module,), {'__init__': lambda s: (nn.Module.__init__(s), setattr(s, 'm', DIGITS))[0],
                                          'forward': lambda s, x: {'logits': s.m(x)}})
+NoLogits = type('NoLogits', (nn.Module,), {'__init__': lambda s: (nn.Module.__init__(s), setattr(s, 'm', DIGITS))[0],
+                                           'forward': lambda s, x: {'scores': s.m(x)}})
 C = channel('conv2', 1)
 REFUSALS = [
     ('render steps=0', lambda: render(DIGITS, C, size=16, steps=0), ValueError, 'steps must be an integer >= 1'),
@@ -160,8 +162,10 @@ REFUSALS = [
     ('render class 10', lambda: render(DIGITS, class_logit(10), size=16, **KW), IndexError, 'class 10 is out of range: the model has 10 outputs'),
     ('render neuron x=99', lambda: render(DIGITS, neuron('conv2', 1, x=99), size=16, **KW), IndexError, 'x in 0..'),
     ('render jitter 16 on 16px', lambda: render(DIGITS, C, size=16, transforms=[jitter(16)], **KW), ValueError, 'jitter(16) crops 16 pixels'),
-    ('render tuple output', lambda: render(TwoHeads(), class_logit(1), size=16, **KW), TypeError, 'a tuple of 2 (Tensor, Tensor)'),
-    ('render dict output', lambda: render(DictOut(), class_prob(1), size=16, **KW), TypeError, "a dict with keys ['logits']"),
+    ('render dict without logits', lambda: render(NoLogits(), class_prob(1), size=16, **KW), TypeError, "a dict with keys ['scores'] and no 'logits': choose the scores with output="),
+    ('render output key missing', lambda: render(DictOut(), class_logit(1), size=16, output='logit', **KW), KeyError, "output='logit' selects nothing"),
+    ('render output not scores', lambda: render(TwoHeads(), class_logit(1), size=16, output=1, **KW), ValueError, 'must be scores (N, classes), got shape (1, 1, 16, 16)'),
+    ('render output bad kind', lambda: render(DictOut(), class_logit(1), size=16, output=1.5, **KW), TypeError, 'output must be a key, an index or a function'),
     ('render vector objective', lambda: render(DIGITS, Objective(lambda r: r.image.flatten(), 'v'), size=16, **KW), TypeError, 'one number'),
     ('render NaN objective', lambda: render(DIGITS, Objective(lambda r: r.image.sum() / 0 * 0, 'z'), size=16, **KW), ValueError, 'objective z is nan'),
     ('optimize steps=0', lambda: optimize(DIGITS, C, ImageParam(16, 1), steps=0), ValueError, 'steps must be an integer >= 1'),
@@ -173,7 +177,7 @@ REFUSALS = [
     ('class_visualization [10]', lambda: class_visualization(DIGITS, classes=[10], size=16, **KW), IndexError, 'classes 10 is out of range: the model has 10 classes'),
     ('class_visualization [-1]', lambda: class_visualization(DIGITS, classes=[-1], size=16, **KW), IndexError, 'classes -1 is out of range'),
     ('class_visualization batch_size=0', lambda: class_visualization(DIGITS, size=16, batch_size=0, **KW), ValueError, 'batch_size must be'),
-    ('class_visualization tuple output', lambda: class_visualization(TwoHeads(), size=16, **KW), TypeError, 'a tuple of 2'),
+    ('class_visualization dict without logits', lambda: class_visualization(NoLogits(), size=16, **KW), TypeError, "no 'logits': choose the scores with output="),
     ('channel_visualization []', lambda: channel_visualization(DIGITS, 'conv2', ks=[], size=16, **KW), ValueError, 'ks is empty'),
     ('channel_visualization [32]', lambda: channel_visualization(DIGITS, 'conv2', ks=[32], size=16, **KW), IndexError, "layer 'conv2' has 32 channels"),
     ('channel_visualization batch_size=0', lambda: channel_visualization(DIGITS, 'conv2', size=16, batch_size=0, **KW), ValueError, 'batch_size must be'),
@@ -190,6 +194,7 @@ REFUSALS = [
     ('channel explorer steps=0', lambda: ChannelExplorer(DIGITS, size=16, steps=0), ValueError, 'steps must be an integer >= 1'),
     ('channel explorer size=0', lambda: ChannelExplorer(DIGITS, size=0), ValueError, 'size must be an integer >= 1'),
     ('blank_input size=-2', lambda: blank_input(DIGITS, -2), ValueError, 'size must be an integer >= 1'),
+    ('resize_to size=0', lambda: resize_to(0), ValueError, 'size must be an integer >= 1'),
     ('decorrelate_colors rank 3', lambda: decorrelate_colors(torch.rand(3, 4, 4)), ValueError, '(N, 3, H, W)'),
     ('total_variation 1 pixel', lambda: total_variation(torch.rand(1, 1, 1, 1)), ValueError, 'H, W >= 2'),
     ('gram rank 2', lambda: gram(torch.rand(3, 4)), ValueError, 'features must be (N, C, H, W)'),
@@ -215,3 +220,11 @@ def test_a_batch_of_one_and_train_mode(f):
         out = valid_output(guarded(DIGITS, f))
         assert out.shape[0] == 1 and 0 <= out.min() and out.max() <= 1
     finally: DIGITS.eval()
+
+@pytest.mark.parametrize('wrapper', [TwoHeads, DictOut], ids=['tuple', 'dict'])
+def test_tuple_and_dict_outputs_give_the_scores(wrapper):
+    "Class objectives read scores by model_output (a tuple's first element, a dict's logits): the same images as on the bare model"
+    ref = guarded(DIGITS, lambda: render(DIGITS, class_logit(1) + class_prob(2), size=16, **KW))
+    torch.testing.assert_close(guarded(DIGITS, lambda: render(wrapper(), class_logit(1) + class_prob(2), size=16, **KW)), ref, rtol=0, atol=0)
+    kw = dict(classes=[3], size=16, **KW)
+    torch.testing.assert_close(guarded(DIGITS, lambda: class_visualization(wrapper(), **kw)), class_visualization(DIGITS, **kw), rtol=0, atol=0)

@@ -1,6 +1,7 @@
 """The explorers in a real JupyterLab in headless Chromium, driven with real clicks and key presses.
 
-JupyterLab (pip) serves a notebook that builds both explorers on the digits model; Debian's chromium and chromedriver
+JupyterLab (pip) serves a notebook that builds the attribution and channel explorers on the digits model and the
+attention explorer on a tiny random-init ViT; Debian's chromium and chromedriver
 (tools/install_browser.sh) drive it through selenium. Checks: each interaction gives a new picture and titles that match the
 controls, pictures are shown at their PNG's pixel size inside the viewport, the layout wraps at 900 px, the busy state
 shows during a slow render, End reaches the new maximum after a layer change, no JavaScript console error and no Python
@@ -37,7 +38,12 @@ NOTEBOOK = {
          "from netlens.data import digits_cnn, digits_data\nfrom netlens.widgets import AttributionExplorer, ChannelExplorer\n"
          "model = digits_cnn(); x, y = digits_data('test')\nex = AttributionExplorer(model, x[:8])\nex"},
         {'cell_type': 'code', 'metadata': {}, 'outputs': [], 'execution_count': None, 'source':
-         "cx = ChannelExplorer(model, size=32, steps=96)\ncx"}],
+         "cx = ChannelExplorer(model, size=32, steps=96)\ncx"},
+        {'cell_type': 'code', 'metadata': {}, 'outputs': [], 'execution_count': None, 'source':
+         "import torch, torchvision\nfrom netlens.data import sample_image\nfrom netlens.widgets import AttentionExplorer\ntorch.manual_seed(0)\n"
+         "vit = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=37, num_classes=10).eval()\n"
+         "photos = torch.stack([sample_image(n, size=32) for n in ('chelsea', 'astronaut', 'coffee')])\n"
+         "ax = AttentionExplorer(vit, photos, query=6)\nax"}],
     'metadata': {'kernelspec': {'display_name': 'Python 3', 'language': 'python', 'name': 'python3'}},
     'nbformat': 4, 'nbformat_minor': 5}
 
@@ -106,6 +112,8 @@ return {imgs, titles: text('.widget-html-content b').concat(text('.widget-html-c
         status: text('.widget-html-content').join(' | '), busy: q('.netlens-busy').length > 0,
         progress: q('.widget-hprogress').filter(e => getComputedStyle(e).visibility !== 'hidden' && vis(e)).length,
         method: sel('method'), compare: sel('compare'), layer: sel('layer'), sign: sel('sign'),
+        head: ctl('head') && ctl('head').querySelector('select') ? ctl('head').querySelector('select').selectedOptions[0].textContent : null,
+        query: slider('query'),
         layers: ctl('layer') ? [...ctl('layer').querySelectorAll('option')].map(o => o.value) : [],
         channel: slider('channel'), image: slider('image'),
         target: ctl('class') && ctl('class').querySelector('input') ? +ctl('class').querySelector('input').value : null,
@@ -260,8 +268,28 @@ def test_explorers_in_jupyterlab(lab, browser):
     pg.act(1, 'channels-3-keys', keys(1, 'channel', Keys.ARROW_LEFT, Keys.ARROW_LEFT, Keys.ARROW_LEFT))
     s = pg.until(1, lambda s: s['channel']['value'] == 59 and 'conv3 channel 59' in s['titles'] and not s['busy'] and 'drawn in' in s['status'])
     pg.shot('channels-3-keys-settled')
+    # the attention explorer: a head and a layer from the dropdowns, a query by key; new pictures, titles naming them, at 900 px too
+    L0, L1 = (f'encoder.layers.encoder_layer_{k}.self_attention' for k in (0, 1))
+    d.execute_script("document.querySelectorAll('.jp-Notebook .jp-Cell')[2].scrollIntoView()")
+    s, _ = pg.settled(2, timeout=120)
+    pg.shot('attention-opened')
+    assert (s['layer'], s['head'], s['query']['value'], s['query']['max']) == (L1, 'mean', 6, 16), s
+    assert f'{L1}, head mean' in s['titles'] and len(s['imgs']) == 3, s
+    _check_sizes(s, 'attention')
+    sel2 = lambda cell, lbl, v: lambda: Select(pg.el(cell, 'select', lbl)).select_by_visible_text(v)
+    s = pg.act(2, 'attention-head-1', sel2(2, 'head', '1'))
+    assert s['head'] == '1' and f'{L1}, head 1' in s['titles'] and f'rollout through {L1}' in s['titles'], s
+    s = pg.act(2, 'attention-layer-0', sel2(2, 'layer', L0))
+    assert (s['layer'], s['head']) == (L0, '1') and f'{L0}, head 1' in s['titles'] and f'rollout through {L0}' in s['titles'], s
+    s = pg.act(2, 'attention-query-right', keys(2, 'query', Keys.ARROW_RIGHT))
+    assert s['query']['value'] == 7 and any(t.endswith('attention of query 7, patch (1, 2)') for t in s['titles']), s
+    d.set_window_size(900, 1100); time.sleep(0.5)
+    s = pg.state(2); pg.shot('attention-900px')
+    assert s['scrollW'] <= s['clientW'] + 1, f"at 900 px the attention explorer overflows: {s['scrollW']} > {s['clientW']}"
+    _check_sizes(s, 'attention 900 px')
+    d.set_window_size(1280, 1100); time.sleep(0.3)
     # docs pictures: each explorer's output area
-    for cell, name in ((0, 'attribution'), (1, 'channels')):
+    for cell, name in ((0, 'attribution'), (1, 'channels'), (2, 'attention')):
         out = d.find_elements(By.CSS_SELECTOR, '.jp-Notebook .jp-Cell')[cell].find_element(By.CSS_SELECTOR, '.jp-OutputArea')
         d.execute_script("arguments[0].scrollIntoView({block: 'start'})", out); time.sleep(0.3)
         out.screenshot(str(SHOTS / f'widgets_{name}.png'))
