@@ -22,9 +22,11 @@ def _digits():
     return 'digits', digits_cnn(), x[:4], y[:4], 'conv3'
 
 def _resnet():
+    torch.manual_seed(0)          # the same random init whatever ran before (the tolerances below hold for this model, not any)
     return 'resnet18', perturbed(torchvision.models.resnet18()), torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)), torch.tensor([3, 817]), 'layer4'
 
 def _vgg():
+    torch.manual_seed(0)
     return 'vgg11', perturbed(torchvision.models.vgg11()), torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.tensor([1, 2]), 'features.18'
 
 CASES = {'digits': _digits, 'resnet18': _resnet, 'vgg11': _vgg}
