@@ -13,7 +13,7 @@ import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
 from .core import *
 from .flat import FlatModel
-from .adapters import (unwrap_model, as_images, check_count, check_scores, check_index, keeps_rng, progress, model_output,
+from .adapters import (embedding_name, unwrap_model, as_images, check_count, check_scores, check_index, keeps_rng, progress, model_output,
                               feature_layout, channels_first, Layout, _as_layout)
 
 # %% auto #0
@@ -402,12 +402,21 @@ def _scalar(value, objective, step) -> float:
     return v
 
 @keeps_rng
+def _check_takes_images(model:nn.Module):
+    "A clear error for a model that takes token ids (a language model): there is no image to optimise"
+    emb = embedding_name(model)
+    images = any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules()) or getattr(model, 'main_input_name', None) == 'pixel_values'
+    if emb is not None and (getattr(model, 'main_input_name', None) == 'input_ids' or not images):
+        raise TypeError(f"feature visualisation optimises an image, but {type(model).__name__} takes token ids (its input embedding is {emb!r}): "
+                        "use a model of images; for a text model, attribute through its embeddings with layer= (netlens.attribution)")
+
 def optimize(model:nn.Module, objective:Objective, param:nn.Module, transforms='standard', preprocess=None, optimizer=None, lr=0.05,
              steps=512, thresholds=None, show_progress=True, seed=None, output=None):
     "Maximise `objective` over the images `param()` makes: the loop behind `render` and the dream functions; `output` selects the scores (`model_output`)"
     model = unwrap_model(model)
     if not isinstance(objective, Objective): raise TypeError(f"objective must be an Objective (channel(...), class_logit(...) ...), got {type(objective).__name__}")
     steps = check_count(steps, 'steps')
+    _check_takes_images(model)
     fm = FlatModel(model)
     check_layers(fm, objective.layers)
     c_in, c = input_channels(model), param.shape[1] if hasattr(param, 'shape') else None

@@ -219,8 +219,7 @@ def test_text_model(name):
         close(rec[layer] if not isinstance(rec[layer], tuple) else rec[layer][0], h, f'{name} record'); res['record'] = 'checked'
         k = 5
         close(fm.channel(layer, k, batch)(rec), h[..., k], f'{name} channel'); res['channel'] = 'checked'
-        try: res['render'] = refuses(lambda: render(m, channel(layer, k), size=8, steps=1, show_progress=False), 'token', 'image', 'embedding', 'integer')
-        except AssertionError as e: res['render'] = f'FAILED {e}'[:60]   # TEMP
+        res['render'] = refuses(lambda: render(m, channel(layer, k), size=8, steps=1, show_progress=False), 'takes token ids')
         # compare_models with dict batches: the mask reaches the model
         loader = [batch, text_batch(seed=7)]
         out = compare_models(m, m, loader, [layer], [layer2], measure='linear_cka', show_progress=False)
