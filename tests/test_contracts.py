@@ -24,7 +24,7 @@ from netlens import attribution as A, similarity as S, landscape as L, optvis as
 from netlens import widgets as W, flat as FL
 
 MODULES = ['core', 'adapters', 'data', 'hooks', 'flat', 'attribution', 'attribution.gradients', 'attribution.cam', 'attribution.occlusion', 'optvis', 'dream', 'style', 'similarity',
-           'landscape', 'trace', 'widgets', 'tour']
+           'landscape', 'trace', 'widgets', 'tour', 'attention', 'distributed']
 NETLENS = Path(netlens.__file__).parent
 
 # ---------------------------------------------------------------------------------------------- the fixtures
@@ -84,6 +84,7 @@ ENTRIES = [
           extra=[('target out of range', lambda: A.saliency(MODEL, X, 10), ['target']),
                  ('bad sign', lambda: A.saliency(MODEL, X, TARGET, sign='up'), ['sign'])]),
     Entry('input_grad', lambda m, x, p='': A.input_grad(m, x, TARGET[:len(x)])[0], **m_x),
+    Entry('input_x_gradient', lambda m, x, p='': A.input_x_gradient(m, x, TARGET[:len(x)]), **m_x),
     Entry('guided_backprop', lambda m, x, p='': A.guided_backprop(m, x, TARGET[:len(x)]), **m_x),
     Entry('deconvolution', lambda m, x, p='': A.deconvolution(m, x, TARGET[:len(x)]), **m_x),
     Entry('smooth_grad', lambda m, x, p='': A.smooth_grad(m, x, TARGET[:len(x)], n_samples=4, seed=0), **m_x,
@@ -199,6 +200,22 @@ EXEMPT = {  # public names that take no user data to check, with the reason
     **{n: 'data and the digits model: no user input beyond names and sizes (tests/test_data.py)' for n in
        ['digits_data', 'digits_loader', 'digits_cnn', 'train_digits_cnn', 'sample_image', 'sample_images', 'accuracy']},
     **{n: 'the gallery and its command line (tests/test_readme.py)' for n in ['tour', 'main']},
+    **{n: 'a constant' for n in ['DECOMPOSE', 'CHANNEL_METHODS', 'FUSIONS', 'IMAGENETTE_CLASSES', 'TUTORIAL_DATA', 'ATTRIBUTION_METHODS', 'LABEL_KEYS']},
+    **{n: 'a convention of netlens.adapters, itself tested in nbs/00a_adapters.ipynb and through every entry point above' for n in
+       ['Layout', 'feature_layout', 'channels_first', 'as_maps', 'num_prefix_tokens', 'token_grid', 'model_output', 'call_model', 'main_input',
+        'batch_len', 'map_batch', 'expand_batch', 'with_main_input', 'to_model_inputs', 'embedding_name', 'model_input_size', 'resize_to', 'keep_size']},
+    **{n: 'attention needs a transformer, not the digits CNN: inputs, masks, layouts and errors probed in tests/test_attention.py and tests/test_models_matrix.py' for n in
+       ['attention_maps', 'sdpa_weights', 'attention_rollout', 'attention_flow', 'token_layout', 'rollout_map']},
+    **{n: 'torch.distributed plumbing and the dataset runner: probed under torchrun in tests/test_distributed.py' for n in
+       ['is_distributed', 'single_process', 'get_rank', 'get_world_size', 'is_main', 'shard_range', 'shard', 'all_gather_object', 'all_ranks',
+        'barrier', 'all_reduce_sum', 'all_gather_cat', 'progress_main', 'attribute_loader']},
+    **{n: 'tutorial data and weights with an offline fallback: tests/test_tutorials_path.py' for n in
+       ['Tutorial', 'tutorial_setup', 'tutorial_data', 'load_pretrained', 'pretrained_categories']},
+    **{n: 'an explorer or its drawing helper: nbs/13_widgets.ipynb and the browser test (tests/test_widgets_browser.py)' for n in
+       ['AttentionExplorer', 'colorbar_html', 'display_scale', 'explorer_layers', 'fuse_heads', 'grid_image', 'matrix_image', 'overlay_map',
+        'patch_overlay', 'sign_cmap', 'to_png', 'token_html']},
+    **{n: 'a plot or summary of a result (takes what the functions above return)' for n in
+       ['show_tokens', 'tokens_html', 'token_scores', 'show_attention', 'show_rollout', 'show_token_scores']},
     **{n: 'a helper of an entry point above (same checks run through it)' for n in
        ['per_example', 'target_scores', 'ig_quadrature', 'vit_reshape', 'optimize', 'hook_output', 'hook_outputs', 'hook_count',
         'FlatModel', 'batch_input', 'as_features', 'rbf_gram', 'u_center', 'unbiased_hsic', 'dcka', 'gram', 'style_loss', 'content_loss',

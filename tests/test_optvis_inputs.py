@@ -14,13 +14,16 @@ from netlens.widgets import AttributionExplorer, ChannelExplorer
 
 MODULES = ['netlens.optvis', 'netlens.dream', 'netlens.style', 'netlens.widgets']
 # every public name of the four modules, by how this file probes it (a new function fails test_every_public_name_is_probed)
-IMAGE_TAKING = {'deep_dream', 'invert_features', 'style_transfer', 'ImageParam', 'AttributionExplorer'}
+IMAGE_TAKING = {'deep_dream', 'invert_features', 'style_transfer', 'ImageParam', 'AttributionExplorer', 'AttentionExplorer'}
 COUNTED = {'render', 'optimize', 'net_dreamer', 'class_visualization', 'channel_visualization', 'ChannelExplorer', 'jitter',
            'random_scale', 'random_rotate', 'blank_input', 'resize_to'}
-TENSOR_HELPERS = {'decorrelate_colors', 'correlate_colors', 'total_variation', 'gram', 'style_loss', 'content_loss', 'feature_distance'}
+TENSOR_HELPERS = {'decorrelate_colors', 'correlate_colors', 'total_variation', 'gram', 'style_loss', 'content_loss', 'feature_distance',
+                  # the explorers' drawing helpers (tested in nbs/13_widgets.ipynb and the browser test)
+                  'colorbar_html', 'fuse_heads', 'grid_image', 'matrix_image', 'overlay_map', 'patch_overlay', 'sign_cmap', 'to_png', 'token_html',
+                  'display_scale', 'explorer_layers'}
 OBJECTIVES = {'Objective', 'channel', 'neuron', 'layer', 'class_logit', 'class_prob', 'direction', 'diversity', 'tv', 'l1', 'l2'}
 NO_INPUT = {'COLOR_CORRELATION', 'Rendered', 'pad', 'compose', 'standard_transforms', 'frozen', 'input_channels', 'generator',
-            'check_layers', 'keep_size', 'model_input_size', 'PRESETS', 'vgg_layer_names', 'avg_pooling', 'default_style_model', 'LAYER_METHODS', 'fig_to_png'}
+            'check_layers', 'keep_size', 'model_input_size', 'PRESETS', 'CHANNEL_METHODS', 'FUSIONS', 'vgg_layer_names', 'avg_pooling', 'default_style_model', 'LAYER_METHODS', 'fig_to_png'}
 
 def test_every_public_name_is_probed():
     names = {n for m in MODULES for n in importlib.import_module(m).__all__}
@@ -187,8 +190,7 @@ REFUSALS = [
     ('style_transfer two styles', lambda: style_transfer(STYLE, STYLE.expand(2, 3, 16, 16), NET, **SKW), ValueError, 'style must be one image'),
     ('explorer target 10', lambda: AttributionExplorer(DIGITS, torch.rand(1, 1, 16, 16), target=10), IndexError, 'target 10 is out of range'),
     ('explorer target -1', lambda: AttributionExplorer(DIGITS, torch.rand(1, 1, 16, 16), target=-1), IndexError, 'target -1 is out of range'),
-    ('explorer two images', lambda: AttributionExplorer(DIGITS, torch.rand(2, 1, 16, 16)), ValueError, 'one image'),
-    ('explorer tuple output', lambda: AttributionExplorer(TwoHeads(), torch.rand(1, 1, 16, 16)), TypeError, 'a tuple of 2'),
+    ('explorer dict without logits', lambda: AttributionExplorer(NoLogits(), torch.rand(2, 1, 16, 16)), TypeError, "no 'logits': choose the scores with output="),
     ('explorer unknown layer', lambda: AttributionExplorer(DIGITS, torch.rand(1, 1, 16, 16), layers=['conv9']), KeyError, "closest: 'conv3'"),
     ('explorer n_samples=0', lambda: AttributionExplorer(DIGITS, torch.rand(1, 1, 16, 16), n_samples=0), ValueError, 'n_samples must be'),
     ('channel explorer steps=0', lambda: ChannelExplorer(DIGITS, size=16, steps=0), ValueError, 'steps must be an integer >= 1'),
