@@ -40,9 +40,8 @@ def test_torchvision_vit():
     assert snap.diff(model) == [] and hook_count(model) == 0 and torch._C._len_torch_function_stack() == 0
 
 def timm_vit():
-    timm = pytest.importorskip('timm')
-    torch.manual_seed(0)
-    m = timm.create_model('vit_small_patch16_224', pretrained=False, img_size=32, patch_size=8, depth=2, reg_tokens=4, num_classes=10).eval()
+    from tiny_models import timm_vit_reg
+    m = timm_vit_reg(num_classes=10)
     return perturbed(m), torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 
 def test_timm_vit_with_register_tokens():
@@ -62,9 +61,9 @@ def test_timm_vit_with_register_tokens():
     torch.testing.assert_close(m.flatten(1), attention_rollout(maps)[:, 0, 5:])
 
 def bert(impl):
-    from transformers import BertConfig, BertModel
-    torch.manual_seed(0)
-    return BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, vocab_size=100, attn_implementation=impl)).eval()
+    from transformers import BertModel
+    from tiny_models import hf_bert
+    return hf_bert(BertModel, attn_implementation=impl)
 
 def test_bert_with_padding_mask():
     "BERT (SDPA) with a padded example: maps equal the hand computation with the padding mask and the eager implementation's output_attentions"
@@ -88,9 +87,8 @@ def test_bert_with_padding_mask():
     with pytest.warns(UserWarning, match='train mode'): attention_maps(copy.deepcopy(model).train(), batch)   # dropout: not the weights that ran
 
 def gpt2(impl):
-    from transformers import GPT2Config, GPT2LMHeadModel
-    torch.manual_seed(0)
-    return GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=100, attn_implementation=impl)).eval()
+    from tiny_models import hf_gpt2
+    return hf_gpt2(attn_implementation=impl)
 
 def test_gpt2_causal():
     "GPT-2 (SDPA, is_causal): maps equal the causal hand computation and the eager output_attentions; with a padding mask too"
@@ -167,10 +165,9 @@ def test_layout_and_bad_input():
 
 def test_hf_vit():
     "Hugging Face ViT (SDPA): maps equal the eager implementation's output_attentions; its config says 1 class token, the rollout map is the 4x4 grid"
-    from transformers import ViTConfig, ViTModel
-    torch.manual_seed(0)
-    model = ViTModel(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
-                               attn_implementation='sdpa')).eval()
+    from transformers import ViTModel
+    from tiny_models import hf_vit
+    model = hf_vit(ViTModel, attn_implementation='sdpa')
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     maps = attention_maps(model, {'pixel_values': x})
     assert len(maps) == 2 and all(a.shape == (2, 2, 17, 17) for a in maps.values())

@@ -184,7 +184,6 @@ def test_output_selects_the_scores(digits, name):
     "output= (a key, an index or a function) selects the scores; a dict without logits says how"
     model, x, y = digits
     ref = call(name, model, x, y, bs=2)
-    f = METHODS[name]
     for out, sel in [(lambda s, t: {'scores': s}, 'scores'), (lambda s, t: (t, s), 1), (lambda s, t: (t, s), lambda o: o[1])]:
         g = {'input_grad': lambda: A.input_grad(Wrap(model, out), x, y, output=sel)[0]}.get(name)
         r = g() if g else _with_output(name, Wrap(model, out), x, y, sel)

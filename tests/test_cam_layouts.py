@@ -3,8 +3,7 @@ Hugging Face ModelOutputs and keyword inputs, BERT's word tokens. The oracle is 
 the layer's output and `torch.autograd.grad` of the target scores, permuted or reshaped to (N, C, h, w) by hand."""
 import warnings
 import pytest, torch, torch.nn as nn, torchvision
-import timm
-from transformers import ViTConfig, ViTForImageClassification, BertConfig, BertForSequenceClassification
+import tiny_models as tiny
 import netlens.attribution as A
 from netlens.adapters import Layout
 from netlens.data import digits_cnn, digits_data
@@ -48,10 +47,7 @@ Y = torch.tensor([1, 4])
 
 @pytest.fixture(scope='module')
 def timm_swin():
-    torch.manual_seed(0)
-    m = timm.create_model('swin_tiny_patch4_window7_224', pretrained=False, img_size=32, window_size=2, depths=(1, 1, 1, 1),
-                          embed_dim=24, num_heads=(1, 1, 1, 1), num_classes=5).eval()
-    return m, torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    return tiny.timm_swin(), torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 
 @pytest.mark.parametrize('layer', ['layers.1', 'layers.2', 'layers.3'])
 def test_timm_swin_stages_are_permuted(timm_swin, layer):
@@ -80,9 +76,7 @@ def test_torchvision_swin():
 
 @pytest.fixture(scope='module')
 def timm_vit():
-    torch.manual_seed(0)
-    m = timm.create_model('vit_small_patch16_224', pretrained=False, img_size=32, patch_size=8, depth=2, reg_tokens=4, num_classes=5).eval()
-    return m, torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    return tiny.timm_vit_reg(), torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 
 def _grid(prefix, side):
     return lambda t: t[:, prefix:].transpose(1, 2).reshape(len(t), t.shape[-1], side, side)
@@ -104,10 +98,7 @@ def test_torchvision_vit_class_token():
 
 @pytest.fixture(scope='module')
 def hf_vit():
-    torch.manual_seed(0)
-    m = ViTForImageClassification(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                            intermediate_size=37, num_labels=5)).eval()
-    return m, torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    return tiny.hf_vit(), torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 
 @pytest.mark.parametrize('layer', ['vit.layers.0', 'vit.layers.1.layernorm_before'])
 def test_hf_vit_model_output(hf_vit, layer):
@@ -134,9 +125,7 @@ def test_hf_vit_guided_grad_cam_keyword_input(hf_vit):
 
 @pytest.fixture(scope='module')
 def bert():
-    torch.manual_seed(0)
-    m = BertForSequenceClassification(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
-                                                 vocab_size=100, num_labels=3)).eval()
+    m = tiny.hf_bert()
     ids = torch.randint(0, 100, (2, 9), generator=torch.Generator().manual_seed(1))
     mask = torch.ones_like(ids); mask[1, 6:] = 0
     return m, {'input_ids': ids, 'attention_mask': mask}

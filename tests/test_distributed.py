@@ -1,8 +1,7 @@
 """netlens.distributed under torchrun: two gloo processes on CPU, launched from the test suite, against one process over
 the same data. Two launches in all (each costs seconds of start-up): one killed in the middle of an attribute_loader run,
 one that resumes it and checks the helpers, compare_models, landscape2d and fourier_map."""
-import io, json, os, signal, subprocess, sys, textwrap, time
-from pathlib import Path
+import json, os, signal, subprocess, sys, textwrap, time
 import numpy as np, pytest, torch, torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
@@ -219,5 +218,5 @@ def test_attribute_loader_single_process_resumes_after_kill(tmp_path):
     ds = TensorDataset(X[:64], Y[:64])
     idx = attribute_loader(slow_saliency, MODEL, DataLoader(ds, batch_size=8), targets='label', out=tmp_path / 'resumed', show_progress=False)
     assert len(calls) == 8 - done and idx['n_examples'] == 64
-    ref = attribute_loader(saliency, MODEL, DataLoader(ds, batch_size=8), targets='label', out=tmp_path / 'ref', show_progress=False)
+    attribute_loader(saliency, MODEL, DataLoader(ds, batch_size=8), targets='label', out=tmp_path / 'ref', show_progress=False)
     for a, b in zip(_maps(tmp_path / 'resumed')[1], _maps(tmp_path / 'ref')[1]): np.testing.assert_array_equal(a, b)

@@ -120,9 +120,8 @@ def test_bad_layer_keys_are_explained():
 # channels are features in every layout (issue 13): dimension 1 of maps, the last dimension of channels-last maps and of tokens
 
 def _timm_vit():
-    import timm
-    torch.manual_seed(0)
-    return timm.create_model('vit_small_patch16_224', pretrained=False, img_size=32, patch_size=8, depth=2, reg_tokens=4, num_classes=5).eval()
+    from tiny_models import timm_vit_reg
+    return timm_vit_reg()
 
 def test_vit_channel_is_a_feature_of_the_patch_tokens():
     "channel('blocks.1', k) used to index dimension 1 (the 21 tokens: 'it has 21 channels'); now feature k of the 16 patch tokens on their 4x4 grid, the 5 prefix tokens dropped"
@@ -138,10 +137,8 @@ def test_vit_channel_is_a_feature_of_the_patch_tokens():
 
 def test_swin_channel_is_the_last_dimension():
     "A Swin stage's (N, h, w, C): channel k used to be an image row"
-    import timm
-    torch.manual_seed(0)
-    model = timm.create_model('swin_tiny_patch4_window7_224', pretrained=False, img_size=32, window_size=2, depths=(1, 1, 1, 1),
-                              embed_dim=24, num_heads=(1, 1, 1, 1), num_classes=5).eval()
+    from tiny_models import timm_swin
+    model = timm_swin()
     x = torch.rand(2, 3, 32, 32)
     fm = FlatModel(model)
     assert fm.n_channels('layers.1', x) == 48 and fm.n_channels('layers.2', x) == 96
@@ -155,15 +152,14 @@ def test_swin_channel_is_the_last_dimension():
 
 def test_hf_text_and_image_channels():
     "BERT: feature k along the sequence (N, T), from a dict of keyword inputs; HF ViT: the config's class token dropped"
-    from transformers import BertConfig, BertForSequenceClassification, ViTConfig, ViTForImageClassification
-    torch.manual_seed(0)
-    bert = BertForSequenceClassification(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, vocab_size=100, num_labels=3)).eval()
+    from tiny_models import hf_bert, hf_vit
+    bert = hf_bert()
     ids = torch.randint(0, 100, (2, 9)); batch = {'input_ids': ids, 'attention_mask': torch.ones_like(ids)}
     fm = FlatModel(bert)
     assert fm.n_channels('bert.encoder.layer.1', batch) == 32 and fm.output_shapes(batch)['bert.encoder.layer.1'] == [(2, 9, 32)]
     with fm.record('bert.encoder.layer.1') as rec: bert(**batch)
     assert torch.equal(fm.channel('bert.encoder.layer.1', 31, batch)(rec), rec['bert.encoder.layer.1'][:, :, 31])
-    vit = ViTForImageClassification(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, num_labels=5)).eval()
+    vit = hf_vit()
     fm, x = FlatModel(vit), torch.rand(2, 3, 32, 32)
     with fm.record('vit.layers.0') as rec: vit(x)
     assert fm.n_channels('vit.layers.0', x) == 32

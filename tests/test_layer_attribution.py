@@ -4,7 +4,7 @@ its example in every enlarged batch; a ViT's ModelOutput is read as its logits; 
 guided backpropagation warns on a model without ReLUs."""
 import warnings
 import pytest, torch, torch.nn as nn
-transformers = pytest.importorskip('transformers')
+import tiny_models as tiny
 from captum.attr import LayerIntegratedGradients, LayerGradientXActivation
 import netlens.attribution as A
 from netlens.data import digits_cnn, digits_data
@@ -18,10 +18,7 @@ def close(a, b, tol=1e-4):
 
 @pytest.fixture(scope='module')
 def bert():
-    torch.manual_seed(0)
-    cfg = transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, vocab_size=100, num_labels=3,
-                                initializer_range=0.3)   # larger than 0.02: attention far from uniform, so the mask matters
-    m = transformers.BertForSequenceClassification(cfg).eval()
+    m = tiny.hf_bert(initializer_range=0.3)   # larger than 0.02: attention far from uniform, so the mask matters
     ids = torch.tensor([[2, 15, 27, 33, 41, 3], [2, 19, 8, 3, 0, 0]])        # example 1 padded
     mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])
     return m, ids, mask, torch.tensor([1, 2])
@@ -81,8 +78,7 @@ def test_token_scores_and_show_tokens(bert):
 
 @pytest.fixture(scope='module')
 def gpt2():
-    torch.manual_seed(0)
-    m = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=100)).eval()
+    m = tiny.hf_gpt2()
     return m, torch.tensor([[5, 17, 42, 8, 91], [60, 3, 3, 77, 12]]), torch.tensor([17, 4])
 
 def test_gpt2_last_token_through_wte_equals_captum(gpt2):
@@ -98,9 +94,7 @@ def test_gpt2_last_token_through_wte_equals_captum(gpt2):
 
 @pytest.fixture(scope='module')
 def hf_vit():
-    torch.manual_seed(0)
-    cfg = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, num_labels=5)
-    return transformers.ViTForImageClassification(cfg).eval(), torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)), torch.tensor([1, 3])
+    return tiny.hf_vit(), torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)), torch.tensor([1, 3])
 
 class Logits(nn.Module):
     "The plain wrapper users used to write"

@@ -4,12 +4,11 @@ equal to an outside oracle (Captum, plain forward hooks + autograd with the layo
 refuses with an error raised by netlens that names the fix. No cell may return a plausible wrong result.
 
 The oracles per capability are in ORACLES below; `test_matrix_is_complete` prints the matrix (model x capability -> checked / refused)."""
-import collections, math, warnings
-import pytest, torch, torch.nn as nn, torch.nn.functional as F
+import collections, warnings
+import pytest, torch, torch.nn.functional as F
 
-timm = pytest.importorskip('timm')
-transformers = pytest.importorskip('transformers')
-captum_attr = pytest.importorskip('captum.attr')
+import captum.attr as captum_attr
+from tiny_models import timm_model, timm_vit_reg, timm_swin, hf_vit, hf_bert, hf_gpt2
 
 import netlens.attribution as A
 from netlens.adapters import model_output
@@ -37,27 +36,6 @@ ORACLES = {
 RESULTS = collections.defaultdict(dict)
 
 # ---------------------------------------------------------------------------------------------- the models
-def _timm(name, **kw):
-    torch.manual_seed(0)
-    return timm.create_model(name, pretrained=False, num_classes=5, **kw).eval()
-
-def _hf_vit():
-    from transformers import ViTConfig, ViTForImageClassification
-    torch.manual_seed(0)
-    return ViTForImageClassification(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                               intermediate_size=37, num_labels=5)).eval()
-
-def _bert():
-    from transformers import BertConfig, BertForSequenceClassification
-    torch.manual_seed(0)
-    return BertForSequenceClassification(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
-                                                    vocab_size=100, num_labels=3, initializer_range=0.3)).eval()
-
-def _gpt2():
-    from transformers import GPT2Config, GPT2LMHeadModel
-    torch.manual_seed(0)
-    return GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=100, initializer_range=0.3)).eval()
-
 def _cf(kind, prefix=0, grid=None):
     "The hand-written undoing of a layout: (N, ...) -> (N, C, *positions)"
     if kind == 'nchw': return lambda t: t
@@ -66,17 +44,16 @@ def _cf(kind, prefix=0, grid=None):
 
 # name: (builder, kind, layer for GradCAM/channels, its hand layout, second layer for compare_models)
 IMAGE = {
-    'timm resnet50':        (lambda: _timm('resnet50'), 'layer3', _cf('nchw'), 'layer4'),
-    'timm vit_small+reg':   (lambda: _timm('vit_small_patch16_224', img_size=32, patch_size=8, depth=2, reg_tokens=4), 'blocks.1', _cf('tokens', 5, (4, 4)), 'blocks.0'),
-    'timm convnext_atto':   (lambda: _timm('convnext_atto'), 'stages.2', _cf('nchw'), 'stages.1'),
-    'timm efficientnet_b0': (lambda: _timm('efficientnet_b0'), 'blocks.5', _cf('nchw'), 'blocks.3'),
-    'timm swin_tiny':       (lambda: _timm('swin_tiny_patch4_window7_224', img_size=32, window_size=2, depths=(1, 1, 1, 1), embed_dim=24,
-                                            num_heads=(1, 1, 1, 1)), 'layers.2', _cf('nhwc'), 'layers.1'),
-    'HF ViT':               (_hf_vit, 'vit.layers.1', _cf('tokens', 1, (4, 4)), 'vit.layers.0'),
+    'timm resnet50':        (lambda: timm_model('resnet50'), 'layer3', _cf('nchw'), 'layer4'),
+    'timm vit_small+reg':   (timm_vit_reg, 'blocks.1', _cf('tokens', 5, (4, 4)), 'blocks.0'),
+    'timm convnext_atto':   (lambda: timm_model('convnext_atto'), 'stages.2', _cf('nchw'), 'stages.1'),
+    'timm efficientnet_b0': (lambda: timm_model('efficientnet_b0'), 'blocks.5', _cf('nchw'), 'blocks.3'),
+    'timm swin_tiny':       (timm_swin, 'layers.2', _cf('nhwc'), 'layers.1'),
+    'HF ViT':               (hf_vit, 'vit.layers.1', _cf('tokens', 1, (4, 4)), 'vit.layers.0'),
 }
 TEXT = {
-    'HF BERT': (_bert, 'bert.embeddings.word_embeddings', None, 'bert.encoder.layer.1', 'bert.encoder.layer.0'),
-    'HF GPT-2': (_gpt2, 'transformer.wte', lambda o: o.logits[:, -1], 'transformer.h.1', 'transformer.h.0'),
+    'HF BERT': (lambda: hf_bert(initializer_range=0.3), 'bert.embeddings.word_embeddings', None, 'bert.encoder.layer.1', 'bert.encoder.layer.0'),
+    'HF GPT-2': (lambda: hf_gpt2(initializer_range=0.3), 'transformer.wte', lambda o: o.logits[:, -1], 'transformer.h.1', 'transformer.h.0'),
 }
 CACHE = {}
 def model(name):

@@ -8,35 +8,26 @@ and without changing the size of the result; the model is left exactly as it was
 import warnings
 import pytest, torch
 from netlens.hooks import ModelSnapshot, hook_count
-from netlens.optvis import ImageParam, render, channel, neuron, class_logit, layer, model_input_size, Objective
+from netlens.optvis import ImageParam, render, channel, neuron, class_logit, model_input_size
 from netlens.dream import deep_dream, net_dreamer, class_visualization, channel_visualization
 
-timm = pytest.importorskip('timm')
-transformers = pytest.importorskip('transformers')
-
-def _hf_vit():
-    from transformers import ViTConfig, ViTForImageClassification
-    return ViTForImageClassification(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                               intermediate_size=37, num_labels=5))
+import tiny_models as tiny
 
 # name -> (builder, a layer, a channel of it, the layer's layout: 'tokens' (prefix count), 'nhwc' or 'nchw', fixed input size)
 BUILD = {
-    'timm_vit_reg': (lambda: timm.create_model('vit_small_patch16_224', pretrained=False, img_size=32, patch_size=8, depth=2, reg_tokens=4, num_classes=5),
-                     'blocks.1', 300, ('tokens', 5), (32, 32)),
-    'hf_vit': (_hf_vit, 'vit.layers.1', 30, ('tokens', 1), (32, 32)),
-    'timm_swin': (lambda: timm.create_model('swin_tiny_patch4_window7_224', pretrained=False, img_size=32, window_size=2, depths=(1, 1, 1, 1),
-                                            embed_dim=24, num_heads=(1, 1, 1, 1), num_classes=5), 'layers.1', 40, ('nhwc',), (32, 32)),
-    'timm_convnext_atto': (lambda: timm.create_model('convnext_atto', pretrained=False, num_classes=5), 'stages.2', 10, ('nchw',), None),
-    'timm_efficientnet_b0': (lambda: timm.create_model('efficientnet_b0', pretrained=False, num_classes=5), 'blocks.4', 10, ('nchw',), None),
+    'timm_vit_reg': (tiny.timm_vit_reg, 'blocks.1', 300, ('tokens', 5), (32, 32)),
+    'hf_vit': (tiny.hf_vit, 'vit.layers.1', 30, ('tokens', 1), (32, 32)),
+    'timm_swin': (tiny.timm_swin, 'layers.1', 40, ('nhwc',), (32, 32)),
+    'timm_convnext_atto': (lambda: tiny.timm_model('convnext_atto'), 'stages.2', 10, ('nchw',), None),
+    'timm_efficientnet_b0': (lambda: tiny.timm_model('efficientnet_b0'), 'blocks.4', 10, ('nchw',), None),
 }
 _CACHE = {}
 
 def model_of(name):
     if name not in _CACHE:
-        torch.manual_seed(0)
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
-            _CACHE[name] = BUILD[name][0]().eval()
+            _CACHE[name] = BUILD[name][0]()
     return _CACHE[name]
 
 def hooked(model, layer_name, x):

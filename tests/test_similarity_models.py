@@ -3,29 +3,14 @@ from small configs. Oracles: features captured with plain forward hooks from `mo
 written here; maps permuted and pooled by hand; the loss evaluated by hand at the same points of parameter space."""
 import warnings
 from copy import deepcopy
-import pytest, torch, torch.nn as nn, torch.nn.functional as F
-timm = pytest.importorskip('timm')
-transformers = pytest.importorskip('transformers')
-from transformers import (BertConfig, BertForSequenceClassification, ViTConfig, ViTForImageClassification, GPT2Config, GPT2LMHeadModel)
+import pytest, torch, torch.nn.functional as F
+import tiny_models as tiny
 from netlens.adapters import feature_layout, Layout
 from netlens.similarity import compare_models, as_features, unbiased_hsic, unbiased_cka, linear_cka, layer_similarity
 from netlens.landscape import landscape1d, dataset_loss, random_direction, fourier_map
 from netlens.hooks import hook_count, ModelSnapshot
 
-def bert():
-    torch.manual_seed(0)
-    return BertForSequenceClassification(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
-                                                    vocab_size=100, num_labels=3)).eval()
-
-def hf_vit():
-    torch.manual_seed(0)
-    return ViTForImageClassification(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                               intermediate_size=37, num_labels=5)).eval()
-
-def swin():
-    torch.manual_seed(0)
-    return timm.create_model('swin_tiny_patch4_window7_224', pretrained=False, img_size=32, window_size=2, depths=(1, 1, 1, 1),
-                             embed_dim=24, num_heads=(1, 1, 1, 1), num_classes=5).eval()
+bert, hf_vit, swin = tiny.hf_bert, tiny.hf_vit, tiny.timm_swin
 
 def text_batches(pad=True, n=(8, 6), T=9, seed=0):
     "Hugging Face batches: every other sentence padded after 5 tokens (pad id 0, mask 0), with labels"
@@ -94,8 +79,7 @@ def test_position_embeddings_are_refused_by_name():
     m = bert()
     with pytest.raises(ValueError, match=r"model 1: layer 'bert.embeddings.position_embeddings' outputs shape \(1, 9, 32\) for a batch of 8: its first dimension is not the examples"):
         compare_models(m, m, text_batches(), ['bert.embeddings.position_embeddings'], ['classifier'], show_progress=False)
-    torch.manual_seed(0)
-    gpt2 = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=100)).eval()
+    gpt2 = tiny.hf_gpt2()
     with pytest.raises(ValueError, match=r"layer 'transformer.wpe' outputs shape \(1, 9, 32\) for a batch of 8"):
         compare_models(gpt2, gpt2, [{k: v for k, v in b.items() if k != 'labels'} for b in text_batches()], show_progress=False)   # every leaf layer that ran
     assert hook_count(gpt2) == 0
@@ -130,8 +114,7 @@ def test_swin_nhwc_stage_is_pooled_as_the_permuted_maps():
     assert abs(wrong - want) > 1e-3, 'the test must tell the two readings apart'
 
 def test_vit_register_tokens_are_dropped_when_pooling():
-    torch.manual_seed(0)
-    m = timm.create_model('vit_small_patch16_224', pretrained=False, img_size=32, patch_size=8, depth=2, reg_tokens=4, num_classes=5).eval()
+    m = tiny.timm_vit_reg()
     x = torch.rand(6, 3, 32, 32)
     acts = {}
     h = m.blocks[1].register_forward_hook(lambda mod, i, o: acts.__setitem__('b', o.detach()))
@@ -148,8 +131,7 @@ def test_vit_register_tokens_are_dropped_when_pooling():
     assert abs(got - linear_cka(b[:, 5:].mean(1).double(), a0['b'][:, 5:].mean(1).double()).item()) < 1e-5
 
 def test_resnet50_zero_init_bn3_gives_nan_rows_and_one_warning():
-    torch.manual_seed(0)
-    m = timm.create_model('resnet50', pretrained=False, num_classes=5).eval()   # zero_init_last: every bn3 starts at 0
+    m = tiny.timm_model('resnet50')   # zero_init_last: every bn3 starts at 0
     x = [torch.rand(6, 3, 32, 32), torch.rand(6, 3, 32, 32)]
     l1, l2 = ['layer1.0.conv3', 'layer1.0.bn3', 'layer1.1', 'layer2.0.bn3'], ['layer1.0.bn3', 'layer3', 'fc']
     with warnings.catch_warnings(record=True) as w:
@@ -216,8 +198,7 @@ def test_landscape1d_on_bert_dict_batches():
         dataset_loss(m, [{k: v for k, v in b.items() if k != 'labels'} for b in batches])
 
 def test_landscape1d_on_gpt2_token_ids():
-    torch.manual_seed(0)
-    m = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=100)).eval()
+    m = tiny.hf_gpt2()
     ids, y = torch.randint(0, 100, (4, 7), generator=torch.Generator().manual_seed(0)), torch.tensor([3, 5, 7, 9])
     last = lambda o: o.logits[:, -1]
     d = random_direction(m, seed=2)
