@@ -18,11 +18,12 @@ from tqdm import tqdm
 from .core import image_to_tensor, model_device, model_dtype
 
 # %% auto #0
-__all__ = ['check_tensor', 'check_finite', 'check_batch', 'as_images', 'check_count', 'check_number', 'check_scores',
-           'check_index', 'check_module', 'unwrap_model', 'to_model_input', 'to_model_images', 'model_output',
-           'call_model', 'main_input', 'batch_len', 'map_batch', 'expand_batch', 'with_main_input', 'to_model_inputs',
-           'embedding_name', 'Layout', 'num_prefix_tokens', 'token_grid', 'feature_layout', 'channels_first', 'as_maps',
-           'keeps_rng', 'training_modules', 'warn_if_training', 'progress']
+__all__ = ['LABEL_KEYS', 'check_tensor', 'check_finite', 'check_batch', 'as_images', 'check_count', 'check_number',
+           'check_scores', 'check_index', 'check_module', 'unwrap_model', 'to_model_input', 'to_model_images',
+           'model_output', 'call_model', 'main_input', 'batch_len', 'map_batch', 'expand_batch', 'with_main_input',
+           'split_labels', 'to_model_inputs', 'embedding_name', 'Layout', 'num_prefix_tokens', 'token_grid',
+           'feature_layout', 'channels_first', 'as_maps', 'keeps_rng', 'training_modules', 'warn_if_training',
+           'progress']
 
 # %% ../nbs/00a_adapters.ipynb #9ee2a020
 def check_tensor(x, name='x') -> Tensor:
@@ -201,6 +202,12 @@ def expand_batch(x, k:int, example_major=False, model=None):
 def with_main_input(x, v, model=None):
     "`x` with its main input replaced by `v` (for a tensor `x`: `v`)"
     return {**x, main_input(model, x): v} if isinstance(x, Mapping) else v
+
+LABEL_KEYS = ('labels', 'label')   # the entries of a dict batch that hold the targets; every other entry is a model input
+
+def split_labels(batch:Mapping) -> tuple:
+    "A dict batch as `(inputs, labels)`: every entry but 'labels' / 'label' (Hugging Face's convention), and those labels (None if it has none)"
+    return {k: v for k, v in batch.items() if k not in LABEL_KEYS}, next((batch[k] for k in LABEL_KEYS if k in batch), None)
 
 # %% ../nbs/00a_adapters.ipynb #cf31d04d
 def _to_model(v:Tensor, model, name, main:bool):

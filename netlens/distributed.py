@@ -13,12 +13,12 @@ import numpy as np, torch, torch.nn as nn, torch.distributed as dist
 from torch import Tensor
 from .core import keep_buffers, unknown_key_error
 from . import adapters
-from .adapters import check_module, check_scores, to_model_inputs, model_output, call_model, batch_len
+from .adapters import split_labels, check_module, check_scores, to_model_inputs, model_output, call_model, batch_len
 
 # %% auto #0
-__all__ = ['ATTRIBUTION_METHODS', 'LABEL_KEYS', 'is_distributed', 'single_process', 'get_rank', 'get_world_size', 'is_main',
-           'shard_range', 'shard', 'all_gather_object', 'all_ranks', 'barrier', 'all_reduce_sum', 'all_gather_cat',
-           'progress_main', 'attribute_loader']
+__all__ = ['ATTRIBUTION_METHODS', 'is_distributed', 'single_process', 'get_rank', 'get_world_size', 'is_main', 'shard_range',
+           'shard', 'all_gather_object', 'all_ranks', 'barrier', 'all_reduce_sum', 'all_gather_cat', 'progress_main',
+           'attribute_loader']
 
 # %% ../nbs/14_distributed.ipynb #b3798758
 _ALONE = [0]                                    # depth of `single_process` blocks
@@ -127,15 +127,13 @@ def _method(method):
     if callable(method): return method, getattr(method, '__name__', type(method).__name__)
     raise TypeError(f"method must be an attribution function (model, x, target, ...) or one of {ATTRIBUTION_METHODS}, got {type(method).__name__}")
 
-LABEL_KEYS = ('label', 'labels')
-
 def _split_batch(b, input_key=None):
     "`(x, labels or None)` of a batch: a tensor, `(x, y, ...)` (x a tensor or a dict of inputs), or a dict: its `input_key`, else the whole dict of keyword inputs (Hugging Face), labels from 'label' or 'labels'"
     if isinstance(b, Tensor): return b, None
     if isinstance(b, (tuple, list)) and b and isinstance(b[0], (Tensor, dict)): return b[0], (b[1] if len(b) > 1 else None)
     if isinstance(b, dict):
-        y = next((b[k] for k in LABEL_KEYS if k in b), None)
-        if input_key is None: return {k: v for k, v in b.items() if k not in LABEL_KEYS}, y
+        x, y = split_labels(b)
+        if input_key is None: return x, y
         if input_key not in b: raise unknown_key_error(input_key, list(b), 'input_key of the batch')
         return b[input_key], y
     raise TypeError(f"a batch of the loader must be a tensor, a tuple (x, y, ...) or a dict, got {type(b).__name__}")

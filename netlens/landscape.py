@@ -13,7 +13,7 @@ import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
 import matplotlib.pyplot as plt
 from .core import *
-from .adapters import (unwrap_model, check_batch, check_count, check_number, check_scores, check_module, to_model_inputs, keeps_rng, progress,
+from .adapters import (split_labels, unwrap_model, check_batch, check_count, check_number, check_scores, check_module, to_model_inputs, keeps_rng, progress,
                               model_output, call_model, batch_len, main_input)
 from .distributed import is_main, get_world_size, shard, all_gather_cat, all_reduce_sum
 
@@ -22,8 +22,6 @@ __all__ = ['dataset_loss', 'normalize_direction', 'random_direction', 'direction
            'plot_landscape', 'fourier_basis', 'conjugate', 'fourier_map', 'plot_fourier_map']
 
 # %% ../nbs/11_landscape.ipynb #2b65c5e7
-_LABELS = ('labels', 'label')   # in a dict batch, the targets; every other entry is a keyword input
-
 def _one_batch(data) -> bool:
     "Whether `data` is one batch, not an iterable of batches: a dict, or `(x, y, ...)` with `x` a tensor or a dict (and `y` not a batch)"
     if isinstance(data, Mapping): return True
@@ -33,9 +31,9 @@ def _one_batch(data) -> bool:
 def _split(b, i):
     "`(x, y)` of batch `i`: `(x, y, ...)`, or a dict whose 'labels' (or 'label') are `y` and whose other entries are the keyword inputs `x`"
     if isinstance(b, Mapping):
-        key = next((k for k in _LABELS if k in b), None)
-        if key is None: raise ValueError(f"data (batch {i}) is a dict with keys {list(b)} and no 'labels': put the targets under 'labels', or pass batches (x, y)")
-        return {k: v for k, v in b.items() if k not in _LABELS}, b[key]
+        x, y = split_labels(b)
+        if y is None: raise ValueError(f"data (batch {i}) is a dict with keys {list(b)} and no 'labels': put the targets under 'labels', or pass batches (x, y)")
+        return x, y
     if isinstance(b, (tuple, list)) and len(b) >= 2: return b[0], b[1]
     raise TypeError(f"each batch must be (x, y, ...) or a dict of keyword inputs with 'labels', got {type(b).__name__}")
 

@@ -14,7 +14,7 @@ import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
 import matplotlib.pyplot as plt
 from .core import *
-from .adapters import (unwrap_model, check_tensor, check_finite, check_count, to_model_inputs, call_model, batch_len, progress,
+from .adapters import (split_labels, unwrap_model, check_tensor, check_finite, check_count, to_model_inputs, call_model, batch_len, progress,
                               Layout, feature_layout, channels_first, _as_layout)
 from .distributed import is_main, all_ranks, all_reduce_sum, all_gather_cat
 from .flat import FlatModel, _split_call
@@ -329,8 +329,6 @@ class SimilarityResult:
         ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
         return ax
 
-_LABELS = ('labels', 'label')   # the entries of a dict batch that are not model inputs by default
-
 def _takes_keywords(model, keys) -> bool:
     "Whether `model`'s forward takes every name in `keys` as a keyword"
     try: ps = inspect.signature(model.forward if isinstance(model, nn.Module) else model).parameters.values()
@@ -352,7 +350,7 @@ def batch_input(batch, input_key=None, inputs=None, model=None):
         missing = [k for k in keys if k not in batch]
         if missing: raise KeyError(f"inputs= names {missing}, which the batch (a dict with keys {list(batch)}) lacks")
         return {k: batch[k] for k in keys}
-    x = {k: v for k, v in batch.items() if k not in _LABELS}
+    x, _ = split_labels(batch)
     if not x: raise ValueError(f"the batch is a dict with only labels (keys {list(batch)}): it holds no model input")
     if model is None or _takes_keywords(model, x): return x
     key = next((k for k in ('x', 'input', 'image', 'pixel_values') if k in x), None)   # a model of one tensor: the batch's image
