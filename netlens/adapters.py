@@ -20,10 +20,10 @@ from .core import image_to_tensor, model_device, model_dtype
 # %% auto #0
 __all__ = ['LABEL_KEYS', 'check_tensor', 'check_finite', 'check_batch', 'as_images', 'check_count', 'check_number',
            'check_scores', 'check_index', 'check_module', 'unwrap_model', 'to_model_input', 'to_model_images',
-           'model_output', 'call_model', 'main_input', 'batch_len', 'map_batch', 'expand_batch', 'with_main_input',
-           'split_labels', 'to_model_inputs', 'embedding_name', 'Layout', 'num_prefix_tokens', 'token_grid',
-           'feature_layout', 'channels_first', 'as_maps', 'keeps_rng', 'training_modules', 'warn_if_training',
-           'progress']
+           'model_output', 'call_model', 'model_scores', 'main_input', 'batch_len', 'map_batch', 'expand_batch',
+           'with_main_input', 'split_labels', 'to_model_inputs', 'embedding_name', 'Layout', 'num_prefix_tokens',
+           'token_grid', 'feature_layout', 'channels_first', 'as_maps', 'keeps_rng', 'training_modules',
+           'warn_if_training', 'progress']
 
 # %% ../nbs/00a_adapters.ipynb #9ee2a020
 def check_tensor(x, name='x') -> Tensor:
@@ -172,6 +172,10 @@ def call_model(model, x):
     "`model(**x)` for a dict of keyword inputs, else `model(x)`"
     return model(**x) if isinstance(x, Mapping) else model(x)
 
+def model_scores(model, x, output=None):
+    "The scores `model` gives `x` (a tensor or a dict of keyword inputs), read by `model_output` with `output`"
+    return model_output(call_model(model, x), output)
+
 def main_input(model, x:Mapping) -> str:
     "The key of the main input in a dict of keyword inputs: the model's `main_input_name` (Hugging Face) if `x` holds it, else the first tensor"
     key = getattr(model, 'main_input_name', None)
@@ -183,7 +187,7 @@ def main_input(model, x:Mapping) -> str:
 def batch_len(x, model=None) -> int:
     "The number of examples in `x`: a tensor's first dimension, or that of a dict's main input"
     t = x[main_input(model, x)] if isinstance(x, Mapping) else check_tensor(x, 'x')
-    if t.ndim == 0: raise ValueError(f"x must be a batch (N, ...), got a scalar: add a batch dimension with x[None]")
+    if t.ndim == 0: raise ValueError("x must be a batch (N, ...), got a scalar: add a batch dimension with x[None]")
     return len(t)
 
 def _per_example(v, n) -> bool: return isinstance(v, Tensor) and v.ndim > 0 and len(v) == n

@@ -13,7 +13,7 @@ import numpy as np, torch, torch.nn as nn, torch.distributed as dist
 from torch import Tensor
 from .core import keep_buffers, unknown_key_error
 from . import adapters
-from .adapters import split_labels, check_module, check_scores, to_model_inputs, model_output, call_model, batch_len
+from .adapters import split_labels, check_module, check_scores, to_model_inputs, batch_len, model_scores
 
 # %% auto #0
 __all__ = ['ATTRIBUTION_METHODS', 'is_distributed', 'single_process', 'get_rank', 'get_world_size', 'is_main', 'shard_range',
@@ -146,7 +146,7 @@ def _batch_targets(targets, model, x, y, i, output=None):
             return torch.as_tensor(y)
         if targets != 'pred': raise ValueError(f"targets must be 'pred', 'label', a class index, or a function (x, y) -> classes, got {targets!r}")
         with torch.no_grad(), keep_buffers(model) if isinstance(model, nn.Module) else torch.no_grad():
-            out = model_output(call_model(model, x), output)
+            out = model_scores(model, x, output)
             return check_scores(out, batch_len(x, model), fix="pass targets= explicitly (class indices, or a function (x, y) -> classes)").argmax(1)
     return targets(x, y) if callable(targets) else targets
 

@@ -12,8 +12,7 @@ from .flat import FlatModel
 from .adapters import (unwrap_model, to_model_images, check_count, check_number, check_index, check_scores, keeps_rng, progress,
                               model_output)
 from .optvis import (Objective, ImageParam, channel, class_logit, class_prob, tv, render, optimize, frozen, input_channels,
-                            check_layers, generator, blank_input, model_input_size, _preprocess, _Run, _hw, _scalar, _default_size, _to_size,
-                            _WRAP_SCORES)
+                            check_layers, generator, blank_input, model_input_size, _preprocess, _Run, _hw, _scalar, _default_size, _to_size)
 from .optvis import layer as layer_objective
 
 # %% auto #0
@@ -123,19 +122,11 @@ def class_visualization(model:nn.Module, classes=None, size=None, channels:int|N
     makers = [lambda i, k=k: class_logit(k, batch=i) + prob_weight * class_prob(k, batch=i) for k in classes]
     return _render_each(model, makers, size, channels, batch_size, output=output, **kwargs)
 
-def _n_channels(model, layer, x, layout=None) -> int:
-    "The feature count of `layer` on input `x` (`feature_layout`: a ViT's token width, a Swin stage's last dimension)"
-    fm = FlatModel(model)
-    check_layers(fm, [layer])
-    with torch.no_grad(), frozen(model), fm.record([layer]) as rec:
-        out = model(x)
-        return _Run(rec, x, out, fm).features(layer, layout).shape[1]
-
 @keeps_rng
 def channel_visualization(model:nn.Module, layer:str, ks=None, size=None, channels:int|None=None, batch_size=16, layout=None, **kwargs):
     "One image per channel (feature) `ks` of `layer` (all of them by default) maximising that channel; `layout` as `feature_layout`; keyword arguments go to `render`"
     model = unwrap_model(model)
     batch_size = check_count(batch_size, 'batch_size')
-    n = _n_channels(model, layer, blank_input(model, size, channels), layout)
+    with frozen(model): n = FlatModel(model).n_channels(layer, blank_input(model, size, channels), layout)   # features: a ViT's token width, a Swin stage's last dimension
     ks = _indices(ks, n, 'ks', f'layer {layer!r}', 'channels')
     return _render_each(model, [lambda i, k=k: channel(layer, k, batch=i, layout=layout) for k in ks], size, channels, batch_size, **kwargs)

@@ -13,9 +13,8 @@ import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
 import matplotlib.pyplot as plt
 from .core import *
-from .adapters import (split_labels, unwrap_model, check_batch, check_count, check_number, check_scores, check_module, to_model_inputs, keeps_rng, progress,
-                              model_output, call_model, batch_len, main_input)
-from .distributed import is_main, get_world_size, shard, all_gather_cat, all_reduce_sum
+from .adapters import (split_labels, unwrap_model, check_batch, check_count, check_number, check_scores, check_module, to_model_inputs, keeps_rng, batch_len, main_input, model_output, model_scores)
+from .distributed import get_world_size, shard, all_gather_cat, all_reduce_sum, progress_main
 
 # %% auto #0
 __all__ = ['dataset_loss', 'normalize_direction', 'random_direction', 'direction_to', 'landscape1d', 'landscape2d',
@@ -66,7 +65,7 @@ def dataset_loss(model:nn.Module, data, loss_fn=None,
     loss_fn = _cross_entropy if loss_fn is None else loss_fn
     for x, y in _batches(data, model):
         with keep_buffers(model), torch.no_grad():             # a measurement: no graph; a model in train mode normalises with the batch, but looking does not move its statistics
-            l = loss_fn(model_output(call_model(model, x), output), y)
+            l = loss_fn(model_scores(model, x, output), y)
         if not isinstance(l, Tensor) or l.dim() != 0:
             raise ValueError(f"loss_fn must return a scalar (mean over the batch), got {getattr(l, 'shape', type(l))}: use reduction='mean'")
         losses.append(l); sizes.append(batch_len(x, model))
@@ -144,7 +143,7 @@ def _landscape(model, data, loss_fn, dirs, coords, train, show_progress, output)
     losses, row_a, row = [], None, None
     try:
         with torch.no_grad(), (nullcontext() if train else eval_mode(model)):
-            for c in progress(shard(coords), show=show_progress and is_main()):   # torch.distributed: this rank's block of the grid
+            for c in progress_main(shard(coords), show=show_progress):   # torch.distributed: this rank's block of the grid
                 if len(c) == 2 and c[0] != row_a:           # 2d, row by row: θ0 + a·d1 once per row, then + b·d2 per point
                     row_a = c[0]
                     row = orig_p if row_a == 0 else [torch.add(p0, d, alpha=row_a) for p0, d in zip(orig_p, dirs[0])]
@@ -281,7 +280,7 @@ def fourier_map(model:nn.Module, data, metric='error', norm=4., random_sign=True
     n = sum(len(x) for x, _ in batches)
     work = [(b, s, k) for b, (x, _) in enumerate(batches) for k in [max(1, min(batch_size // len(x), -(-len(todo) // get_world_size())))] for s in range(0, len(todo), k)]   # torch.distributed: work for every rank
     with torch.no_grad(), (nullcontext() if train or module is None else eval_mode(module)), (keep_buffers(module) if module is not None else nullcontext()):
-        for b, s, k in progress(shard(work, key=lambda t: t[1]), show=show_progress and is_main()):   # torch.distributed: a band of frequencies per rank
+        for b, s, k in progress_main(shard(work, key=lambda t: t[1]), show=show_progress):   # torch.distributed: a band of frequencies per rank
             (x, y), sg = batches[b], signs[b]
             U = fourier_basis(h, w, todo[s:s + k], x.dtype, x.device)                             # (k, H, W)
             xp = x + norm * sg[s:s + k].to(x.device, x.dtype) * U[:, None, None]                  # (k, n, C, H, W)

@@ -401,7 +401,6 @@ def _scalar(value, objective, step) -> float:
     if not math.isfinite(v): raise ValueError(f"objective {objective.name} is {v} at step {step}: the image or the model gives NaN or infinity; lower lr, or check the model on this input")
     return v
 
-@keeps_rng
 def _check_takes_images(model:nn.Module):
     "A clear error for a model that takes token ids (a language model): there is no image to optimise"
     emb = embedding_name(model)
@@ -410,6 +409,7 @@ def _check_takes_images(model:nn.Module):
         raise TypeError(f"feature visualisation optimises an image, but {type(model).__name__} takes token ids (its input embedding is {emb!r}): "
                         "use a model of images; for a text model, attribute through its embeddings with layer= (netlens.attribution)")
 
+@keeps_rng
 def optimize(model:nn.Module, objective:Objective, param:nn.Module, transforms='standard', preprocess=None, optimizer=None, lr=0.05,
              steps=512, thresholds=None, show_progress=True, seed=None, output=None):
     "Maximise `objective` over the images `param()` makes: the loop behind `render` and the dream functions; `output` selects the scores (`model_output`)"

@@ -14,9 +14,8 @@ import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
 import matplotlib.pyplot as plt
 from .core import *
-from .adapters import (split_labels, unwrap_model, check_tensor, check_finite, check_count, to_model_inputs, call_model, batch_len, progress,
-                              Layout, feature_layout, channels_first, _as_layout)
-from .distributed import is_main, all_ranks, all_reduce_sum, all_gather_cat
+from .adapters import (split_labels, unwrap_model, check_tensor, check_finite, check_count, to_model_inputs, call_model, batch_len, Layout, feature_layout, channels_first, _as_layout)
+from .distributed import all_ranks, all_reduce_sum, all_gather_cat, progress_main
 from .flat import FlatModel, _split_call
 
 # %% auto #0
@@ -455,7 +454,7 @@ def compare_models(model1:nn.Module, model2:nn.Module=None, loader=None, layers1
     hkl = hkk = hll = None
     store1, store2, keys1, keys2, n, seen, lay1, lay2 = None, None, None, None, 0, 0, {}, {}
     with torch.no_grad(), eval_mode(model1), eval_mode(model2):
-        for b in progress(batches, total=_len(loader), show=show_progress and is_main()):   # torch.distributed: this rank's shard, rank 0's bar
+        for b in progress_main(batches, total=_len(loader), show=show_progress):   # torch.distributed: this rank's shard, rank 0's bar
             b1, b2 = (b, b) if loader2 is None else b
             if b1 is _END or b2 is _END:
                 short, other = ('loader2', 'loader') if b2 is _END else ('loader', 'loader2')

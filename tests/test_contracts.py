@@ -203,7 +203,7 @@ EXEMPT = {  # public names that take no user data to check, with the reason
     **{n: 'a constant' for n in ['DECOMPOSE', 'CHANNEL_METHODS', 'FUSIONS', 'IMAGENETTE_CLASSES', 'TUTORIAL_DATA', 'ATTRIBUTION_METHODS', 'LABEL_KEYS']},
     **{n: 'a convention of netlens.adapters, itself tested in nbs/00a_adapters.ipynb and through every entry point above' for n in
        ['Layout', 'feature_layout', 'channels_first', 'as_maps', 'num_prefix_tokens', 'token_grid', 'model_output', 'call_model', 'main_input',
-        'batch_len', 'map_batch', 'expand_batch', 'with_main_input', 'split_labels', 'to_model_inputs', 'embedding_name', 'model_input_size', 'resize_to', 'keep_size']},
+        'batch_len', 'map_batch', 'expand_batch', 'with_main_input', 'split_labels', 'model_scores', 'to_model_inputs', 'embedding_name', 'model_input_size', 'resize_to', 'keep_size']},
     **{n: 'attention needs a transformer, not the digits CNN: inputs, masks, layouts and errors probed in tests/test_attention.py and tests/test_models_matrix.py' for n in
        ['attention_maps', 'sdpa_weights', 'attention_rollout', 'attention_flow', 'token_layout', 'rollout_map']},
     **{n: 'torch.distributed plumbing and the dataset runner: probed under torchrun in tests/test_distributed.py' for n in

@@ -13,8 +13,7 @@ from torch import Tensor
 from ..core import *
 from ..hooks import Hook
 from ..flat import FlatModel
-from ..adapters import (check_index, model_output, call_model, main_input, batch_len, with_main_input,
-                              Layout, feature_layout, channels_first, as_maps)
+from ..adapters import (check_index, main_input, batch_len, with_main_input, Layout, feature_layout, channels_first, as_maps, model_scores)
 from .gradients import target_scores, guarded, _gradient, _check_result, _checked
 
 # %% auto #0
@@ -50,7 +49,7 @@ def _layer_acts_grads(model, x, target, layer, reshape=None, output=None, layout
     main = x[main_input(model, x)] if isinstance(x, Mapping) else x
     with fm.record(name, grads=True) as rec, Hook(fm[name], detach=False, every_call=True) as raw, torch.enable_grad(), guarded(model, x):
         v = main.detach().requires_grad_() if main.is_floating_point() else main     # token ids have no gradient
-        scores = target_scores(model_output(call_model(model, with_main_input(x, v, model)), output), target, n)
+        scores = target_scores(model_scores(model, with_main_input(x, v, model), output), target, n)
         key = name if call is None else f"{name}:{call}"
         acts = rec[key]                                          # raises clearly for an unused layer or an ambiguous call
         if not isinstance(acts, Tensor): raise TypeError(f"layer {name!r} outputs a {type(acts).__name__}, not a tensor: a CAM needs one tensor of features; pick a submodule that outputs one")

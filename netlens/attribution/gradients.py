@@ -17,8 +17,7 @@ import matplotlib.pyplot as plt
 from fastprogress.core import in_notebook
 from ..core import *
 from ..hooks import annotate_errors
-from ..adapters import (unwrap_model, check_tensor, check_finite, check_batch, check_count, check_number, check_scores, check_module,
-                              keeps_rng, warn_if_training, model_output, call_model, main_input, batch_len, expand_batch, with_main_input, embedding_name)
+from ..adapters import (unwrap_model, check_tensor, check_finite, check_batch, check_count, check_number, check_scores, check_module, keeps_rng, warn_if_training, call_model, main_input, batch_len, expand_batch, with_main_input, embedding_name, model_scores)
 
 # %% auto #0
 __all__ = ['IG_METHODS', 'per_example', 'target_scores', 'guarded', 'input_grad', 'saliency', 'input_x_gradient', 'relu_rule',
@@ -126,10 +125,6 @@ def _enlarged(model, x, k:int, main:Tensor|None=None, example_major=False):
     if not isinstance(x, Mapping): return main
     return {**expand_batch(x, k, example_major, model), main_input(model, x): main}
 
-def _scores(model, x, output=None):
-    "What the model returns on `x` (a tensor, or a dict of keyword inputs), the scores chosen by `output` (`model_output`)"
-    return model_output(call_model(model, x), output)
-
 # %% ../../nbs/04_gradients.ipynb #cdafece2
 def _layer(model, layer:str) -> nn.Module:
     "`model`'s module named `layer`, else an error naming the closest names"
@@ -169,9 +164,9 @@ def _attr_grad(model, x, target, name="the model's output", group=None, output=N
     with torch.enable_grad():
         if layer is None:
             v = _main(model, x).detach().requires_grad_()
-            out = _scores(model, with_main_input(x, v, model), output)
+            out = model_scores(model, with_main_input(x, v, model), output)
         else:
-            with _at_layer(model, layer, n, act) as box: out = _scores(model, x, output)
+            with _at_layer(model, layer, n, act) as box: out = model_scores(model, x, output)
             v = box[0]
         scores = target_scores(out, target, n, name, group=group)
         g, = torch.autograd.grad(scores.sum(), v, allow_unused=True)
@@ -352,7 +347,7 @@ def integrated_gradients(model:nn.Module, x:Tensor, target, baseline=None, n_ste
             for w, gk in zip(weights[s:s + per], gr.view(len(a), *end.shape)): total += w * gk
         attr = _check_result(total * diff, 'the integrated gradients')
         if not return_delta: return attr
-        with torch.no_grad(): fx, fb = target_scores(_scores(model, x, output), t, n), target_scores(_scores(model, xb, output), t, n, "the model's output on the baseline")
+        with torch.no_grad(): fx, fb = target_scores(model_scores(model, x, output), t, n), target_scores(model_scores(model, xb, output), t, n, "the model's output on the baseline")
     return attr, attr.flatten(1).sum(1) - (fx - fb)
 
 # %% ../../nbs/04_gradients.ipynb #512bc9ad

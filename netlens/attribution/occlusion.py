@@ -10,7 +10,8 @@ import math, itertools
 import torch, torch.nn as nn
 from torch import Tensor
 from ..adapters import check_count
-from .gradients import per_example, target_scores, _baseline, _check_result, guarded, _checked, _main, _enlarged, _scores
+from ..adapters import model_scores
+from .gradients import per_example, target_scores, _baseline, _check_result, guarded, _checked, _main, _enlarged
 
 # %% auto #0
 __all__ = ['occlusion']
@@ -44,13 +45,13 @@ def occlusion(model:nn.Module, x:Tensor, target, window=(3, 15, 15), stride=(3, 
     per = max(1, batch_size // n)
     by_example = lambda o: o.reshape(-1, n, o.shape[1]).transpose(0, 1).reshape(n, -1)
     with torch.no_grad(), guarded(model, x):
-        base = target_scores(_scores(model, x, output), t, n)
+        base = target_scores(model_scores(model, x, output), t, n)
         for c in range(0, len(starts), per):
             chunk = starts[c:c + per]
             mask = torch.zeros(len(chunk), *feat, dtype=xm.dtype, device=xm.device)
             for k, st in enumerate(chunk): mask[(k, *[slice(a, a + w) for a, w in zip(st, window)])] = 1
             occluded = (xm[None] * (1 - mask[:, None]) + b[None] * mask[:, None]).flatten(0, 1)   # copy-major: window 1 on x0, x1, ..., window 2 ...
-            out = _scores(model, _enlarged(model, x, len(chunk), occluded), output)
+            out = model_scores(model, _enlarged(model, x, len(chunk), occluded), output)
             drop = base[None] - target_scores(out, t.repeat(len(chunk)), len(chunk) * n, "the model's output on the occluded copies of x", group=by_example).view(len(chunk), n)
             total += torch.einsum('kn,k...->n...', drop, mask)
             counts += mask.sum(0)
