@@ -12,11 +12,11 @@ import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
 from .trace import log_forward_pass, _fill
 from .flat import _split_call
-from .adapters import check_module, unwrap_model, to_model_inputs, num_prefix_tokens, token_grid, warn_if_training, check_tensor
+from .adapters import check_module, unwrap_model, to_model_inputs, num_prefix_tokens, token_grid, warn_if_training, check_tensor, check_index
 
 # %% auto #0
-__all__ = ['sdpa_weights', 'attention_maps', 'attention_rollout', 'attention_flow', 'token_layout', 'rollout_map',
-           'show_attention', 'show_rollout', 'show_token_scores']
+__all__ = ['FUSIONS', 'sdpa_weights', 'attention_maps', 'fuse_heads', 'attention_rollout', 'attention_flow', 'token_layout',
+           'rollout_map', 'show_attention', 'show_rollout', 'show_token_scores']
 
 # %% ../nbs/12a_attention.ipynb #c4e0aa18
 _SDPA_ARGS = ('query', 'key', 'value', 'attn_mask', 'dropout_p', 'is_causal', 'scale', 'enable_gqa')
@@ -64,11 +64,11 @@ def sdpa_weights(query:Tensor, key:Tensor, attn_mask:Tensor|None=None, is_causal
     return w.softmax(-1).nan_to_num(0.).to(query.dtype)
 
 # %% ../nbs/12a_attention.ipynb #56c1d193
-def _module_key(log, op) -> str:
+def _module_key(op) -> str:
     "The attention module call `op` ran in (`name:k` if the module ran more than once; the op's label outside any module)"
     return op.module_path[-1] if op.module_path else op.label
 
-def _heads(model, log, op) -> int|None:
+def _heads(model, op) -> int|None:
     for name in reversed(op.module_path):
         m = model.get_submodule(_split_call(name)[0])
         for a in ('num_heads', 'num_attention_heads', 'n_head', 'heads'):
@@ -82,7 +82,7 @@ def _weights(model, log, op, kind) -> Tensor:
         return sdpa_weights(a['query'], a['key'], a['attn_mask'], a['is_causal'], a['scale'], a['enable_gqa'])
     w = op.tensor
     if w.ndim == 3:
-        h = _heads(model, log, op)
+        h = _heads(model, op)
         w = w.unflatten(0, (-1, h)) if h and len(w) % h == 0 else w[:, None]
     return w
 
@@ -96,14 +96,14 @@ def attention_maps(model:nn.Module, x, layers:list[str]|None=None) -> dict[str, 
     found = [(op, kind) for op in meta if (kind := _is_attention(meta, op))]
     if not found: raise ValueError(f"attention_maps: {type(model).__name__} ran no attention op (scaled_dot_product_attention, or a softmax over scores multiplied with values); is it a transformer?")
     if layers is not None:
-        keys = {_module_key(meta, op) for op, _ in found}
+        keys = {_module_key(op) for op, _ in found}
         unknown = [l for l in layers if l not in keys]
         if unknown: raise KeyError(f"layers: {unknown} are not attention layers of this model; it has {sorted(keys)}")
-        found = [(op, kind) for op, kind in found if _module_key(meta, op) in layers]
+        found = [(op, kind) for op, kind in found if _module_key(op) in layers]
     save = sorted({i for op, kind in found for i in (op.parents if kind == 'sdpa' else [op.index])})
     log = log_forward_pass(model, x, layers_to_save=save)
     if [op.func_name for op in log] != [op.func_name for op in meta]: raise RuntimeError("attention_maps: the model ran different ops in two passes on the same input; put it in eval mode")
-    return {_module_key(log, op): _weights(model, log, log.entries[op.index], kind) for op, kind in found}
+    return {_module_key(op): _weights(model, log, log.entries[op.index], kind) for op, kind in found}
 
 # %% ../nbs/12a_attention.ipynb #9fe9aea5
 def _maps_list(maps, who) -> list[Tensor]:
@@ -114,11 +114,17 @@ def _maps_list(maps, who) -> list[Tensor]:
         raise ValueError(f"{who} needs maps of one shape (N, heads, T, T) in every layer, got {sorted(shapes)}: a model whose token count changes between layers (Swin's windows and merges) has no rollout")
     return a
 
+FUSIONS = ('mean', 'max', 'min')
+
+def fuse_heads(a:Tensor, head) -> Tensor:
+    "Attention (..., heads, T, S) for `head`: a head index, or the heads' 'mean', 'max' or 'min'"
+    if head in FUSIONS: return a.mean(-3) if head == 'mean' else a.amax(-3) if head == 'max' else a.amin(-3)
+    return a.select(-3, check_index(head, a.shape[-3], 'head', 'this layer', 'heads'))
+
 def _layer_matrix(a:Tensor, head_fusion:str, residual:bool) -> Tensor:
     "One layer's (N, T, T) attention in float64: heads fused, the identity added for the residual, rows normalised"
-    if head_fusion not in ('mean', 'max', 'min'): raise ValueError(f"head_fusion must be 'mean', 'max' or 'min', got {head_fusion!r}")
-    a = a.double()
-    a = a.mean(1) if head_fusion == 'mean' else a.amax(1) if head_fusion == 'max' else a.amin(1)
+    if head_fusion not in FUSIONS: raise ValueError(f"head_fusion must be 'mean', 'max' or 'min', got {head_fusion!r}")
+    a = fuse_heads(a.double(), head_fusion)
     if residual: a = a + torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
     return a / a.sum(-1, keepdim=True)
 
@@ -133,7 +139,8 @@ def attention_rollout(maps, head_fusion:str='mean', residual:bool=True) -> Tenso
 def attention_flow(maps, query:int=0, head_fusion:str='mean', residual:bool=True) -> Tensor:
     "Abnar & Zuidema's attention flow: (N, T), the maximum flow from each input token to token `query` at the top of the attention graph (networkx; slow for long sequences)"
     import networkx as nx
-    a = [_layer_matrix(m, head_fusion, residual).cpu().numpy() for m in _maps_list(maps, 'attention_flow')]
+    ms = _maps_list(maps, 'attention_flow')
+    a = [_layer_matrix(m, head_fusion, residual).cpu().numpy() for m in ms]
     N, T, L = a[0].shape[0], a[0].shape[-1], len(a)
     if not -T <= query < T: raise IndexError(f"query must be a token position in 0..{T - 1}, got {query}")
     out = np.zeros((N, T))
@@ -142,8 +149,7 @@ def attention_flow(maps, query:int=0, head_fusion:str='mean', residual:bool=True
         for l, w in enumerate(a):
             for i, j in zip(*np.nonzero(w[n])): g.add_edge((l, int(j)), (l + 1, int(i)), capacity=float(w[n, i, j]))
         for j in range(T): out[n, j] = nx.maximum_flow_value(g, (0, j), (L, query % T))
-    first = next(iter(maps.values() if isinstance(maps, Mapping) else maps))
-    return torch.from_numpy(out).to(first.dtype)
+    return torch.from_numpy(out).to(ms[0].dtype)
 
 # %% ../nbs/12a_attention.ipynb #076c3e47
 def token_layout(scores:Tensor, model:nn.Module|None=None, prefix:int|None=None, grid:tuple|None=None) -> Tensor:
@@ -165,12 +171,11 @@ def rollout_map(model:nn.Module, x, query:int=0, head_fusion:str='mean', residua
 
 # %% ../nbs/12a_attention.ipynb #ae49ed9d
 def show_attention(maps, layer=0, head=0, example:int=0, tokens:list[str]|None=None, ax=None, cmap='viridis'):
-    "One attention map as a heat map, queries down and keys across: `layer` a key or position of `maps`, `head` an index or 'mean'"
+    "One attention map as a heat map, queries down and keys across: `layer` a key or position of `maps`, `head` an index or a fusion ('mean', 'max', 'min')"
     import matplotlib.pyplot as plt
     keys = list(maps) if isinstance(maps, Mapping) else list(range(len(maps)))
     key = keys[layer] if isinstance(layer, int) else layer
-    a = maps[key][example]
-    a = a.mean(0) if head == 'mean' else a[head]
+    a = fuse_heads(maps[key][example], head)
     if ax is None: _, ax = plt.subplots(figsize=(3.2, 3.2))
     ax.imshow(a.detach().float().cpu().numpy(), cmap=cmap, vmin=0)
     ax.set_title(f"{key}\nhead {head}", fontsize=8); ax.set_xlabel('key'); ax.set_ylabel('query')

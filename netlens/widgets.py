@@ -17,15 +17,14 @@ from .attribution import (saliency, guided_backprop, smooth_grad, integrated_gra
                                  occlusion, attribution_map)
 from .adapters import unwrap_model, to_model_images, to_model_input, check_batch, check_count, check_index, check_scores
 from .optvis import render, Objective, input_channels, blank_input, _hw, _WRAP_SCORES
-from .attention import attention_maps, attention_rollout, token_layout
+from .attention import attention_maps, attention_rollout, token_layout, fuse_heads, FUSIONS
 from .adapters import to_model_inputs, main_input, map_batch, num_prefix_tokens, token_grid
-try: from netlens.adapters import model_output      # the shared convention for what a model returns, where it exists
-except ImportError: model_output = None
+from .adapters import model_output
 
 # %% auto #0
-__all__ = ['LAYER_METHODS', 'CHANNEL_METHODS', 'FUSIONS', 'fig_to_png', 'display_scale', 'to_png', 'sign_cmap', 'overlay_map',
-           'colorbar_html', 'explorer_layers', 'AttributionExplorer', 'grid_image', 'ChannelExplorer', 'fuse_heads',
-           'patch_overlay', 'matrix_image', 'token_html', 'AttentionExplorer']
+__all__ = ['LAYER_METHODS', 'CHANNEL_METHODS', 'fig_to_png', 'display_scale', 'to_png', 'sign_cmap', 'overlay_map',
+           'colorbar_html', 'explorer_layers', 'AttributionExplorer', 'grid_image', 'ChannelExplorer', 'patch_overlay',
+           'matrix_image', 'token_html', 'AttentionExplorer']
 
 # %% ../nbs/13_widgets.ipynb #206711db
 def fig_to_png(fig) -> bytes:
@@ -127,6 +126,15 @@ class _Cancelled(Exception): "A render that a newer request made pointless"
 
 class _Live:
     "Draws the latest state of an explorer's controls: at once when no kernel runs the code (a test, a script); in a kernel, on a worker thread that coalesces requests, so quick changes give one render of the last state"
+    def _swap_slider(self, attr:str, box, n:int, low:int, desc:str, **kw):
+        "Replace the slider `self.<attr>` (first in `box`) by a fresh one over `low`..`n`-1 (see `_int_slider`), keeping its value where it exists"
+        old = getattr(self, attr)
+        new = _int_slider(n, old.value, low, desc, **kw)
+        new.observe(self._changed, names='value'); old.unobserve(self._changed, names='value')
+        setattr(self, attr, new)
+        box.children = (new, *box.children[1:])
+        old.close()
+
     def _live_init(self, background):
         self.background = _in_kernel() if background is None else bool(background)
         self._lock, self._pending, self._worker = threading.Lock(), None, None
@@ -225,10 +233,8 @@ def _explorer_input(x, model, denorm) -> torch.Tensor:
         raise
 
 def _scores(out, output=None) -> torch.Tensor:
-    "The scores in a model's output, chosen by `netlens.adapters.model_output`'s convention (where it exists) and `output`, then checked"
-    if model_output is not None: out = model_output(out, output)
-    elif output is not None: out = output(out) if callable(output) else out[output]
-    return check_scores(out, fix=_WRAP_SCORES)
+    "The scores in a model's output, chosen by `netlens.adapters.model_output`'s convention and `output`, then checked"
+    return check_scores(model_output(out, output), fix=_WRAP_SCORES)
 
 LAYER_METHODS = ('gradcam', 'gradcam++', 'xgradcam', 'layercam', 'guided gradcam')
 CHANNEL_METHODS = LAYER_METHODS[:-1]
@@ -295,12 +301,7 @@ class AttributionExplorer(_Live):
 
     def _new_channel_slider(self):
         "A fresh channel slider for the current layer's channel count (see `_int_slider`), keeping the channel where it exists"
-        old = self.channel
-        self.channel = _int_slider(self.n_chans[self.layer.value], old.value, -1, 'channel', disabled=old.disabled)
-        self.channel.observe(self._changed, names='value')
-        old.unobserve(self._changed, names='value')
-        self.channel_box.children = (self.channel, self.channel_label)
-        old.close()
+        self._swap_slider('channel', self.channel_box, self.n_chans[self.layer.value], -1, 'channel', disabled=self.channel.disabled)
 
     def _sync_controls(self):
         "Enable what the method uses, label the channel, mark the chosen class"
@@ -464,11 +465,7 @@ class ChannelExplorer(_Live):
                 self.layer.options = opts
                 self.layer.value = cur if cur in opts else opts[0]
             if change['owner'] is not self.channel and self.n_chans[self.layer.value] - 1 != self.channel.max:
-                old = self.channel
-                self.channel = _int_slider(self.n_chans[self.layer.value], old.value, 0, 'channel')
-                self.channel.observe(self._changed, names='value'); old.unobserve(self._changed, names='value')
-                self.channel_box.children = (self.channel, self.channel_label)
-                old.close()
+                self._swap_slider('channel', self.channel_box, self.n_chans[self.layer.value], 0, 'channel')
             self._label()
         finally: self._quiet = False
         self.request()
@@ -511,13 +508,6 @@ class ChannelExplorer(_Live):
         return []
 
 # %% ../nbs/13_widgets.ipynb #1248d2db
-FUSIONS = ('mean', 'max', 'min')
-
-def fuse_heads(a:torch.Tensor, head) -> torch.Tensor:
-    "One layer's attention (heads, T, S) for `head`: a head index, or the heads' 'mean', 'max' or 'min'"
-    if head in FUSIONS: return a.mean(0) if head == 'mean' else a.amax(0) if head == 'max' else a.amin(0)
-    return a[check_index(head, len(a), 'head', 'this layer', 'heads')]
-
 def _unit(s) -> np.ndarray:
     "Scores scaled to [0, 1] by their minimum and maximum (as `show_rollout`)"
     s = np.asarray(s, dtype=np.float32)
@@ -647,11 +637,7 @@ class AttentionExplorer(_Live):
                     self.head.options = self._heads(self.layer.value)
                     self.head.value = cur if cur in self.head.options else 'mean'
                 if a.shape[-2] - 1 != self.query.max:     # a new token count, a new slider (see `_int_slider`)
-                    old = self.query
-                    self.query = _int_slider(a.shape[-2], old.value, 0, 'query')
-                    self.query.observe(self._changed, names='value'); old.unobserve(self._changed, names='value')
-                    self.query_box.children = (self.query, self.query_label)
-                    old.close()
+                    self._swap_slider('query', self.query_box, a.shape[-2], 0, 'query')
             self._label()
         finally: self._quiet = False
         self.request()

@@ -205,14 +205,14 @@ EXEMPT = {  # public names that take no user data to check, with the reason
        ['Layout', 'feature_layout', 'channels_first', 'as_maps', 'num_prefix_tokens', 'token_grid', 'model_output', 'call_model', 'main_input',
         'batch_len', 'map_batch', 'expand_batch', 'with_main_input', 'split_labels', 'model_scores', 'to_model_inputs', 'embedding_name', 'model_input_size', 'resize_to', 'keep_size']},
     **{n: 'attention needs a transformer, not the digits CNN: inputs, masks, layouts and errors probed in tests/test_attention.py and tests/test_models_matrix.py' for n in
-       ['attention_maps', 'sdpa_weights', 'attention_rollout', 'attention_flow', 'token_layout', 'rollout_map']},
+       ['attention_maps', 'sdpa_weights', 'fuse_heads', 'attention_rollout', 'attention_flow', 'token_layout', 'rollout_map']},
     **{n: 'torch.distributed plumbing and the dataset runner: probed under torchrun in tests/test_distributed.py' for n in
        ['is_distributed', 'single_process', 'get_rank', 'get_world_size', 'is_main', 'shard_range', 'shard', 'all_gather_object', 'all_ranks',
         'barrier', 'all_reduce_sum', 'all_gather_cat', 'progress_main', 'attribute_loader']},
     **{n: 'tutorial data and weights with an offline fallback: tests/test_tutorials_path.py' for n in
        ['Tutorial', 'tutorial_setup', 'tutorial_data', 'load_pretrained', 'pretrained_categories']},
     **{n: 'an explorer or its drawing helper: nbs/13_widgets.ipynb and the browser test (tests/test_widgets_browser.py)' for n in
-       ['AttentionExplorer', 'colorbar_html', 'display_scale', 'explorer_layers', 'fuse_heads', 'grid_image', 'matrix_image', 'overlay_map',
+       ['AttentionExplorer', 'colorbar_html', 'display_scale', 'explorer_layers', 'grid_image', 'matrix_image', 'overlay_map',
         'patch_overlay', 'sign_cmap', 'to_png', 'token_html']},
     **{n: 'a plot or summary of a result (takes what the functions above return)' for n in
        ['show_tokens', 'tokens_html', 'token_scores', 'show_attention', 'show_rollout', 'show_token_scores']},

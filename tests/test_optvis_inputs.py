@@ -19,11 +19,11 @@ COUNTED = {'render', 'optimize', 'net_dreamer', 'class_visualization', 'channel_
            'random_scale', 'random_rotate', 'blank_input', 'resize_to'}
 TENSOR_HELPERS = {'decorrelate_colors', 'correlate_colors', 'total_variation', 'gram', 'style_loss', 'content_loss', 'feature_distance',
                   # the explorers' drawing helpers (tested in nbs/13_widgets.ipynb and the browser test)
-                  'colorbar_html', 'fuse_heads', 'grid_image', 'matrix_image', 'overlay_map', 'patch_overlay', 'sign_cmap', 'to_png', 'token_html',
+                  'colorbar_html', 'grid_image', 'matrix_image', 'overlay_map', 'patch_overlay', 'sign_cmap', 'to_png', 'token_html',
                   'display_scale', 'explorer_layers'}
 OBJECTIVES = {'Objective', 'channel', 'neuron', 'layer', 'class_logit', 'class_prob', 'direction', 'diversity', 'tv', 'l1', 'l2'}
 NO_INPUT = {'COLOR_CORRELATION', 'Rendered', 'pad', 'compose', 'standard_transforms', 'frozen', 'input_channels', 'generator',
-            'check_layers', 'keep_size', 'model_input_size', 'PRESETS', 'CHANNEL_METHODS', 'FUSIONS', 'vgg_layer_names', 'avg_pooling', 'default_style_model', 'LAYER_METHODS', 'fig_to_png'}
+            'check_layers', 'keep_size', 'model_input_size', 'PRESETS', 'CHANNEL_METHODS', 'vgg_layer_names', 'avg_pooling', 'default_style_model', 'LAYER_METHODS', 'fig_to_png'}
 
 def test_every_public_name_is_probed():
     names = {n for m in MODULES for n in importlib.import_module(m).__all__}
