@@ -14,9 +14,79 @@ import PIL.Image
 from pyimgy.core import convert_image
 
 # %% auto #0
-__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'default_device', 'model_device', 'model_dtype', 'to_device', 'eval_mode',
-           'keep_buffers', 'unknown_key_error', 'normalize', 'denormalize', 'image_to_tensor', 'tensor_to_image',
-           'tensor_to_pil', 'show_image', 'show_images', 'set_seed', 'seeded']
+__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'image_to_tensor', 'tensor_to_image', 'tensor_to_pil', 'show_image', 'show_images',
+           'normalize', 'denormalize', 'default_device', 'model_device', 'model_dtype', 'to_device', 'eval_mode',
+           'keep_buffers', 'unknown_key_error', 'set_seed', 'seeded']
+
+# %% ../nbs/00_core.ipynb #4824e2aa
+def image_to_tensor(img) -> torch.Tensor:
+    "A PIL image or array (H,W), (H,W,C) or (C,H,W) as a float32 tensor (C,H,W) in [0, 1]"
+    arr = convert_image(img, to_type=np.ndarray)
+    if arr.ndim == 2: arr = arr[None]
+    elif arr.ndim == 3 and arr.shape[-1] in (1, 3, 4): arr = arr.transpose(2, 0, 1)  # (H,W,C), numpy's and PIL's layout, wins when both could be channels
+    elif arr.ndim != 3 or arr.shape[0] not in (1, 3, 4):
+        raise ValueError(f"expected an image (H, W), (H, W, C) or (C, H, W) with 1, 3 or 4 channels, got shape {arr.shape}")
+    if arr.dtype == bool: arr = arr.astype(np.float32)
+    elif np.issubdtype(arr.dtype, np.integer): arr = arr.astype(np.float32) / np.iinfo(arr.dtype).max
+    return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+
+def tensor_to_image(x:torch.Tensor, denorm=False) -> np.ndarray:
+    "An image tensor (C,H,W) or (1,C,H,W) as a float array (H,W,C), or (H,W) for one channel; `denorm` undoes ImageNet normalisation"
+    x = x.detach().cpu().float()
+    if x.ndim == 4 and x.shape[0] == 1: x = x[0]
+    if x.ndim == 2: x = x[None]
+    if x.ndim != 3: raise ValueError(f"expected one image (C, H, W), got shape {tuple(x.shape)}: index the batch first")
+    if denorm: x = denormalize(x)
+    arr = x.permute(1, 2, 0).numpy()
+    return arr[..., 0] if arr.shape[-1] == 1 else arr
+
+def tensor_to_pil(x:torch.Tensor, denorm=False) -> PIL.Image.Image:
+    "An image tensor (C,H,W) in [0, 1] as an 8-bit PIL image"
+    return convert_image(tensor_to_image(x, denorm).clip(0, 1), to_type=PIL.Image.Image, norm='int_255')
+
+# %% ../nbs/00_core.ipynb #aa2c3473
+def show_image(x, ax=None, title=None, cmap=None, denorm=False, figsize=(3, 3), **kwargs):
+    "Show a tensor (C,H,W), array or PIL image on `ax` (a new one if None); returns the axis"
+    if ax is None: _, ax = plt.subplots(figsize=figsize)
+    arr = tensor_to_image(x, denorm) if isinstance(x, torch.Tensor) else np.asarray(x)
+    if arr.ndim == 3 and arr.dtype.kind == 'f': arr = arr.clip(0, 1)  # colour: [0, 1]; one channel: colour-mapped
+    ax.imshow(arr, cmap=cmap or ('gray' if arr.ndim == 2 else None), **kwargs)
+    if title is not None: ax.set_title(title, fontsize=9)
+    ax.axis('off')
+    return ax
+
+def show_images(xs, titles=None, ncols=8, cmap=None, denorm=False, size=1.6, suptitle=None):
+    "Show images `xs` (a batch tensor or a list) in a grid with `ncols` columns; returns the figure"
+    xs = list(xs)
+    if not xs: raise ValueError("show_images needs at least one image")
+    ncols = min(ncols, len(xs)); nrows = -(-len(xs) // ncols)
+    fig, axs = plt.subplots(nrows, ncols, figsize=(size*ncols, size*nrows + (0.4 if suptitle else 0)), squeeze=False)
+    for i, ax in enumerate(axs.flat):
+        if i < len(xs): show_image(xs[i], ax=ax, title=None if titles is None else titles[i], cmap=cmap, denorm=denorm)
+        else: ax.axis('off')
+    if suptitle: fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/00_core.ipynb #84999937
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+def _channel_stats(x, mean, std):
+    if x.ndim not in (3, 4): raise ValueError(f"expected an image (C, H, W) or a batch (N, C, H, W), got shape {tuple(x.shape)}")
+    if x.shape[-3] != len(mean): raise ValueError(f"the image has {x.shape[-3]} channels but mean/std have {len(mean)}: pass matching `mean` and `std`")
+    as_t = lambda v: torch.as_tensor(v, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    return as_t(mean), as_t(std)
+
+def normalize(x:torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    "Standardise the channels of `x` (C,H,W) or (N,C,H,W): `(x - mean) / std`"
+    m, s = _channel_stats(x, mean, std)
+    return (x - m) / s
+
+def denormalize(x:torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    "Undo `normalize`: `x * std + mean`"
+    m, s = _channel_stats(x, mean, std)
+    return x * s + m
 
 # %% ../nbs/00_core.ipynb #992b9406
 def default_device(use_cuda:bool|None=None) -> torch.device:
@@ -75,76 +145,6 @@ def unknown_key_error(key, options, what='name') -> KeyError:
     close = difflib.get_close_matches(str(key), options, n=5, cutoff=0.5)
     hint = f"; closest: {', '.join(map(repr, close))}" if close else f"; there are {len(options)}, e.g. {', '.join(map(repr, options[:5]))}"
     return KeyError(f"unknown {what} {key!r}{hint}")
-
-# %% ../nbs/00_core.ipynb #84999937
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-def _channel_stats(x, mean, std):
-    if x.ndim not in (3, 4): raise ValueError(f"expected an image (C, H, W) or a batch (N, C, H, W), got shape {tuple(x.shape)}")
-    if x.shape[-3] != len(mean): raise ValueError(f"the image has {x.shape[-3]} channels but mean/std have {len(mean)}: pass matching `mean` and `std`")
-    as_t = lambda v: torch.as_tensor(v, dtype=x.dtype, device=x.device).view(-1, 1, 1)
-    return as_t(mean), as_t(std)
-
-def normalize(x:torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
-    "Standardise the channels of `x` (C,H,W) or (N,C,H,W): `(x - mean) / std`"
-    m, s = _channel_stats(x, mean, std)
-    return (x - m) / s
-
-def denormalize(x:torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
-    "Undo `normalize`: `x * std + mean`"
-    m, s = _channel_stats(x, mean, std)
-    return x * s + m
-
-# %% ../nbs/00_core.ipynb #4824e2aa
-def image_to_tensor(img) -> torch.Tensor:
-    "A PIL image or array (H,W), (H,W,C) or (C,H,W) as a float32 tensor (C,H,W) in [0, 1]"
-    arr = convert_image(img, to_type=np.ndarray)
-    if arr.ndim == 2: arr = arr[None]
-    elif arr.ndim == 3 and arr.shape[-1] in (1, 3, 4): arr = arr.transpose(2, 0, 1)  # (H,W,C), numpy's and PIL's layout, wins when both could be channels
-    elif arr.ndim != 3 or arr.shape[0] not in (1, 3, 4):
-        raise ValueError(f"expected an image (H, W), (H, W, C) or (C, H, W) with 1, 3 or 4 channels, got shape {arr.shape}")
-    if arr.dtype == bool: arr = arr.astype(np.float32)
-    elif np.issubdtype(arr.dtype, np.integer): arr = arr.astype(np.float32) / np.iinfo(arr.dtype).max
-    return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
-
-def tensor_to_image(x:torch.Tensor, denorm=False) -> np.ndarray:
-    "An image tensor (C,H,W) or (1,C,H,W) as a float array (H,W,C), or (H,W) for one channel; `denorm` undoes ImageNet normalisation"
-    x = x.detach().cpu().float()
-    if x.ndim == 4 and x.shape[0] == 1: x = x[0]
-    if x.ndim == 2: x = x[None]
-    if x.ndim != 3: raise ValueError(f"expected one image (C, H, W), got shape {tuple(x.shape)}: index the batch first")
-    if denorm: x = denormalize(x)
-    arr = x.permute(1, 2, 0).numpy()
-    return arr[..., 0] if arr.shape[-1] == 1 else arr
-
-def tensor_to_pil(x:torch.Tensor, denorm=False) -> PIL.Image.Image:
-    "An image tensor (C,H,W) in [0, 1] as an 8-bit PIL image"
-    return convert_image(tensor_to_image(x, denorm).clip(0, 1), to_type=PIL.Image.Image, norm='int_255')
-
-# %% ../nbs/00_core.ipynb #aa2c3473
-def show_image(x, ax=None, title=None, cmap=None, denorm=False, figsize=(3, 3), **kwargs):
-    "Show a tensor (C,H,W), array or PIL image on `ax` (a new one if None); returns the axis"
-    if ax is None: _, ax = plt.subplots(figsize=figsize)
-    arr = tensor_to_image(x, denorm) if isinstance(x, torch.Tensor) else np.asarray(x)
-    if arr.ndim == 3 and arr.dtype.kind == 'f': arr = arr.clip(0, 1)  # colour: [0, 1]; one channel: colour-mapped
-    ax.imshow(arr, cmap=cmap or ('gray' if arr.ndim == 2 else None), **kwargs)
-    if title is not None: ax.set_title(title, fontsize=9)
-    ax.axis('off')
-    return ax
-
-def show_images(xs, titles=None, ncols=8, cmap=None, denorm=False, size=1.6, suptitle=None):
-    "Show images `xs` (a batch tensor or a list) in a grid with `ncols` columns; returns the figure"
-    xs = list(xs)
-    if not xs: raise ValueError("show_images needs at least one image")
-    ncols = min(ncols, len(xs)); nrows = -(-len(xs) // ncols)
-    fig, axs = plt.subplots(nrows, ncols, figsize=(size*ncols, size*nrows + (0.4 if suptitle else 0)), squeeze=False)
-    for i, ax in enumerate(axs.flat):
-        if i < len(xs): show_image(xs[i], ax=ax, title=None if titles is None else titles[i], cmap=cmap, denorm=denorm)
-        else: ax.axis('off')
-    if suptitle: fig.suptitle(suptitle)
-    fig.tight_layout()
-    return fig
 
 # %% ../nbs/00_core.ipynb #7aba54a4
 def set_seed(seed:int):
