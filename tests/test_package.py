@@ -17,6 +17,32 @@ def dists(tmp_path_factory):
                    check=True, capture_output=True, text=True)
     return next((tmp / 'out').glob('*.tar.gz')), next((tmp / 'out').glob('*.whl'))
 
+def test_distribution_name_version_license(dists):
+    "Published as torch-netlens 0.1.0 (the import stays netlens), with the Apache-2.0 LICENSE in the sdist and the wheel"
+    import netlens
+    sdist, wheel = dists
+    v = netlens.__version__
+    assert v == '0.1.0'
+    assert sdist.name == f'torch_netlens-{v}.tar.gz' and wheel.name.startswith(f'torch_netlens-{v}-')
+    with zipfile.ZipFile(wheel) as z:
+        lic = [n for n in z.namelist() if n.endswith('/LICENSE')]
+        meta = z.read(next(n for n in z.namelist() if n.endswith('.dist-info/METADATA'))).decode()
+        assert lic and 'Apache License' in z.read(lic[0]).decode()
+    assert 'Name: torch-netlens' in meta and 'License-Expression: Apache-2.0' in meta and 'example.com' not in meta
+    with tarfile.open(sdist) as t: assert f'torch_netlens-{v}/LICENSE' in t.getnames()
+
+def test_long_description_links_are_absolute(dists):
+    "PyPI shows the README without the repository: every link and image in it must be absolute"
+    with zipfile.ZipFile(dists[1]) as z: meta = z.read(next(n for n in z.namelist() if n.endswith('.dist-info/METADATA'))).decode()
+    import re
+    targets = re.findall(r'\]\(([^)\s]+)', meta) + re.findall(r'src="([^"]+)"', meta)
+    assert targets and [t for t in targets if not t.startswith(('http://', 'https://', '#'))] == []
+
+def test_version_command():
+    exe = shutil.which('netlens')
+    r = subprocess.run([exe, '--version'], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == 'netlens 0.1.0', (r.stdout, r.stderr)
+
 def test_wheel_holds_every_module(dists):
     with zipfile.ZipFile(dists[1]) as z: names = set(z.namelist())
     assert {'netlens/attribution/__init__.py', 'netlens/attribution/cam.py'} <= names   # the subpackage once left out

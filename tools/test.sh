@@ -2,7 +2,8 @@
 # Every test of netlens, from the repository root or anywhere:
 #   1. netlens/ is exactly what the notebooks export (nbdev-export changes nothing),
 #   2. the notebooks run and their cells' assertions hold (nbdev-test),
-#   3. pytest tests/ (cross-checks against peers and plain-hook oracles).
+#   3. every notebook is stored executed, its outputs made from its current code (tools/check_notebooks.py),
+#   4. pytest tests/ (cross-checks against peers and plain-hook oracles, the docs pages in a browser).
 # Both run against the installed netlens (a wheel from `pip install .`, or the checkout after `pip install -e .`);
 # a wheel that differs from netlens/ fails here first, so the tests always test what the notebooks export.
 # Exits non-zero if any part fails. `bash tools/test.sh --slow` also runs notebook cells marked `#| slow`.
@@ -35,6 +36,9 @@ if grep -qx "Success." "$log"; then failed=0
 else failed=$(grep -cE '^\s+\S+\.ipynb$' "$log"); [ "$failed" -eq 0 ] && failed=$n_nbs; status=1; fi
 echo "notebooks: $((n_nbs - failed)) passed, $failed failed"
 rm -f "$log"
+
+echo "== the notebooks are stored executed, with the outputs of their current code, and read as chapters"
+python tools/check_notebooks.py --structure || status=1
 
 echo "== pytest tests/"
 # the `pytest` command, not `python -m pytest`: the latter puts the checkout first on sys.path and would hide the wheel
