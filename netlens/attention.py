@@ -15,8 +15,8 @@ from .flat import _split_call
 from .adapters import check_module, unwrap_model, to_model_inputs, num_prefix_tokens, token_grid, warn_if_training, check_tensor, check_index
 
 # %% auto #0
-__all__ = ['FUSIONS', 'sdpa_weights', 'attention_maps', 'fuse_heads', 'attention_rollout', 'attention_flow', 'token_layout',
-           'rollout_map', 'show_attention', 'show_rollout', 'show_token_scores']
+__all__ = ['FUSIONS', 'sdpa_weights', 'fuse_heads', 'attention_maps', 'show_attention', 'attention_rollout', 'attention_flow',
+           'token_layout', 'rollout_map', 'show_rollout', 'show_token_scores']
 
 # %% ../nbs/12a_attention.ipynb #c4e0aa18
 _SDPA_ARGS = ('query', 'key', 'value', 'attn_mask', 'dropout_p', 'is_causal', 'scale', 'enable_gqa')
@@ -63,7 +63,13 @@ def sdpa_weights(query:Tensor, key:Tensor, attn_mask:Tensor|None=None, is_causal
     if attn_mask is not None: w = w.masked_fill(~attn_mask, -math.inf) if attn_mask.dtype == torch.bool else w + attn_mask.double()
     return w.softmax(-1).nan_to_num(0.).to(query.dtype)
 
-# %% ../nbs/12a_attention.ipynb #56c1d193
+FUSIONS = ('mean', 'max', 'min')
+
+def fuse_heads(a:Tensor, head) -> Tensor:
+    "Attention (..., heads, T, S) for `head`: a head index, or the heads' 'mean', 'max' or 'min'"
+    if head in FUSIONS: return a.mean(-3) if head == 'mean' else a.amax(-3) if head == 'max' else a.amin(-3)
+    return a.select(-3, check_index(head, a.shape[-3], 'head', 'this layer', 'heads'))
+
 def _module_key(op) -> str:
     "The attention module call `op` ran in (`name:k` if the module ran more than once; the op's label outside any module)"
     return op.module_path[-1] if op.module_path else op.label
@@ -86,6 +92,7 @@ def _weights(model, log, op, kind) -> Tensor:
         w = w.unflatten(0, (-1, h)) if h and len(w) % h == 0 else w[:, None]
     return w
 
+# %% ../nbs/12a_attention.ipynb #56c1d193
 @torch.no_grad()
 def attention_maps(model:nn.Module, x, layers:list[str]|None=None) -> dict[str, Tensor]:
     "The attention weights of every attention layer of `model` on `x` (a tensor, or a dict of keyword inputs): {module: (N, heads, T, S)}"
@@ -105,6 +112,19 @@ def attention_maps(model:nn.Module, x, layers:list[str]|None=None) -> dict[str, 
     if [op.func_name for op in log] != [op.func_name for op in meta]: raise RuntimeError("attention_maps: the model ran different ops in two passes on the same input; put it in eval mode")
     return {_module_key(op): _weights(model, log, log.entries[op.index], kind) for op, kind in found}
 
+def show_attention(maps, layer=0, head=0, example:int=0, tokens:list[str]|None=None, ax=None, cmap='viridis'):
+    "One attention map as a heat map, queries down and keys across: `layer` a key or position of `maps`, `head` an index or a fusion ('mean', 'max', 'min')"
+    import matplotlib.pyplot as plt
+    keys = list(maps) if isinstance(maps, Mapping) else list(range(len(maps)))
+    key = keys[layer] if isinstance(layer, int) else layer
+    a = fuse_heads(maps[key][example], head)
+    if ax is None: _, ax = plt.subplots(figsize=(3.2, 3.2))
+    ax.imshow(a.detach().float().cpu().numpy(), cmap=cmap, vmin=0)
+    ax.set_title(f"{key}\nhead {head}", fontsize=8); ax.set_xlabel('key'); ax.set_ylabel('query')
+    if tokens is not None:
+        ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=7); ax.set_yticks(range(len(tokens)), tokens, fontsize=7)
+    return ax
+
 # %% ../nbs/12a_attention.ipynb #9fe9aea5
 def _maps_list(maps, who) -> list[Tensor]:
     a = list(maps.values()) if isinstance(maps, Mapping) else list(maps)
@@ -113,13 +133,6 @@ def _maps_list(maps, who) -> list[Tensor]:
     if len(shapes) > 1 or a[0].ndim != 4 or a[0].shape[-1] != a[0].shape[-2]:
         raise ValueError(f"{who} needs maps of one shape (N, heads, T, T) in every layer, got {sorted(shapes)}: a model whose token count changes between layers (Swin's windows and merges) has no rollout")
     return a
-
-FUSIONS = ('mean', 'max', 'min')
-
-def fuse_heads(a:Tensor, head) -> Tensor:
-    "Attention (..., heads, T, S) for `head`: a head index, or the heads' 'mean', 'max' or 'min'"
-    if head in FUSIONS: return a.mean(-3) if head == 'mean' else a.amax(-3) if head == 'max' else a.amin(-3)
-    return a.select(-3, check_index(head, a.shape[-3], 'head', 'this layer', 'heads'))
 
 def _layer_matrix(a:Tensor, head_fusion:str, residual:bool) -> Tensor:
     "One layer's (N, T, T) attention in float64: heads fused, the identity added for the residual, rows normalised"
@@ -170,19 +183,6 @@ def rollout_map(model:nn.Module, x, query:int=0, head_fusion:str='mean', residua
     return token_layout(s, unwrap_model(model))
 
 # %% ../nbs/12a_attention.ipynb #ae49ed9d
-def show_attention(maps, layer=0, head=0, example:int=0, tokens:list[str]|None=None, ax=None, cmap='viridis'):
-    "One attention map as a heat map, queries down and keys across: `layer` a key or position of `maps`, `head` an index or a fusion ('mean', 'max', 'min')"
-    import matplotlib.pyplot as plt
-    keys = list(maps) if isinstance(maps, Mapping) else list(range(len(maps)))
-    key = keys[layer] if isinstance(layer, int) else layer
-    a = fuse_heads(maps[key][example], head)
-    if ax is None: _, ax = plt.subplots(figsize=(3.2, 3.2))
-    ax.imshow(a.detach().float().cpu().numpy(), cmap=cmap, vmin=0)
-    ax.set_title(f"{key}\nhead {head}", fontsize=8); ax.set_xlabel('key'); ax.set_ylabel('query')
-    if tokens is not None:
-        ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=7); ax.set_yticks(range(len(tokens)), tokens, fontsize=7)
-    return ax
-
 def show_rollout(image:Tensor, scores:Tensor, ax=None, alpha:float=0.5, cmap='jet', title=None):
     "A patch-grid map `scores` (h, w) upsampled and laid over `image` (C, H, W) in [0, 1]"
     import matplotlib.pyplot as plt
