@@ -23,11 +23,6 @@ __all__ = ['DECOMPOSE', 'TensorOp', 'ModelLog', 'log_forward_pass', 'ValidationR
            'show_model_graph']
 
 # %% ../nbs/12_trace.ipynb #e6fb8f7d
-def _fmt_bytes(n):
-    for unit in ('B', 'KB', 'MB', 'GB'):
-        if n < 1024 or unit == 'GB': return f"{n:.0f} {unit}" if unit == 'B' else f"{n:.1f} {unit}"
-        n /= 1024
-
 class TensorOp:
     "One tensor produced during a logged forward pass: the operation, its inputs, where it ran and (if saved) its value"
     __slots__ = ('index', 'func_name', 'layer_type', 'shape', 'dtype', 'nbytes', 'parents', 'children', 'module_path', 'params', 'elapsed',
@@ -68,19 +63,26 @@ class TensorOp:
         fn, line, func, text = self._source
         return f"{os.path.basename(fn)}:{line} in {func}" + (f": {text}" if text else '')
 
-    def __repr__(self):
-        lines = [f"{self.label}: {self.func_name}{' (in place)' if self.inplace else ''}, op {self.index}",
-                 f"  output: {self.shape} {str(self.dtype).replace('torch.', '')}, {_fmt_bytes(self.nbytes)}, {'saved' if self.saved else 'not saved'}"]
-        log = self._log() if self._log is not None else None
-        if log is not None:
-            name = lambda ix: ', '.join(log.entries[i].label for i in ix) or '-'
-            lines.append(f"  parents: {name(self.parents)}; children: {name(self.children)}")
-        if self.output_of: lines.append(f"  output of: {', '.join(self.output_of)}")
-        lines.append(f"  inside: {self.module or '(model forward)'}")
-        if self.params: lines.append(f"  params: {', '.join(f'{n} {tuple(s)}' for n, s, _ in self.params)}: {self.n_params:,}")
-        if self.n_passes > 1: lines.append(f"  pass {self.pass_num} of {self.n_passes}")
-        lines.append(f"  time: {self.elapsed*1e3:.3f} ms" + (f"; source: {self.source}" if self._source else ''))
-        return '\n'.join(lines)
+# %% ../nbs/12_trace.ipynb #b9e6d5fc
+def _fmt_bytes(n):
+    for unit in ('B', 'KB', 'MB', 'GB'):
+        if n < 1024 or unit == 'GB': return f"{n:.0f} {unit}" if unit == 'B' else f"{n:.1f} {unit}"
+        n /= 1024
+
+@patch
+def __repr__(self:TensorOp):
+    lines = [f"{self.label}: {self.func_name}{' (in place)' if self.inplace else ''}, op {self.index}",
+             f"  output: {self.shape} {str(self.dtype).replace('torch.', '')}, {_fmt_bytes(self.nbytes)}, {'saved' if self.saved else 'not saved'}"]
+    log = self._log() if self._log is not None else None
+    if log is not None:
+        name = lambda ix: ', '.join(log.entries[i].label for i in ix) or '-'
+        lines.append(f"  parents: {name(self.parents)}; children: {name(self.children)}")
+    if self.output_of: lines.append(f"  output of: {', '.join(self.output_of)}")
+    lines.append(f"  inside: {self.module or '(model forward)'}")
+    if self.params: lines.append(f"  params: {', '.join(f'{n} {tuple(s)}' for n, s, _ in self.params)}: {self.n_params:,}")
+    if self.n_passes > 1: lines.append(f"  pass {self.pass_num} of {self.n_passes}")
+    lines.append(f"  time: {self.elapsed*1e3:.3f} ms" + (f"; source: {self.source}" if self._source else ''))
+    return '\n'.join(lines)
 
 # %% ../nbs/12_trace.ipynb #d6fd43c1
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep   # with the separator: torchvision's files are not torch's
@@ -106,6 +108,7 @@ def _unchecked(func):
         f.__kwdefaults__ = func.__kwdefaults__
     return f
 
+# %% ../nbs/12_trace.ipynb #e4b94b83
 def _func_name(func):
     name = getattr(func, '__name__', None) or type(func).__name__
     if name == '__get__': name = getattr(getattr(func, '__self__', None), '__name__', name)  # a property: Tensor.T, Tensor.mT...
@@ -124,6 +127,7 @@ def _layer_type(name):
     "TorchLens' layer type: the function name in lower case without underscores (`max_pool2d` -> `maxpool2d`, `__add__` -> `add`)"
     return name.lower().replace('_', '')
 
+# %% ../nbs/12_trace.ipynb #ade6fe51
 def _tensors(x):
     "The tensors in `x`: a tensor, or (nested) tuples, lists and dicts of them, in order"
     if isinstance(x, Tensor): return [x]
@@ -159,6 +163,7 @@ def _scan(x, producers, ins, parents):
     if isinstance(x, dict): return {k: _scan(v, producers, ins, parents) for k, v in x.items()}
     return x
 
+# %% ../nbs/12_trace.ipynb #abde73de
 def _rng_state():
     "The CPU generator's state, and the current CUDA device's where CUDA is in use (for replaying random ops)"
     return torch.random.get_rng_state(), (torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None)
@@ -182,6 +187,7 @@ def _store_grad(ref, g):
     op = ref()
     if op is not None: op._grad = g.detach().clone()
 
+# %% ../nbs/12_trace.ipynb #651e8439
 class _Tracer(TorchFunctionMode):
     "Log every tensor-producing torch call into `log`"
     def __init__(self, log, wants, params, keep_grads, source_lines, save_device=None):
@@ -220,47 +226,52 @@ class _Tracer(TorchFunctionMode):
             with self: return _HOP(func, types, args, kwargs) if _HOP is not None else _unchecked(func)(*args, **kwargs)
         finally: self.bodies.pop()
 
-    def add_op(self, func, info, args, kwargs, outs, elapsed, rng, before=None):
-        log, producer, ins, parents = self.log, self.producer, [], []
-        name = info[0]
-        targs, tkwargs = _scan(args, producer, ins, parents), (_scan(kwargs, producer, ins, parents) if kwargs else kwargs)
-        if len(parents) > 1: parents = list(dict.fromkeys(parents))
-        params = [(self.params[id(t)], t.shape, t.numel()) for t in ins if id(t) in self.params]
-        source = _caller() if self.source_lines or not params else None   # where it was called: for loops, and where asked
-        where = None if source is None else source[:2] + source[3:] + (_inner_path(self.bodies[-1]) if self.bodies else ())
-        if source is not None: source = source[:3] + (linecache.getline(source[0], source[1]).strip() if self.source_lines else '',)
-        if before is not None: targs = (before,) + tuple(targs[1:])
-        path = tuple(self.stack)
-        for j, out in enumerate(outs):
-            inplace = any(out is t for t in ins)
-            if params: key = (name, tuple(p for p, _, _ in params), j)
-            else: key = (name, tuple(m for m, _ in path), where, tuple(log.entries[i].layer_label for i in parents), j)
-            op = TensorOp(len(log.entries), name, _layer_type(name), out, parents, path, params, elapsed, source if self.source_lines else None, inplace)
-            if key in self.layers:
-                op.layer_label, op.short_label = self.layers[key]
-                op.pass_num = log._passes[op.layer_label] = log._passes[op.layer_label] + 1
-            else:
-                self.type_counts[op.layer_type] += 1
-                log._n_layers += 1
-                short = f"{op.layer_type}_{self.type_counts[op.layer_type]}"
-                op.layer_label, op.short_label = self.layers[key] = (f"{short}_{log._n_layers}", short)
-                log._passes[op.layer_label] = 1
-            op._func, op._args, op._kwargs, op._rng = func, targs, tkwargs, rng
-            op._out_index = j if len(outs) > 1 else None
-            self.keep(op, out)
-            for i in parents: log.entries[i].children.append(op.index)
-            log.entries.append(op)
-            producer[out] = op.index
+# %% ../nbs/12_trace.ipynb #18a1723d
+@patch
+def add_op(self:_Tracer, func, info, args, kwargs, outs, elapsed, rng, before=None):
+    log, producer, ins, parents = self.log, self.producer, [], []
+    name = info[0]
+    targs, tkwargs = _scan(args, producer, ins, parents), (_scan(kwargs, producer, ins, parents) if kwargs else kwargs)
+    if len(parents) > 1: parents = list(dict.fromkeys(parents))
+    params = [(self.params[id(t)], t.shape, t.numel()) for t in ins if id(t) in self.params]
+    source = _caller() if self.source_lines or not params else None   # where it was called: for loops, and where asked
+    where = None if source is None else source[:2] + source[3:] + (_inner_path(self.bodies[-1]) if self.bodies else ())
+    if source is not None: source = source[:3] + (linecache.getline(source[0], source[1]).strip() if self.source_lines else '',)
+    if before is not None: targs = (before,) + tuple(targs[1:])
+    path = tuple(self.stack)
+    for j, out in enumerate(outs):
+        inplace = any(out is t for t in ins)
+        if params: key = (name, tuple(p for p, _, _ in params), j)
+        else: key = (name, tuple(m for m, _ in path), where, tuple(log.entries[i].layer_label for i in parents), j)
+        op = TensorOp(len(log.entries), name, _layer_type(name), out, parents, path, params, elapsed, source if self.source_lines else None, inplace)
+        if key in self.layers:
+            op.layer_label, op.short_label = self.layers[key]
+            op.pass_num = log._passes[op.layer_label] = log._passes[op.layer_label] + 1
+        else:
+            self.type_counts[op.layer_type] += 1
+            log._n_layers += 1
+            short = f"{op.layer_type}_{self.type_counts[op.layer_type]}"
+            op.layer_label, op.short_label = self.layers[key] = (f"{short}_{log._n_layers}", short)
+            log._passes[op.layer_label] = 1
+        op._func, op._args, op._kwargs, op._rng = func, targs, tkwargs, rng
+        op._out_index = j if len(outs) > 1 else None
+        self.keep(op, out)
+        for i in parents: log.entries[i].children.append(op.index)
+        log.entries.append(op)
+        producer[out] = op.index
 
-    def copy(self, t):
-        "A copy of `t` to save: attached to the graph with `keep_grads`, on `save_device` where asked"
-        t = t if self.keep_grads else t.detach()
-        return t.clone() if self.save_device is None else t.to(self.save_device, copy=True)
+# %% ../nbs/12_trace.ipynb #a4691de5
+@patch
+def copy(self:_Tracer, t):
+    "A copy of `t` to save: attached to the graph with `keep_grads`, on `save_device` where asked"
+    t = t if self.keep_grads else t.detach()
+    return t.clone() if self.save_device is None else t.to(self.save_device, copy=True)
 
-    def keep(self, op, t):
-        "Save a copy of `t` for `op` if asked, and its gradient when `keep_grads`"
-        if self.wants(op): op.tensor = self.copy(t)
-        if self.keep_grads and t.requires_grad: t.register_hook(partial(_store_grad, weakref.ref(op)))
+@patch
+def keep(self:_Tracer, op, t):
+    "Save a copy of `t` for `op` if asked, and its gradient when `keep_grads`"
+    if self.wants(op): op.tensor = self.copy(t)
+    if self.keep_grads and t.requires_grad: t.register_hook(partial(_store_grad, weakref.ref(op)))
 
 # %% ../nbs/12_trace.ipynb #2dfbd473
 class _ModuleContext:
@@ -336,48 +347,52 @@ class ModelLog:
     def __len__(self): return len(self.entries)
     def __iter__(self): return iter(self.entries)
 
-    def __getitem__(self, key) -> TensorOp:
-        "An op by label (`conv2d_3_7`, `linear_1_2:3`), short label (`conv2d_3`), module name (`features.6`, `fc:2`) or position"
-        if isinstance(key, int) and not isinstance(key, bool):
-            if not -len(self) <= key < len(self): raise IndexError(f"op {key} is out of range: the log has {len(self)} ops")
-            return self.entries[key]
-        if not isinstance(key, str): raise TypeError(f"look ops up by label, module name or position, not {type(key).__name__}")
-        if key in self._by_label: return self._by_label[key]
-        if key in self._by_module: return self._by_module[key]
-        base, p = _split_call(key)
-        if base in self._layers:
-            ops = self._layers[base]
-            if p is None and len(ops) == 1: return ops[0]
-            if p is not None and 1 <= p <= len(ops) and len({o.layer_label for o in ops}) == 1: return ops[p - 1]
-            raise KeyError(f"{key!r} ran {len(ops)} times; ask for one pass: {', '.join(o.label for o in ops[:8])}")
-        if key in self.module_calls:
-            if self.module_calls[key] > 1: raise KeyError(f"module {key!r} ran {self.module_calls[key]} times; ask for one call: {key}:1 ... {key}:{self.module_calls[key]}")
-            raise KeyError(f"module {key!r} ran but returned no logged tensor")
-        if key in self.module_types: raise KeyError(f"module {key!r} did not run in this forward pass")
-        if p is not None and base in self.module_types:
-            n = self.module_calls.get(base, 0)
-            if p == 1 and n == 1 and base in self._by_module: return self._by_module[base]   # `name:1` of a module that ran once
-            raise KeyError(f"module {base!r} ran {n} time(s): there is no call {p}" + (f"; ask for {base}:1 ... {base}:{n}" if n > 1 else f"; ask for {base!r}" if n else ''))
-        raise unknown_key_error(key, self.layer_labels + list(self._by_module), 'op or module')
+# %% ../nbs/12_trace.ipynb #a92d9cef
+@patch
+def __getitem__(self:ModelLog, key) -> TensorOp:
+    "An op by label (`conv2d_3_7`, `linear_1_2:3`), short label (`conv2d_3`), module name (`features.6`, `fc:2`) or position"
+    if isinstance(key, int) and not isinstance(key, bool):
+        if not -len(self) <= key < len(self): raise IndexError(f"op {key} is out of range: the log has {len(self)} ops")
+        return self.entries[key]
+    if not isinstance(key, str): raise TypeError(f"look ops up by label, module name or position, not {type(key).__name__}")
+    if key in self._by_label: return self._by_label[key]
+    if key in self._by_module: return self._by_module[key]
+    base, p = _split_call(key)
+    if base in self._layers:
+        ops = self._layers[base]
+        if p is None and len(ops) == 1: return ops[0]
+        if p is not None and 1 <= p <= len(ops) and len({o.layer_label for o in ops}) == 1: return ops[p - 1]
+        raise KeyError(f"{key!r} ran {len(ops)} times; ask for one pass: {', '.join(o.label for o in ops[:8])}")
+    if key in self.module_calls:
+        if self.module_calls[key] > 1: raise KeyError(f"module {key!r} ran {self.module_calls[key]} times; ask for one call: {key}:1 ... {key}:{self.module_calls[key]}")
+        raise KeyError(f"module {key!r} ran but returned no logged tensor")
+    if key in self.module_types: raise KeyError(f"module {key!r} did not run in this forward pass")
+    if p is not None and base in self.module_types:
+        n = self.module_calls.get(base, 0)
+        if p == 1 and n == 1 and base in self._by_module: return self._by_module[base]   # `name:1` of a module that ran once
+        raise KeyError(f"module {base!r} ran {n} time(s): there is no call {p}" + (f"; ask for {base}:1 ... {base}:{n}" if n > 1 else f"; ask for {base!r}" if n else ''))
+    raise unknown_key_error(key, self.layer_labels + list(self._by_module), 'op or module')
 
-    def __repr__(self):
-        n_in = sum(op.layer_type == 'input' for op in self.entries)
-        n_out = sum(op.layer_type == 'output' for op in self.entries)
-        saved = [op for op in self.entries if op.saved and op.layer_type != 'output']
-        loops = {l: n for l, n in self._passes.items() if n > 1}
-        lines = [f"ModelLog of {self.model_name}: {len(self) - n_in - n_out} ops in {self._n_layers} layers, {n_in} input, {n_out} output tensors",
-                 f"  parameters: {self.n_params:,}; modules: {len(self.module_types)} ({sum(self.module_calls.values())} calls)",
-                 f"  saved: {len(saved)} tensors, {_fmt_bytes(self.saved_bytes)}; gradients {'kept' if self.keep_grads else 'not kept'}",
-                 f"  forward pass: {self.elapsed*1e3:.1f} ms" + (f"; loops: {', '.join(f'{l} x{n}' for l, n in loops.items())}" if loops else ''),
-                 "  module hierarchy:"]
-        for name, typ in self.module_types.items():
-            n = self.module_calls.get(name, 0)
-            lines.append(f"    {'  ' * name.count('.')}{name.rsplit('.', 1)[-1]} ({typ})" + ('' if n == 1 else f" x{n}" if n else ' (not run)'))
-        lines.append("  ops:")
-        w = max(len(op.label) for op in self.entries)
-        for op in self.entries:
-            lines.append(f"    {op.index:>4} {op.label:<{w}} {str(op.shape):<20} {'saved' if op.saved else '     '} {', '.join(op.output_of) or ''}")
-        return '\n'.join(lines)
+# %% ../nbs/12_trace.ipynb #a6d8eecd
+@patch
+def __repr__(self:ModelLog):
+    n_in = sum(op.layer_type == 'input' for op in self.entries)
+    n_out = sum(op.layer_type == 'output' for op in self.entries)
+    saved = [op for op in self.entries if op.saved and op.layer_type != 'output']
+    loops = {l: n for l, n in self._passes.items() if n > 1}
+    lines = [f"ModelLog of {self.model_name}: {len(self) - n_in - n_out} ops in {self._n_layers} layers, {n_in} input, {n_out} output tensors",
+             f"  parameters: {self.n_params:,}; modules: {len(self.module_types)} ({sum(self.module_calls.values())} calls)",
+             f"  saved: {len(saved)} tensors, {_fmt_bytes(self.saved_bytes)}; gradients {'kept' if self.keep_grads else 'not kept'}",
+             f"  forward pass: {self.elapsed*1e3:.1f} ms" + (f"; loops: {', '.join(f'{l} x{n}' for l, n in loops.items())}" if loops else ''),
+             "  module hierarchy:"]
+    for name, typ in self.module_types.items():
+        n = self.module_calls.get(name, 0)
+        lines.append(f"    {'  ' * name.count('.')}{name.rsplit('.', 1)[-1]} ({typ})" + ('' if n == 1 else f" x{n}" if n else ' (not run)'))
+    lines.append("  ops:")
+    w = max(len(op.label) for op in self.entries)
+    for op in self.entries:
+        lines.append(f"    {op.index:>4} {op.label:<{w}} {str(op.shape):<20} {'saved' if op.saved else '     '} {', '.join(op.output_of) or ''}")
+    return '\n'.join(lines)
 
 # %% ../nbs/12_trace.ipynb #fd98d5c4
 def _save_rule(layers_to_save, names):
@@ -404,6 +419,7 @@ def _save_rule(layers_to_save, names):
         return False
     return wants, positions, modules, labels
 
+# %% ../nbs/12_trace.ipynb #6152f728
 def _check_saved(log, positions, modules, labels):
     "Raise for any key of `layers_to_save` that matched nothing: a position past the end, a call or pass that did not happen, an unknown label"
     for i in sorted(positions):
@@ -424,6 +440,7 @@ def _check_saved(log, positions, modules, labels):
         if p is not None and not any(op.pass_num == p for op in found):
             raise KeyError(f"layers_to_save: {base!r} ran at most {max(op.n_passes for op in found)} pass(es): there is no pass {p} (see log.layer_labels)")
 
+# %% ../nbs/12_trace.ipynb #1c956549
 def _inputs_of(x, kwargs):
     if isinstance(x, dict): return (), {**x, **(kwargs or {})}
     if isinstance(x, (list, tuple)): return tuple(x), dict(kwargs or {})
@@ -441,6 +458,7 @@ def _add_io(log, tracer, t, kind, k, parent=None):
         src.children.append(op.index)
     log.entries.append(op)
 
+# %% ../nbs/12_trace.ipynb #dec6bf38
 @keeps_rng
 def log_forward_pass(model:nn.Module, x, layers_to_save='all', keep_grads:bool=False, source_lines:bool=False, kwargs:dict|None=None,
                      save_device=None) -> ModelLog:
@@ -504,6 +522,7 @@ class ValidationReport:
     def __bool__(self): return False
     def __repr__(self): return f"{len(self.failures)} check(s) failed:\n" + '\n'.join(f"  {k}: {why}" for k, why in self.failures)
 
+# %% ../nbs/12_trace.ipynb #84d454ae
 def validate_saved_activations(model:nn.Module, x, rtol=1e-4, atol=1e-5, kwargs:dict|None=None):
     "Replay every logged op from its saved parents, compare the output with a fresh forward, and check that perturbed parents change results: `True` or a `ValidationReport`"
     model = unwrap_model(check_module(model, 'validate_saved_activations'))
@@ -546,18 +565,19 @@ def _require_dot():
 
 def _strip_call(c): return _split_call(c)[0]
 
-def _draw(log, rolled=False, nesting_depth=None, module=None, direction='TB', path=None, show_shapes=True):
-    import graphviz
-    _require_dot()
-    if nesting_depth is not None and (not isinstance(nesting_depth, int) or nesting_depth < 1): raise ValueError(f"nesting_depth counts module levels from 1 (top-level modules only), got {nesting_depth!r}")
+def _select_ops(log, module):
+    "The ops to draw (for one `module`: those that ran inside it) and, for a `module`, the ops outside it that feed it"
     ops = [op for op in log.entries if op.layer_type not in ('output',) or module is None]
-    if module is not None:
-        if module not in log.module_types and _strip_call(module) not in log.module_types: raise unknown_key_error(module, list(log.module_types), 'module')
-        inside = lambda op: any(c == module or (':' not in module and _strip_call(c) == module) for c in op.module_path)
-        ops = [op for op in ops if inside(op)]
-        if not ops: raise ValueError(f"module {module!r} ran no operation in this forward pass")
-        chosen = {op.index for op in ops}
-        feeds = [log.entries[i] for i in dict.fromkeys(i for op in ops for i in op.parents) if i not in chosen]
+    if module is None: return ops, []
+    if module not in log.module_types and _strip_call(module) not in log.module_types: raise unknown_key_error(module, list(log.module_types), 'module')
+    inside = lambda op: any(c == module or (':' not in module and _strip_call(c) == module) for c in op.module_path)
+    ops = [op for op in ops if inside(op)]
+    if not ops: raise ValueError(f"module {module!r} ran no operation in this forward pass")
+    chosen = {op.index for op in ops}
+    return ops, [log.entries[i] for i in dict.fromkeys(i for op in ops for i in op.parents) if i not in chosen]
+
+def _layout(ops, feeds, rolled, nesting_depth):
+    "Graph nodes (key -> (cluster path, its ops)), edge counts between nodes, and the tree of clusters (module path -> node keys in execution order)"
     name = _strip_call if rolled else (lambda c: c)
     def place(op):
         "(node key, cluster path) of `op`"
@@ -566,22 +586,22 @@ def _draw(log, rolled=False, nesting_depth=None, module=None, direction='TB', pa
         return ('op', op.layer_label if rolled else op.label), mp
     nodes, edges = {}, Counter()
     placed = {op.index: place(op) for op in ops}
-    if module is not None:   # what flows into the module, drawn outside it
-        for op in feeds: placed[op.index] = ('feed', op.label), ()
-        ops = feeds + ops
-    for op in ops:
+    for op in feeds: placed[op.index] = ('feed', op.label), ()   # what flows into a module drawn alone, drawn outside it
+    for op in feeds + ops:
         key, cluster = placed[op.index]
         nodes.setdefault(key, (cluster, []))[1].append(op)
         for i in op.parents:
             if i in placed and placed[i][0] != key: edges[(placed[i][0], key)] += 1
-    ids = {k: f"n{i}" for i, k in enumerate(nodes)}
     tree = {}   # cluster path -> its nodes, in execution order
     for key, (cluster, _) in nodes.items():
         for d in range(len(cluster) + 1): tree.setdefault(cluster[:d], [])
         tree[cluster].append(key)
-    g = graphviz.Digraph(name=log.model_name, graph_attr={'rankdir': direction, 'fontname': 'Helvetica', 'fontsize': '10'},
-                         node_attr={'fontname': 'Helvetica', 'fontsize': '9', 'shape': 'box', 'style': 'rounded,filled', 'fillcolor': 'white'},
-                         edge_attr={'arrowsize': '0.6'})
+    return nodes, edges, tree
+
+# %% ../nbs/12_trace.ipynb #5b1a8805
+def _render(g, log, nodes, edges, tree, rolled, show_shapes):
+    "Draw `nodes` into Graphviz graph `g`: a dashed box per module call (a module of one op is a captioned node), then the edges"
+    ids = {k: f"n{i}" for i, k in enumerate(nodes)}
     def node(c, key, caption=''):
         kind, k = key
         first = nodes[key][1][0]
@@ -607,6 +627,19 @@ def _draw(log, rolled=False, nesting_depth=None, module=None, direction='TB', pa
                 emit(s, child)
     emit(g, ())
     for (a, b), n in edges.items(): g.edge(ids[a], ids[b], **({'label': f"x{n}", 'fontsize': '8'} if rolled and n > 1 else {}))
+    return g
+
+# %% ../nbs/12_trace.ipynb #998500a6
+def _draw(log, rolled=False, nesting_depth=None, module=None, direction='TB', path=None, show_shapes=True):
+    import graphviz
+    _require_dot()
+    if nesting_depth is not None and (not isinstance(nesting_depth, int) or nesting_depth < 1): raise ValueError(f"nesting_depth counts module levels from 1 (top-level modules only), got {nesting_depth!r}")
+    ops, feeds = _select_ops(log, module)
+    nodes, edges, tree = _layout(ops, feeds, rolled, nesting_depth)
+    g = graphviz.Digraph(name=log.model_name, graph_attr={'rankdir': direction, 'fontname': 'Helvetica', 'fontsize': '10'},
+                         node_attr={'fontname': 'Helvetica', 'fontsize': '9', 'shape': 'box', 'style': 'rounded,filled', 'fillcolor': 'white'},
+                         edge_attr={'arrowsize': '0.6'})
+    _render(g, log, nodes, edges, tree, rolled, show_shapes)
     if path is not None: g.render(outfile=path, cleanup=True)
     return g
 
