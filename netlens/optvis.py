@@ -19,11 +19,11 @@ from .adapters import (embedding_name, unwrap_model, as_images, check_count, che
 # %% auto #0
 __all__ = ['COLOR_CORRELATION', 'Rendered', 'decorrelate_colors', 'correlate_colors', 'ImageParam', 'pad', 'jitter',
            'random_scale', 'random_rotate', 'compose', 'resize_to', 'keep_size', 'standard_transforms', 'Objective',
-           'channel', 'neuron', 'layer', 'class_logit', 'class_prob', 'direction', 'diversity', 'total_variation', 'tv',
+           'channel', 'neuron', 'layer', 'direction', 'diversity', 'class_logit', 'class_prob', 'total_variation', 'tv',
            'l1', 'l2', 'frozen', 'input_channels', 'model_input_size', 'generator', 'blank_input', 'check_layers',
            'optimize', 'render']
 
-# %% ../nbs/07_optvis.ipynb #48d12937
+# %% ../nbs/07_optvis.ipynb #3f7d81ee
 # square root of ImageNet's colour correlation matrix (lucid's constants), columns normalised to at most 1
 _COLOR_SQRT = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
 COLOR_CORRELATION = _COLOR_SQRT / _COLOR_SQRT.norm(dim=0).max()
@@ -53,6 +53,7 @@ def _spectrum_scale(h, w, decay_power):
     f = (torch.fft.fftfreq(h)[:, None] ** 2 + torch.fft.rfftfreq(w)[None] ** 2).sqrt()
     return 1 / f.clamp(min=1 / max(h, w)) ** decay_power
 
+# %% ../nbs/07_optvis.ipynb #abfb8ac3
 class ImageParam(nn.Module):
     "A batch of images in [0, 1] made from learnable parameters: pixels or a 1/f-scaled spectrum, with decorrelated colour"
     def __init__(self, size, channels=3, batch=1, fft=True, decorrelate=True, valid='sigmoid', sd=0.01, decay_power=1., seed=None, device=None):
@@ -96,7 +97,7 @@ class ImageParam(nn.Module):
 
     def __repr__(self): return f"ImageParam({'x'.join(map(str, self.shape))}, {'fft' if self.fft else 'pixels'}{', decorrelated' if self.decorrelate else ''}, {self.valid})"
 
-# %% ../nbs/07_optvis.ipynb #a4b18551
+# %% ../nbs/07_optvis.ipynb #d8989eb8
 def _options(v, name):
     v = list(v) if hasattr(v, '__iter__') else [v]
     if not v: raise ValueError(f"{name} is empty: give at least one value to draw from")
@@ -137,6 +138,7 @@ def random_rotate(angles):
         return F.grid_sample(x, grid, mode='bilinear', padding_mode='border', align_corners=False)
     return f
 
+# %% ../nbs/07_optvis.ipynb #3bfb18b2
 def compose(*transforms):
     "Apply `transforms` in order"
     def f(x, g):
@@ -168,7 +170,7 @@ def standard_transforms():
                          random_rotate(list(range(-10, 11)) + 5 * [0]), jitter(px(4)))(x, g)
     return f
 
-# %% ../nbs/07_optvis.ipynb #a8e7ce25
+# %% ../nbs/07_optvis.ipynb #7676a906
 class Objective:
     "A quantity to maximise from a forward pass `run`; combine with +, -, * and /"
     def __init__(self, f, name:str, layers=()):
@@ -191,6 +193,7 @@ class Objective:
     __rmul__ = __mul__
     def __truediv__(self, k): return self * (1 / k)
 
+# %% ../nbs/07_optvis.ipynb #b691cf1a
 def _pick(v, batch):
     "Sum of a per-image vector, or image `batch` only"
     return v.sum() if batch is None else v[batch]
@@ -226,6 +229,7 @@ def neuron(layer:str, k:int, x=None, y=None, batch=None, layout=None) -> Objecti
         return _pick(a[:, i, j], batch)
     return Objective(f, f"neuron({layer!r}, {k}, {x}, {y})", [layer])
 
+# %% ../nbs/07_optvis.ipynb #fe98056f
 def layer(name:str, kind='mean', batch=None, layout=None) -> Objective:
     "All of `name`'s activation (prefix tokens dropped): its mean (`kind='mean'`) or its mean square (`'l2'`, DeepDream's objective)"
     if kind not in ('mean', 'l2'): raise ValueError(f"kind is 'mean' or 'l2', got {kind!r}")
@@ -233,27 +237,6 @@ def layer(name:str, kind='mean', batch=None, layout=None) -> Objective:
         a = _features(r, name, layout, any_order=True)
         return _pick(_per_image(a if kind == 'mean' else a ** 2), batch)
     return Objective(f, f"layer({name!r}, {kind!r})", [name])
-
-_WRAP_SCORES = "wrap the model in an nn.Module whose forward returns the scores (N, classes)"
-
-def _scores(r):
-    "The scores in what the model returned (`model_output`, with the `output=` the run was given)"
-    s = getattr(r, 'scores', None)
-    return s() if callable(s) else model_output(r.output)
-
-def _output_of(r, k):
-    "The model's scores, once class `k` is known to be one of its columns"
-    out = check_scores(_scores(r), fix="choose them with render(..., output=) (a key, an index or a function of the model's output)")
-    check_index(k, out.shape[1], 'class', unit='outputs')
-    return out
-
-def class_logit(k:int, batch=None) -> Objective:
-    "The model's output (logit) for class `k`"
-    return Objective(lambda r: _pick(_output_of(r, k)[:, k], batch), f"class_logit({k})")
-
-def class_prob(k:int, batch=None) -> Objective:
-    "The log-probability of class `k` (log-softmax of the output): raising it lowers the other classes' scores too"
-    return Objective(lambda r: _pick(F.log_softmax(_output_of(r, k), 1)[:, k], batch), f"class_prob({k})")
 
 def direction(layer:str, vector, batch=None, layout=None) -> Objective:
     "Cosine similarity between `layer`'s activation at each position and `vector` (one value per channel), averaged over positions"
@@ -276,6 +259,29 @@ def diversity(layer:str, layout=None) -> Objective:
         return -(sim.sum() - sim.diagonal().sum()) / n
     return Objective(f, f"diversity({layer!r})", [layer])
 
+# %% ../nbs/07_optvis.ipynb #d3e03223
+_WRAP_SCORES = "wrap the model in an nn.Module whose forward returns the scores (N, classes)"
+
+def _scores(r):
+    "The scores in what the model returned (`model_output`, with the `output=` the run was given)"
+    s = getattr(r, 'scores', None)
+    return s() if callable(s) else model_output(r.output)
+
+def _output_of(r, k):
+    "The model's scores, once class `k` is known to be one of its columns"
+    out = check_scores(_scores(r), fix="choose them with render(..., output=) (a key, an index or a function of the model's output)")
+    check_index(k, out.shape[1], 'class', unit='outputs')
+    return out
+
+def class_logit(k:int, batch=None) -> Objective:
+    "The model's output (logit) for class `k`"
+    return Objective(lambda r: _pick(_output_of(r, k)[:, k], batch), f"class_logit({k})")
+
+def class_prob(k:int, batch=None) -> Objective:
+    "The log-probability of class `k` (log-softmax of the output): raising it lowers the other classes' scores too"
+    return Objective(lambda r: _pick(F.log_softmax(_output_of(r, k), 1)[:, k], batch), f"class_prob({k})")
+
+# %% ../nbs/07_optvis.ipynb #5e2b7bf4
 def total_variation(x:Tensor, beta:float|None=None) -> Tensor:
     "Mean |dx| + |dy| over the image `x`, or with `beta` Mahendran & Vedaldi's mean (dx^2 + dy^2)^(beta/2); both differences on one grid"
     if x.ndim < 2 or min(x.shape[-2:]) < 2: raise ValueError(f"total_variation needs an image (..., H, W) with H, W >= 2, got shape {tuple(x.shape)}")
@@ -294,7 +300,7 @@ def l2(constant=0.5) -> Objective:
     "Mean (image - constant)^2, a penalty"
     return Objective(lambda r: ((r.image - constant) ** 2).mean(), f"l2({constant})")
 
-# %% ../nbs/07_optvis.ipynb #3a3bc271
+# %% ../nbs/07_optvis.ipynb #b22caebe
 Rendered = namedtuple('Rendered', 'images snapshots history')
 
 class _Run:
@@ -326,6 +332,7 @@ class _Run:
         lay = self.layouts[key]
         return a if lay is None else channels_first(a, lay)
 
+# %% ../nbs/07_optvis.ipynb #a428b048
 @contextmanager
 def frozen(model:nn.Module):
     "Eval mode and no parameter gradients for the block; each module's mode and each parameter's `requires_grad` restored after"
@@ -365,6 +372,7 @@ def blank_input(model:nn.Module, size=None, channels:int|None=None) -> Tensor:
     h, w = _hw(_default_size(model, size))
     return torch.zeros(1, channels or input_channels(model) or 3, h, w, device=model_device(model), dtype=model_dtype(model))
 
+# %% ../nbs/07_optvis.ipynb #cb804f5b
 def _preprocess(preprocess):
     if preprocess is None: return lambda x: x
     if preprocess == 'imagenet': return normalize
@@ -409,6 +417,7 @@ def _check_takes_images(model:nn.Module):
         raise TypeError(f"feature visualisation optimises an image, but {type(model).__name__} takes token ids (its input embedding is {emb!r}): "
                         "use a model of images; for a text model, attribute through its embeddings with layer= (netlens.attribution)")
 
+# %% ../nbs/07_optvis.ipynb #0f7f64f5
 @keeps_rng
 def optimize(model:nn.Module, objective:Objective, param:nn.Module, transforms='standard', preprocess=None, optimizer=None, lr=0.05,
              steps=512, thresholds=None, show_progress=True, seed=None, output=None):
