@@ -16,10 +16,17 @@ from .adapters import unwrap_model, to_model_images, check_count, check_module, 
 from .optvis import frozen, total_variation, input_channels, _preprocess
 
 # %% auto #0
-__all__ = ['PRESETS', 'vgg_layer_names', 'gram', 'style_loss', 'content_loss', 'avg_pooling', 'default_style_model',
-           'style_transfer']
+__all__ = ['PRESETS', 'vgg_layer_names', 'gram', 'style_loss', 'content_loss', 'style_transfer', 'avg_pooling',
+           'default_style_model']
 
-# %% ../nbs/09_style.ipynb #d934b8aa
+# %% ../nbs/09_style.ipynb #cb52a8eb
+PRESETS = {
+    'gatys': dict(content_layers=['relu4_2'], style_layers=['relu1_1', 'relu2_1', 'relu3_1', 'relu4_1', 'relu5_1'],
+                  content_weight=1., style_weight=1e3 * (255 * 0.226) ** 2, norm='gatys'),
+    'tutorial': dict(content_layers=['conv_4'], style_layers=['conv_1', 'conv_2', 'conv_3', 'conv_4', 'conv_5'],
+                     content_weight=1., style_weight=1e6, norm='tutorial'),
+}
+
 _POOLS = (nn.MaxPool2d, nn.AvgPool2d)
 
 def vgg_layer_names(model:nn.Module) -> dict:
@@ -38,7 +45,6 @@ def vgg_layer_names(model:nn.Module) -> dict:
         last = kind
     return names
 
-# %% ../nbs/09_style.ipynb #3c47cbb7
 def gram(f:Tensor, norm='gatys') -> Tensor:
     "Gram matrices (N, C, C) of features (N, C, H, W): F Fᵀ (`'gatys'`), or divided by C·H·W·N (`'tutorial'`)"
     if norm not in ('gatys', 'tutorial'): raise ValueError(f"norm is 'gatys' or 'tutorial', got {norm!r}")
@@ -59,14 +65,112 @@ def content_loss(f:Tensor, target:Tensor, norm='gatys') -> Tensor:
     if f.shape != target.shape: raise ValueError(f"the features are {tuple(f.shape)}, the target {tuple(target.shape)}: take both from the same layer and image size")
     return 0.5 * ((f - target) ** 2).sum() if norm == 'gatys' else F.mse_loss(f, target)
 
-# %% ../nbs/09_style.ipynb #5d59819b
-PRESETS = {
-    'gatys': dict(content_layers=['relu4_2'], style_layers=['relu1_1', 'relu2_1', 'relu3_1', 'relu4_1', 'relu5_1'],
-                  content_weight=1., style_weight=1e3 * (255 * 0.226) ** 2, norm='gatys'),
-    'tutorial': dict(content_layers=['conv_4'], style_layers=['conv_1', 'conv_2', 'conv_3', 'conv_4', 'conv_5'],
-                     content_weight=1., style_weight=1e6, norm='tutorial'),
-}
+def _image(x, name, model):
+    "One image `x` (see `as_images`) as a new contiguous, detached (1, C, H, W) batch on the model's device and dtype"
+    x = to_model_images(x, model, name, input_channels(model))
+    if len(x) != 1: raise ValueError(f"{name} must be one image (C, H, W) or (1, C, H, W), got shape {tuple(x.shape)}: pass {name}[i]")
+    return x
 
+# %% ../nbs/09_style.ipynb #9d33d886
+def _settings(preset, content_layers, style_layers, style_weight, content_weight, optimizer, pooling, steps):
+    "The preset's layers, weights and norm with the caller's overrides, every choice checked"
+    if preset not in PRESETS: raise unknown_key_error(preset, list(PRESETS), 'preset')
+    cfg = PRESETS[preset]
+    as_list = lambda v, d: list(d) if v is None else [v] if isinstance(v, (str, int)) else list(v)
+    content_layers, style_layers = as_list(content_layers, cfg['content_layers']), as_list(style_layers, cfg['style_layers'])
+    if not content_layers and not style_layers: raise ValueError("content_layers and style_layers are both empty: name at least one layer (None takes the preset's)")
+    style_weight = cfg['style_weight'] if style_weight is None else style_weight
+    content_weight = cfg['content_weight'] if content_weight is None else content_weight
+    if optimizer not in ('lbfgs', 'adam'): raise ValueError(f"optimizer is 'lbfgs' or 'adam', got {optimizer!r}")
+    if pooling not in ('max', 'avg'): raise ValueError(f"pooling is 'max' or 'avg', got {pooling!r}")
+    return content_layers, style_layers, style_weight, content_weight, cfg['norm'], check_count(steps, 'steps')
+
+def _layer_names(model, content_layers, style_layers):
+    "`FlatModel(model)` and the names in it of the content and style layers, given by VGG name (`vgg_layer_names`) or by FlatModel name"
+    names, fm = vgg_layer_names(model), FlatModel(model)
+    resolve = lambda l: names[l] if l in names else fm.name_of(l)
+    try: return fm, [resolve(l) for l in content_layers], [resolve(l) for l in style_layers]
+    except KeyError as e: raise KeyError(f"{e.args[0]} (VGG names this model has: {', '.join(list(names)[:12])} ...)") from None
+
+def _start(init, content, model, g):
+    "The image the optimisation starts from: the content, uniform noise or the image `init`"
+    if isinstance(init, str) and init == 'content': return content
+    if init == 'noise': return torch.rand(content.shape, generator=g).to(model_device(model), model_dtype(model))
+    if isinstance(init, str): raise ValueError(f"init is 'content', 'noise' or an image, got {init!r}")
+    start = _image(init, 'init', model)
+    if start.shape != content.shape: raise ValueError(f"init has shape {tuple(start.shape)}, content {tuple(content.shape)}: the optimised image starts from init, so they must match")
+    return start
+
+def _loss(x, features, targets_c, targets_s, norm, content_weight, style_weight, tv_weight, history, last):
+    "A function of no arguments: the loss of `x` now, its parts appended to `history`, the image evaluated kept in `last['x']`"
+    def losses():
+        fc, fs = features(x)
+        zero = x.new_zeros(())           # no content layers: texture synthesis; no style layers: a reconstruction
+        lc = sum((content_loss(f, t, norm) for f, t in zip(fc, targets_c)), zero) / (max(len(fc), 1) if norm == 'gatys' else 1)
+        ls = sum((style_loss(f, t, norm) for f, t in zip(fs, targets_s)), zero) / (max(len(fs), 1) if norm == 'gatys' else 1)
+        loss = content_weight * lc + style_weight * ls + tv_weight * total_variation(x)
+        for k, v in (('content', lc), ('style', ls), ('total', loss)): history[k].append(v.item())
+        if not math.isfinite(history['total'][-1]): raise ValueError(f"the loss is {history['total'][-1]} at evaluation {len(history['total'])} (content {history['content'][-1]:.3g}, style {history['style'][-1]:.3g}): lower lr or the weights")
+        last['x'] = x.detach().clone()
+        return loss
+    return losses
+
+# %% ../nbs/09_style.ipynb #4593b02d
+def _minimize(x, losses, history, last, optimizer, lr, steps, show_progress):
+    "Minimise `losses()` over the leaf `x` (clamped to [0, 1]) for `steps` evaluations; the history ends with the loss of `x` as returned"
+    opt = torch.optim.LBFGS([x], lr=lr or 1., max_iter=20, tolerance_grad=0., tolerance_change=0., line_search_fn='strong_wolfe') if optimizer == 'lbfgs' else torch.optim.Adam([x], lr=lr or 0.02)
+    bar = progress(range(steps), leave=False, show=show_progress)
+    ticks = iter(bar)                    # one tick per evaluation of the loss: L-BFGS evaluates several times per step
+    def closure():
+        with torch.no_grad(): x.clamp_(0, 1)
+        opt.zero_grad()
+        loss = losses()
+        loss.backward()
+        next(ticks, None)
+        return loss
+    try:
+        while len(history['total']) < steps:
+            n = len(history['total'])
+            if optimizer == 'lbfgs': opt.param_groups[0]['max_eval'] = steps - n   # one step() evaluates up to 25 times: stop at `steps`
+            opt.step(closure)
+            if len(history['total']) == n + 1 and optimizer == 'lbfgs': break   # L-BFGS found nothing more to do
+    finally:
+        for b in (ticks, bar): getattr(b, 'close', lambda: None)()          # a bar stopped early still ends its line
+    with torch.no_grad():
+        x.clamp_(0, 1)
+        # Adam's last update and L-BFGS's rejected line-search trials leave the last evaluation elsewhere: the history ends with the returned image
+        if not torch.equal(x, last['x']): losses()
+
+@keeps_rng
+def style_transfer(content:Tensor, style:Tensor, model:nn.Module|None=None, preset='gatys', content_layers=None, style_layers=None,
+                   style_weight=None, content_weight=None, tv_weight=0., steps=300, optimizer='lbfgs', lr=None, pooling='max',
+                   init='content', preprocess='imagenet', show_progress=True, seed=None, return_history=False):
+    "Render `content` (C, H, W) in [0, 1] in the style of `style` with a conv backbone (VGG19 by default); see `PRESETS`"
+    content_layers, style_layers, style_weight, content_weight, norm, steps = _settings(
+        preset, content_layers, style_layers, style_weight, content_weight, optimizer, pooling, steps)
+    model = unwrap_model(model) if model is not None else default_style_model().to(default_device())
+    squeeze = not (isinstance(content, Tensor) and content.ndim == 4)   # (C, H, W) in, (C, H, W) out; a PIL image or an array gives (C, H, W)
+    content, style = _image(content, 'content', model), _image(style, 'style', model)
+    if content.shape[1] != style.shape[1]: raise ValueError(f"content has {content.shape[1]} channels, style {style.shape[1]}: convert one")
+    fm, c_names, s_names = _layer_names(model, content_layers, style_layers)
+    prep = _preprocess(preprocess)
+    g = torch.Generator().manual_seed(seed) if seed is not None else None
+    history, last = {'content': [], 'style': [], 'total': []}, {}   # `last`: the image of the last evaluation
+    with frozen(model), (avg_pooling(model) if pooling == 'avg' else nullcontext()), fm.record(list(dict.fromkeys(c_names + s_names)), detach=False) as rec:
+        def features(x):
+            rec.reset(); model(prep(x))
+            return [rec[n] for n in c_names], [rec[n] for n in s_names]
+        with torch.no_grad():
+            targets_c = [t.detach() for t in features(content)[0]]
+            targets_s = [gram(t.detach(), norm) for t in features(style)[1]]
+        x = _start(init, content, model, g).clone(memory_format=torch.contiguous_format).requires_grad_()   # a leaf, contiguous (L-BFGS flattens it with view)
+        losses = _loss(x, features, targets_c, targets_s, norm, content_weight, style_weight, tv_weight, history, last)
+        _minimize(x, losses, history, last, optimizer, lr, steps, show_progress)
+    out = x.detach().clone()
+    out = out[0] if squeeze else out
+    return (out, history) if return_history else out
+
+# %% ../nbs/09_style.ipynb #571639ed
 @contextmanager
 def avg_pooling(model:nn.Module):
     "Replace every `MaxPool2d` of `model` by an `AvgPool2d` of the same size for the block; the original modules are put back"
@@ -82,93 +186,7 @@ def avg_pooling(model:nn.Module):
     finally:
         for parent, attr, m in swapped: setattr(parent, attr, m)
 
-def _image(x, name, model):
-    "One image `x` (see `as_images`) as a new contiguous, detached (1, C, H, W) batch on the model's device and dtype"
-    x = to_model_images(x, model, name, input_channels(model))
-    if len(x) != 1: raise ValueError(f"{name} must be one image (C, H, W) or (1, C, H, W), got shape {tuple(x.shape)}: pass {name}[i]")
-    return x
-
 def default_style_model() -> nn.Module:
     "VGG19's convolutional part with ImageNet weights (a download on first use)"
     import torchvision
     return torchvision.models.vgg19(weights='IMAGENET1K_V1').features.eval()
-
-@keeps_rng
-def style_transfer(content:Tensor, style:Tensor, model:nn.Module|None=None, preset='gatys', content_layers=None, style_layers=None,
-                   style_weight=None, content_weight=None, tv_weight=0., steps=300, optimizer='lbfgs', lr=None, pooling='max',
-                   init='content', preprocess='imagenet', show_progress=True, seed=None, return_history=False):
-    "Render `content` (C, H, W) in [0, 1] in the style of `style` with a conv backbone (VGG19 by default); see `PRESETS`"
-    if preset not in PRESETS: raise unknown_key_error(preset, list(PRESETS), 'preset')
-    cfg = PRESETS[preset]
-    as_list = lambda v, d: list(d) if v is None else [v] if isinstance(v, (str, int)) else list(v)
-    content_layers, style_layers = as_list(content_layers, cfg['content_layers']), as_list(style_layers, cfg['style_layers'])
-    if not content_layers and not style_layers: raise ValueError("content_layers and style_layers are both empty: name at least one layer (None takes the preset's)")
-    style_weight = cfg['style_weight'] if style_weight is None else style_weight
-    content_weight = cfg['content_weight'] if content_weight is None else content_weight
-    norm = cfg['norm']
-    if optimizer not in ('lbfgs', 'adam'): raise ValueError(f"optimizer is 'lbfgs' or 'adam', got {optimizer!r}")
-    if pooling not in ('max', 'avg'): raise ValueError(f"pooling is 'max' or 'avg', got {pooling!r}")
-    steps = check_count(steps, 'steps')
-    model = unwrap_model(model) if model is not None else default_style_model().to(default_device())
-    squeeze = not (isinstance(content, Tensor) and content.ndim == 4)   # (C, H, W) in, (C, H, W) out; a PIL image or an array gives (C, H, W)
-    dev, dt = model_device(model), model_dtype(model)
-    content, style = _image(content, 'content', model), _image(style, 'style', model)
-    if content.shape[1] != style.shape[1]: raise ValueError(f"content has {content.shape[1]} channels, style {style.shape[1]}: convert one")
-    names = vgg_layer_names(model)
-    fm = FlatModel(model)
-    resolve = lambda l: names[l] if l in names else fm.name_of(l)
-    try: c_names, s_names = [resolve(l) for l in content_layers], [resolve(l) for l in style_layers]
-    except KeyError as e: raise KeyError(f"{e.args[0]} (VGG names this model has: {', '.join(list(names)[:12])} ...)") from None
-    prep = _preprocess(preprocess)
-    g = torch.Generator().manual_seed(seed) if seed is not None else None
-    history = {'content': [], 'style': [], 'total': []}
-    with frozen(model), (avg_pooling(model) if pooling == 'avg' else nullcontext()), fm.record(list(dict.fromkeys(c_names + s_names)), detach=False) as rec:
-        def features(x):
-            rec.reset(); model(prep(x))
-            return [rec[n] for n in c_names], [rec[n] for n in s_names]
-        with torch.no_grad():
-            targets_c = [t.detach() for t in features(content)[0]]
-            targets_s = [gram(t.detach(), norm) for t in features(style)[1]]
-        if isinstance(init, str) and init == 'content': start = content
-        elif init == 'noise': start = torch.rand(content.shape, generator=g).to(dev, dt)
-        elif isinstance(init, str): raise ValueError(f"init is 'content', 'noise' or an image, got {init!r}")
-        else:
-            start = _image(init, 'init', model)
-            if start.shape != content.shape: raise ValueError(f"init has shape {tuple(start.shape)}, content {tuple(content.shape)}: the optimised image starts from init, so they must match")
-        x = start.clone(memory_format=torch.contiguous_format).requires_grad_()   # a leaf, contiguous (L-BFGS flattens it with view)
-        opt = torch.optim.LBFGS([x], lr=lr or 1., max_iter=20, tolerance_grad=0., tolerance_change=0., line_search_fn='strong_wolfe') if optimizer == 'lbfgs' else torch.optim.Adam([x], lr=lr or 0.02)
-        bar = progress(range(steps), leave=False, show=show_progress)
-        ticks = iter(bar)                    # one tick per evaluation of the loss: L-BFGS evaluates several times per step
-        last = {}                            # the image of the last evaluation
-        def losses():
-            fc, fs = features(x)
-            zero = x.new_zeros(())           # no content layers: texture synthesis; no style layers: a reconstruction
-            lc = sum((content_loss(f, t, norm) for f, t in zip(fc, targets_c)), zero) / (max(len(fc), 1) if norm == 'gatys' else 1)
-            ls = sum((style_loss(f, t, norm) for f, t in zip(fs, targets_s)), zero) / (max(len(fs), 1) if norm == 'gatys' else 1)
-            loss = content_weight * lc + style_weight * ls + tv_weight * total_variation(x)
-            for k, v in (('content', lc), ('style', ls), ('total', loss)): history[k].append(v.item())
-            if not math.isfinite(history['total'][-1]): raise ValueError(f"the loss is {history['total'][-1]} at evaluation {len(history['total'])} (content {history['content'][-1]:.3g}, style {history['style'][-1]:.3g}): lower lr or the weights")
-            last['x'] = x.detach().clone()
-            return loss
-        def closure():
-            with torch.no_grad(): x.clamp_(0, 1)
-            opt.zero_grad()
-            loss = losses()
-            loss.backward()
-            next(ticks, None)
-            return loss
-        try:
-            while len(history['total']) < steps:
-                n = len(history['total'])
-                if optimizer == 'lbfgs': opt.param_groups[0]['max_eval'] = steps - n   # one step() evaluates up to 25 times: stop at `steps`
-                opt.step(closure)
-                if len(history['total']) == n + 1 and optimizer == 'lbfgs': break   # L-BFGS found nothing more to do
-        finally:
-            for b in (ticks, bar): getattr(b, 'close', lambda: None)()          # a bar stopped early still ends its line
-        with torch.no_grad():
-            x.clamp_(0, 1)
-            # Adam's last update and L-BFGS's rejected line-search trials leave the last evaluation elsewhere: the history ends with the returned image
-            if not torch.equal(x, last['x']): losses()
-    out = x.detach().clone()
-    out = out[0] if squeeze else out
-    return (out, history) if return_history else out
