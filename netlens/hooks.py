@@ -7,6 +7,7 @@ Docs: https://netlens.github.io/netlens/hooks.html.md"""
 # %% ../nbs/02_hooks.ipynb #e97a31b4
 from __future__ import annotations
 from functools import partial
+from fastcore.basics import patch
 import torch, torch.nn as nn
 from torch import Tensor
 from .adapters import check_module
@@ -14,16 +15,9 @@ from .adapters import check_module
 # %% auto #0
 __all__ = ['Hook', 'hook_count', 'Hooks', 'hook_output', 'hook_outputs', 'ModelSnapshot', 'annotate_errors']
 
-# %% ../nbs/02_hooks.ipynb #a6fdfa66
+# %% ../nbs/02_hooks.ipynb #58d9dc0b
 def _output(m, inp, out): return out
 def _grad(m, grad): return grad
-
-def _map_tensors(f, x):
-    "Apply `f` to every tensor in `x` (a tensor, or nested tuples, lists and dicts of them)"
-    if isinstance(x, Tensor): return f(x)
-    if isinstance(x, dict): return {k: _map_tensors(f, v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)): return type(x)(_map_tensors(f, v) for v in x)
-    return x
 
 class Hook:
     "Keep `hook_func(m, input, output)` of module `m` after each forward, or `hook_func(m, grad_output)` with `is_forward=False`"
@@ -45,32 +39,6 @@ class Hook:
         "Forget what was stored"
         self._stored, self._watch = ([] if self.every_call else None), []
 
-    def _keep(self, x, watch=True):
-        def keep(t):
-            out = t.detach() if self.detach else t
-            if self.cpu: out = out.cpu()
-            shares = out.data_ptr() == t.data_ptr()
-            if self.clone and shares: out = out.clone()
-            elif watch and shares: self._watch.append((out, out._version))
-            return out
-        return _map_tensors(keep, x)
-
-    def _hook_forward(self, m, inp, out):
-        if not self.every_call: self._watch = []
-        val = self._keep(self.hook_func(m, inp, out))
-        if self.every_call: self._stored.append(val)
-        else: self._stored = val
-
-    def _hook_backward(self, m, inp, out):
-        slot = None
-        if self.every_call: slot = len(self._stored); self._stored.append(None)
-        if isinstance(out, Tensor) and out.requires_grad: self._grad_handles.append(out.register_hook(partial(self._on_grad, m, slot)))
-
-    def _on_grad(self, m, slot, grad):
-        val = self._keep(self.hook_func(m, grad), watch=False)
-        if slot is None: self._stored = val
-        else: self._stored[slot] = val
-
     @property
     def stored(self):
         "The kept value of the last call, or a list of one per call with `every_call`"
@@ -90,6 +58,44 @@ class Hook:
     def __enter__(self): return self
     def __exit__(self, *exc): self.remove()
     def __repr__(self): return f"Hook({type(self.m).__name__}, {'output' if self.is_forward else 'gradient'}{', removed' if self.removed else ''})"
+
+# %% ../nbs/02_hooks.ipynb #be8736fa
+def _map_tensors(f, x):
+    "Apply `f` to every tensor in `x` (a tensor, or nested tuples, lists and dicts of them)"
+    if isinstance(x, Tensor): return f(x)
+    if isinstance(x, dict): return {k: _map_tensors(f, v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)): return type(x)(_map_tensors(f, v) for v in x)
+    return x
+
+@patch
+def _keep(self:Hook, x, watch=True):
+    def keep(t):
+        out = t.detach() if self.detach else t
+        if self.cpu: out = out.cpu()
+        shares = out.data_ptr() == t.data_ptr()
+        if self.clone and shares: out = out.clone()
+        elif watch and shares: self._watch.append((out, out._version))
+        return out
+    return _map_tensors(keep, x)
+
+@patch
+def _hook_forward(self:Hook, m, inp, out):
+    if not self.every_call: self._watch = []
+    val = self._keep(self.hook_func(m, inp, out))
+    if self.every_call: self._stored.append(val)
+    else: self._stored = val
+
+@patch
+def _hook_backward(self:Hook, m, inp, out):
+    slot = None
+    if self.every_call: slot = len(self._stored); self._stored.append(None)
+    if isinstance(out, Tensor) and out.requires_grad: self._grad_handles.append(out.register_hook(partial(self._on_grad, m, slot)))
+
+@patch
+def _on_grad(self:Hook, m, slot, grad):
+    val = self._keep(self.hook_func(m, grad), watch=False)
+    if slot is None: self._stored = val
+    else: self._stored[slot] = val
 
 # %% ../nbs/02_hooks.ipynb #ddca5128
 def hook_count(model:nn.Module) -> int:
