@@ -23,7 +23,7 @@ __all__ = ['LABEL_KEYS', 'check_tensor', 'check_finite', 'check_batch', 'as_imag
            'model_output', 'call_model', 'model_scores', 'main_input', 'batch_len', 'map_batch', 'expand_batch',
            'with_main_input', 'split_labels', 'to_model_inputs', 'embedding_name', 'Layout', 'num_prefix_tokens',
            'token_grid', 'feature_layout', 'channels_first', 'as_maps', 'keeps_rng', 'training_modules',
-           'warn_if_training', 'progress']
+           'warn_if_training', 'progress', 'main_tensor', 'check_inputs', 'check_call', 'check_result']
 
 # %% ../nbs/00a_adapters.ipynb #9ee2a020
 def check_tensor(x, name='x') -> Tensor:
@@ -167,7 +167,7 @@ def model_output(out, output=None, name="the model's output"):
     if isinstance(out, (tuple, list)) and len(out): return model_output(out[0], None, f"the first element of {name}")
     raise TypeError(f"{name} is {_describe(out)}, not a tensor: choose the scores with output= (a key, an index or a function of the output)")
 
-# %% ../nbs/00a_adapters.ipynb #8c6a9ee4
+# %% ../nbs/00a_adapters.ipynb #d5fa229e
 def call_model(model, x):
     "`model(**x)` for a dict of keyword inputs, else `model(x)`"
     return model(**x) if isinstance(x, Mapping) else model(x)
@@ -190,6 +190,7 @@ def batch_len(x, model=None) -> int:
     if t.ndim == 0: raise ValueError("x must be a batch (N, ...), got a scalar: add a batch dimension with x[None]")
     return len(t)
 
+# %% ../nbs/00a_adapters.ipynb #e8eb1c5d
 def _per_example(v, n) -> bool: return isinstance(v, Tensor) and v.ndim > 0 and len(v) == n
 
 def map_batch(f, x, model=None):
@@ -235,7 +236,7 @@ def embedding_name(model) -> str|None:
     emb = m.get_input_embeddings() if callable(getattr(m, 'get_input_embeddings', None)) else None
     return next((n for n, e in m.named_modules() if (e is emb if emb is not None else isinstance(e, (nn.Embedding, nn.EmbeddingBag)))), None)
 
-# %% ../nbs/00a_adapters.ipynb #b2a44a8c
+# %% ../nbs/00a_adapters.ipynb #e3850e47
 @dataclass(frozen=True)
 class Layout:
     "How a feature tensor holds its examples, features and positions"
@@ -260,6 +261,7 @@ def num_prefix_tokens(model) -> int|None:
     if type(m).__module__.startswith('torchvision.models.vision_transformer'): return 1
     return None
 
+# %% ../nbs/00a_adapters.ipynb #aeff5a92
 def _pair(v): return None if v is None else tuple(v) if isinstance(v, (tuple, list)) else (int(v), int(v))
 
 def token_grid(model) -> tuple|None:
@@ -309,7 +311,7 @@ def _last_width(model, layer:nn.Module) -> int|None:
         if w is not None: return w
     return None
 
-# %% ../nbs/00a_adapters.ipynb #b3388e09
+# %% ../nbs/00a_adapters.ipynb #a0496ab2
 def _as_layout(layout, model) -> Layout:
     if isinstance(layout, Layout): return layout
     if layout in ('nchw', 'nhwc'): return Layout(layout)
@@ -331,6 +333,7 @@ def _tokens(model, name, T) -> Layout:
     if g is None and s * s == T - p and s > 0: return Layout('tokens', p, (s, s))   # patches on a square grid
     raise ValueError(f"layer {name!r} outputs {T} tokens: {p} prefix tokens and {T - p} that lie on no known grid: pass layout=Layout('tokens', prefix={p}, grid=(h, w)), or layout='sequence'")
 
+# %% ../nbs/00a_adapters.ipynb #2f8c1ef0
 def feature_layout(model:nn.Module, layer:str, t:Tensor, layout=None, n:int|None=None) -> Layout:
     "The `Layout` of `t`, the output of `model`'s module `layer` (N = `n`): `layout` if given, else what the model says; a clear error where it cannot tell"
     if n is not None and (t.ndim == 0 or len(t) != n):
@@ -354,6 +357,7 @@ def feature_layout(model:nn.Module, layer:str, t:Tensor, layout=None, n:int|None
     if t.ndim == 3 and kind == 'nhwc': return _tokens(m, layer, t.shape[1])     # a Linear or LayerNorm over tokens
     return Layout(kind)
 
+# %% ../nbs/00a_adapters.ipynb #d6a97ade
 def channels_first(t:Tensor, layout:Layout) -> Tensor:
     "`t` as (N, C, *positions): channels-last moved first, prefix tokens dropped, patch tokens on their grid (h, w), other tokens a sequence"
     if layout.kind == 'nchw' or t.ndim <= 2: return t
@@ -411,3 +415,48 @@ def progress(it, total:int|None=None, leave=True, show=True):
         except TypeError: pass
     if in_notebook(): return NBProgressBar(it, total='noinfer' if total is None else total, leave=leave)
     return tqdm(it, total=total, leave=leave, file=sys.stderr, disable=None, dynamic_ncols=True)
+
+# %% ../nbs/00a_adapters.ipynb #a36c545f
+def main_tensor(model, x) -> Tensor:
+    "The input attributed: `x` itself, or the main input (`main_input`) of a dict of keyword inputs"
+    return x[main_input(model, x)] if isinstance(x, Mapping) else x
+
+def _is_ids(model, v:Tensor) -> bool:
+    "`v` holds token ids: integers (not uint8 images, not booleans) for a model with an input embedding"
+    return not v.is_floating_point() and v.dtype not in (torch.uint8, torch.bool) and isinstance(model, nn.Module) and embedding_name(model) is not None
+
+def _check_main(model, v, name:str, ids:bool, who:str|None) -> Tensor:
+    "The input attributed, detached: a float batch (`check_batch`), or token ids (N, T) with `ids`; ids without `ids`: the layer to attribute through"
+    v = check_tensor(v, name)
+    if not _is_ids(model, v): return check_batch(v, name).detach()
+    if not ids:
+        how = 'attribute through a layer' if who is None else f"{who} has no layer=; attribute through a layer with saliency, input_x_gradient or integrated_gradients"
+        raise TypeError(f"{name} holds integer token ids ({v.dtype}), which have no gradient: {how}, e.g. layer={embedding_name(model)!r}")
+    if v.ndim < 2: raise ValueError(f"{name} must be a batch of token ids (N, T), got shape {tuple(v.shape)}: add a batch dimension with {name}[None]")
+    if v.numel() == 0: raise ValueError(f"{name} is empty (shape {tuple(v.shape)}): pass at least one example")
+    return v.detach()
+
+# %% ../nbs/00a_adapters.ipynb #444cca8b
+def check_inputs(model, x, ids=False, who=None):
+    "`x` (a tensor, or a dict of keyword inputs) with its tensors detached: the main input a float batch (token ids (N, T) only with `ids`; `who` names the entry point in the error), other floats finite"
+    if not isinstance(x, Mapping): return _check_main(model, x, 'x', ids, who)
+    if not x: raise ValueError("x is an empty dict: pass the model's keyword inputs")
+    key = main_input(model, x)
+    out = {k: v.detach() if isinstance(v, Tensor) else v for k, v in x.items()}
+    for k, v in out.items():
+        if k == key: out[k] = _check_main(model, v, f'x[{k!r}]', ids, who)
+        elif isinstance(v, Tensor) and v.is_floating_point(): check_finite(v, f'x[{k!r}]')
+    return out
+
+def check_call(model, x, ids=False, who:str|None=None) -> tuple:
+    "What every attribution entry point starts with: the module behind `model`'s wrappers, `x` checked and detached (`check_inputs`), the train-mode warning"
+    model = unwrap_model(model)
+    x = check_inputs(model, x, ids, who)
+    warn_if_training(model, stacklevel=4)   # the warning points at the caller's line
+    return model, x
+
+def check_result(a:Tensor, what:str) -> Tensor:
+    "`a` (one row per example) if finite, else an error naming the examples"
+    bad = ~torch.isfinite(a).reshape(len(a), -1).all(1)
+    if bad.any(): raise ValueError(f"{what} is NaN or infinite for examples {bad.nonzero().flatten().tolist()[:5]} although x and the model's scores are finite (an overflow, or a gradient undefined there, e.g. sqrt or norm at 0): check the model")
+    return a
