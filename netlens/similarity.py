@@ -63,7 +63,7 @@ def _pair(X, Y, min_n=2, names=('X', 'Y')):
     X, Y = _as_pair(X, Y, min_n, names)
     return X - X.mean(0), Y - Y.mean(0)
 
-# %% ../nbs/10_similarity.ipynb #a7ec8323
+# %% ../nbs/10_similarity.ipynb #a9638242
 def _no_variance(name): return ValueError(f"{name} has no variance across the examples (every row is the same): a similarity is undefined")
 
 def _ratio(num, a, b, names=('X', 'Y')):
@@ -79,6 +79,7 @@ def linear_cka(X:Tensor, Y:Tensor) -> Tensor:
     K, L = X @ X.T, Y @ Y.T
     return _ratio((K * L).sum(), (K * K).sum(), (L * L).sum())
 
+# %% ../nbs/10_similarity.ipynb #81b4032b
 def _center_gram(K):
     return K - K.mean(0, keepdim=True) - K.mean(1, keepdim=True) + K.mean()
 
@@ -109,6 +110,7 @@ def kernel_cka(X:Tensor, Y:Tensor, sigma=None, threshold=1.0) -> Tensor:
     K, L = _center_gram(_rbf(X, sigma, threshold, 'X')), _center_gram(_rbf(Y, sigma, threshold, 'Y'))
     return _ratio((K * L).sum(), (K * K).sum(), (L * L).sum())
 
+# %% ../nbs/10_similarity.ipynb #ba8a7efa
 def u_center(K:Tensor) -> Tensor:
     "U-centred gram (Song et al. 2012): zero diagonal, rows and columns centred so that ⟨K̃, L̃⟩/(n(n−3)) is the unbiased HSIC"
     K = check_tensor(K, 'K')
@@ -201,7 +203,7 @@ def dcka(X:Tensor, Y:Tensor, Z:Tensor) -> Tensor:
     K, L = _residual(_center_gram(X @ X.T), Kz), _residual(_center_gram(Y @ Y.T), Kz)
     return _ratio((K * L).sum(), (K * K).sum(), (L * L).sum())
 
-# %% ../nbs/10_similarity.ipynb #84d910f8
+# %% ../nbs/10_similarity.ipynb #7c7cbebb
 def _ranks(v):
     "Ranks of `v` from 0, ties sharing their average rank (scipy's `rankdata` − 1): Spearman's correlation with ties"
     _, inv, counts = torch.unique(v, sorted=True, return_inverse=True, return_counts=True)
@@ -230,6 +232,7 @@ def rsa(X:Tensor, Y:Tensor) -> Tensor:
     rdm = lambda A: (1 - torch.corrcoef(A))[iu[0], iu[1]]
     return _pearson(_ranks(rdm(X)), _ranks(rdm(Y)))
 
+# %% ../nbs/10_similarity.ipynb #d6850b95
 def distance_correlation(X:Tensor, Y:Tensor) -> Tensor:
     "Distance correlation of `X` and `Y` (Székely et al. 2007), in [0, 1]"
     X, Y = _pair(X, Y)
@@ -283,7 +286,7 @@ def _measure(measure):
     if measure not in MEASURES: raise unknown_key_error(measure, [*MEASURES, *MEASURE_ALIASES], 'measure')
     return MEASURES[measure]
 
-# %% ../nbs/10_similarity.ipynb #1ae6d15e
+# %% ../nbs/10_similarity.ipynb #bfe32231
 @dataclass
 class SimilarityResult:
     "A layer x layer similarity matrix: rows are `layers1` of `model1`, columns `layers2` of `model2`"
@@ -328,6 +331,7 @@ class SimilarityResult:
         ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
         return ax
 
+# %% ../nbs/10_similarity.ipynb #88fa9925
 def _takes_keywords(model, keys) -> bool:
     "Whether `model`'s forward takes every name in `keys` as a keyword"
     try: ps = inspect.signature(model.forward if isinstance(model, nn.Module) else model).parameters.values()
@@ -357,6 +361,7 @@ def batch_input(batch, input_key=None, inputs=None, model=None):
     raise TypeError(f"the batch is a dict with keys {list(batch)}, and {type(model).__name__}'s forward does not take them all as keywords: "
                     "pass input_key='name' for its one input, or inputs=[...] naming the keyword inputs it takes")
 
+# %% ../nbs/10_similarity.ipynb #b285633e
 def _leaf_layers(fm): return [n for n in fm.layer_names if not any(True for _ in fm[n].children())]
 
 def _layer_specs(fm, layers) -> list:
@@ -382,6 +387,7 @@ def _keys(rec, specs, every=False):
             out.append(n if calls == [n] else f"{n}:{k}")
     return list(dict.fromkeys(out))
 
+# %% ../nbs/10_similarity.ipynb #e62ca74d
 def _batch_first(model, key, a, n, what):
     "`a` if its first dimension is the `n` examples of the batch (`feature_layout`'s check); else an error naming the layer"
     if not isinstance(a, Tensor): raise TypeError(f"{what} layer {key!r} returned a {type(a).__name__}, not a tensor: compare a layer inside it that returns one")
@@ -407,21 +413,87 @@ def _features(model, fm, rec, keys, reduce, size, what, n, layout, layouts):
         out.append(f)
     return out
 
+# %% ../nbs/10_similarity.ipynb #96af991a
 def _constant(f) -> bool: return bool((f == f[:1]).all())
 
 def _ugram(f):
     f = torch.zeros_like(f) if _constant(f) else f - f.mean(0)   # centre before the gram: no cancellation in float32; a constant layer exactly 0
     return u_center(f @ f.T)
 
-def _stack_ugrams(feats, device):
-    "U-centred grams of centred features, stacked and flattened: (L, b*b)"
-    return torch.stack([_ugram(f).to(device) for f in feats]).flatten(1)
+class _StreamedCKA:
+    "Minibatch CKA (Nguyen et al. 2021): per batch, the unbiased HSIC of every layer pair as one product of stacked U-centred grams; the sums in float64"
+    min_n, why_small = 4, ": the unbiased HSIC needs at least 4 (use drop_last=True or another batch size)"
+    def __init__(self, device): self.device, self.sums = device, None
 
+    def _grams(self, feats, made):
+        "U-centred grams of centred features, stacked and flattened: (L, b*b); a tensor met before in `made` (one model, one pass) keeps its gram"
+        for f in feats:
+            if id(f) not in made: made[id(f)] = _ugram(f).to(self.device)
+        return torch.stack([made[id(f)] for f in feats]).flatten(1)
+
+    def update(self, f1, f2, m):
+        "Add one batch: features `f1` of model 1's layers and `f2` of model 2's, `m` rows each"
+        made = {}
+        G1, G2 = self._grams(f1, made), self._grams(f2, made)
+        c = 1 / (m * (m - 3))                           # m = examples, or examples x positions
+        s = (G1 @ G2.T * c).double(), ((G1 * G1).sum(1) * c).double(), ((G2 * G2).sum(1) * c).double()
+        self.sums = s if self.sums is None else tuple(a + b for a, b in zip(self.sums, s))
+
+    def result(self):
+        "The matrix `ΣHSIC(K,L) / sqrt(ΣHSIC(K,K) ΣHSIC(L,L))` and which layers of each side vary"
+        hkl, hkk, hll = map(all_reduce_sum, self.sums)  # the HSIC sums over every rank's batches, in float64
+        var1, var2 = (hkk > 0).cpu(), (hll > 0).cpu()  # a constant layer's grams are exactly 0
+        return (hkl / (hkk[:, None] * hll[None]).sqrt()).cpu(), var1, var2
+
+# %% ../nbs/10_similarity.ipynb #5b8b6f60
+class _Gathered:
+    "Any other measure `f`: every batch's features of each layer kept on `store`, each pair measured over all of them at the end"
+    min_n, why_small = 1, ""
+    def __init__(self, f, measure, store): self.f, self.measure, self.store, self.s1, self.s2 = f, measure, store, None, None
+
+    def update(self, f1, f2, m):
+        "Keep one batch's features (`m`, the rows, is not needed)"
+        if self.s1 is None: self.s1, self.s2 = [[] for _ in f1], [[] for _ in f2]
+        for s, t in zip(self.s1, f1): s.append(t.to(self.store))
+        for s, t in zip(self.s2, f2): s.append(t.to(self.store))
+
+    def result(self):
+        "The matrix of `f` over every pair of layers (NaN where a layer does not vary) and which layers of each side vary"
+        A1, A2 = [all_gather_cat(torch.cat(s)) for s in self.s1], [all_gather_cat(torch.cat(s)) for s in self.s2]   # torch.distributed: every rank's features, in rank order
+        var1, var2 = [torch.tensor([not _constant(a) for a in A]) for A in (A1, A2)]
+        matrix = torch.tensor([[_scalar(self.f(a, b), self.measure) if v1 and v2 else math.nan for b, v2 in zip(A2, var2)] for a, v1 in zip(A1, var1)], dtype=torch.float64)
+        return matrix, var1, var2
+
+def _scalar(v, measure) -> float:
+    if isinstance(v, Tensor) and v.numel() != 1: raise ValueError(f"measure {getattr(measure, '__name__', measure)!r} must return a scalar, got shape {tuple(v.shape)}")
+    return float(v)
+
+# %% ../nbs/10_similarity.ipynb #a97bbc57
 def _len(it):
     try: return len(it)
     except TypeError: return None
 
 _END = object()
+
+def _check_lengths(loader, loader2):
+    "Two loaders that know their lengths must have the same"
+    if loader2 is not None and None not in (_len(loader), _len(loader2)) and len(loader) != len(loader2):
+        raise ValueError(f"loader has {len(loader)} batches and loader2 {len(loader2)}: the two datasets are compared example by example, so they must be as long (cut the longer, e.g. itertools.islice(loader, {min(len(loader), len(loader2))}))")
+
+def _two_batches(b, paired, seen):
+    "`(b1, b2)` of one step: the batch for both models, or one batch of each loader (`paired`); a loader that ended first is an error"
+    if not paired: return b, b
+    b1, b2 = b
+    if b1 is _END or b2 is _END:
+        short, other = ('loader2', 'loader') if b2 is _END else ('loader', 'loader2')
+        raise ValueError(f"{short} ended after {seen} batches while {other} went on: the two datasets are compared example by example, so they must be as long")
+    return b1, b2
+
+def _rows(feats, reduce):
+    "The number of rows every layer's features have in this batch"
+    rows = {t.shape[0] for t in feats}
+    if len(rows) > 1: raise ValueError(f"with reduce={reduce!r} the layers give different numbers of rows per batch ({sorted(rows)}): compare layers with the same grid, or use reduce='mean' or 'avgpool'")
+    return next(iter(rows), None)
 
 def _warn_constant(flat1, flat2, one_model):
     "One warning naming every layer without variance (its row or column is NaN)"
@@ -430,6 +502,31 @@ def _warn_constant(flat1, flat2, one_model):
     if said: warnings.warn(f"{' and '.join(said)} have no variance across the examples (a constant output, e.g. a zero-initialised BatchNorm): "
                            "their similarity is undefined, so their rows / columns are NaN", stacklevel=3)
 
+# %% ../nbs/10_similarity.ipynb #8b86cf37
+class _Side:
+    "One model of a comparison: its `FlatModel`, the layers asked for, their recording keys (found on the first batch) and layouts"
+    def __init__(self, model, fm, layers, what):
+        self.model, self.fm, self.what, self.every = model, fm, what, layers is None
+        self.specs = _layer_specs(fm, layers) if layers is not None else [(n, None) for n in _leaf_layers(fm)]
+        self.names, self.keys, self.layouts = list(dict.fromkeys(n for n, _ in self.specs)), None, {}
+
+    def features(self, rec, keys, n, reduce, size, layout):
+        return _features(self.model, self.fm, rec, keys, reduce, size, self.what, n, layout, self.layouts)
+
+def _batch_features(s1, s2, x1, x2, n1, n2, one_pass, reduce, size, layout):
+    "Features of one batch for each side's layers; one model over one loader runs once, and each layer's features are made once"
+    if one_pass:
+        with s1.fm.record(list(dict.fromkeys(s1.names + s2.names))) as r1: call_model(s1.model, x1)
+        r2 = r1
+    else:
+        with s1.fm.record(s1.names) as r1: call_model(s1.model, x1)
+        with s2.fm.record(s2.names) as r2: call_model(s2.model, x2)
+    if s1.keys is None: s1.keys, s2.keys = _keys(r1, s1.specs, s1.every), _keys(r2, s2.specs, s2.every)
+    if not one_pass: return s1.features(r1, s1.keys, n1, reduce, size, layout), s2.features(r2, s2.keys, n2, reduce, size, layout)
+    feats = dict(zip(both := list(dict.fromkeys(s1.keys + s2.keys)), s1.features(r1, both, n1, reduce, size, layout)))
+    return [feats[k] for k in s1.keys], [feats[k] for k in s2.keys]
+
+# %% ../nbs/10_similarity.ipynb #48cf4aa5
 def compare_models(model1:nn.Module, model2:nn.Module=None, loader=None, layers1=None, layers2=None, measure='cka',
                    loader2=None, reduce='flatten', size=None, store='cpu',
                    input_key=None, # a dict batch's one positional input (the model is called as model(batch[input_key]))
@@ -441,82 +538,36 @@ def compare_models(model1:nn.Module, model2:nn.Module=None, loader=None, layers1
     if loader is None: raise ValueError("pass a loader (any iterable of batches)")
     model1 = unwrap_model(model1); model2 = model1 if model2 is None else unwrap_model(model2)   # hooks on the modules behind wrappers
     fm1, fm2 = FlatModel(model1), FlatModel(model2)
-    specs1 = _layer_specs(fm1, layers1) if layers1 is not None else [(n, None) for n in _leaf_layers(fm1)]
-    specs2 = _layer_specs(fm2, layers2) if layers2 is not None else [(n, None) for n in _leaf_layers(fm2)]
-    names1, names2 = list(dict.fromkeys(n for n, _ in specs1)), list(dict.fromkeys(n for n, _ in specs2))
-    streamed = measure == 'cka'
-    f = None if streamed else _measure(measure)
-    dev1 = model_device(model1)
+    s1, s2 = _Side(model1, fm1, layers1, 'model 1'), _Side(model2, fm2, layers2, 'model 2')
+    acc = _StreamedCKA(model_device(model1)) if measure == 'cka' else _Gathered(_measure(measure), measure, store)
     one_pass = model2 is model1 and loader2 is None
-    if loader2 is not None and None not in (_len(loader), _len(loader2)) and len(loader) != len(loader2):
-        raise ValueError(f"loader has {len(loader)} batches and loader2 {len(loader2)}: the two datasets are compared example by example, so they must be as long (cut the longer, e.g. itertools.islice(loader, {min(len(loader), len(loader2))}))")
+    _check_lengths(loader, loader2)
     batches = loader if loader2 is None else itertools.zip_longest(loader, loader2, fillvalue=_END)
-    hkl = hkk = hll = None
-    store1, store2, keys1, keys2, n, seen, lay1, lay2 = None, None, None, None, 0, 0, {}, {}
+    n, seen = 0, 0
     with torch.no_grad(), eval_mode(model1), eval_mode(model2):
         for b in progress_main(batches, total=_len(loader), show=show_progress):   # torch.distributed: this rank's shard, rank 0's bar
-            b1, b2 = (b, b) if loader2 is None else b
-            if b1 is _END or b2 is _END:
-                short, other = ('loader2', 'loader') if b2 is _END else ('loader', 'loader2')
-                raise ValueError(f"{short} ended after {seen} batches while {other} went on: the two datasets are compared example by example, so they must be as long")
+            b1, b2 = _two_batches(b, loader2 is not None, seen)
             seen += 1
             x1, x2 = batch_input(b1, input_key, inputs, model1), batch_input(b2, input_key, inputs, model2)
             n1, n2 = batch_len(x1, model1), batch_len(x2, model2)
             if n1 != n2: raise ValueError(f"the two loaders' batches differ in size ({n1} vs {n2}): use the same batch size and drop_last")
-            if n1 < (4 if streamed else 1):
-                warnings.warn(f"a batch of {n1} examples is skipped" + (": the unbiased HSIC needs at least 4 (use drop_last=True or another batch size)" if streamed else ""))
+            if n1 < acc.min_n:
+                warnings.warn(f"a batch of {n1} examples is skipped" + acc.why_small)
                 continue
             x1 = to_model_inputs(x1, model1, 'a batch of loader')       # a dict: keyword inputs (the attention mask reaches the model)
             x2 = x1 if one_pass else to_model_inputs(x2, model2, 'a batch of loader2' if loader2 is not None else 'a batch of loader')
-            if one_pass:
-                with fm1.record(list(dict.fromkeys(names1 + names2))) as r1: call_model(model1, x1)
-                r2 = r1
-            else:
-                with fm1.record(names1) as r1: call_model(model1, x1)
-                with fm2.record(names2) as r2: call_model(model2, x2)
-            if keys1 is None: keys1, keys2 = _keys(r1, specs1, layers1 is None), _keys(r2, specs2, layers2 is None)
-            if one_pass:                                # one model, one pass: each layer's features (and gram) made once
-                feats = dict(zip(both := list(dict.fromkeys(keys1 + keys2)), _features(model1, fm1, r1, both, reduce, size, 'model 1', n1, layout, lay1)))
-                f1, f2 = [feats[k] for k in keys1], [feats[k] for k in keys2]
-            else:
-                f1 = _features(model1, fm1, r1, keys1, reduce, size, 'model 1', n1, layout, lay1)
-                f2 = _features(model2, fm2, r2, keys2, reduce, size, 'model 2', n2, layout, lay2)
-            rows = {t.shape[0] for t in f1 + f2}
-            if len(rows) > 1: raise ValueError(f"with reduce={reduce!r} the layers give different numbers of rows per batch ({sorted(rows)}): compare layers with the same grid, or use reduce='mean' or 'avgpool'")
+            f1, f2 = _batch_features(s1, s2, x1, x2, n1, n2, one_pass, reduce, size, layout)
+            m = _rows(f1 + f2, reduce)
             n += n1
-            if streamed:
-                if one_pass:
-                    grams = {k: _ugram(feats[k]).to(dev1) for k in both}
-                    G1, G2 = [torch.stack([grams[k] for k in ks]).flatten(1) for ks in (keys1, keys2)]
-                else: G1, G2 = _stack_ugrams(f1, dev1), _stack_ugrams(f2, dev1)
-                m = rows.pop(); c = 1 / (m * (m - 3))   # m = examples, or examples x positions
-                s12, s11, s22 = (G1 @ G2.T * c).double(), ((G1 * G1).sum(1) * c).double(), ((G2 * G2).sum(1) * c).double()
-                hkl, hkk, hll = (s12, s11, s22) if hkl is None else (hkl + s12, hkk + s11, hll + s22)
-            else:
-                store1 = [[] for _ in keys1] if store1 is None else store1
-                store2 = [[] for _ in keys2] if store2 is None else store2
-                for s, t in zip(store1, f1): s.append(t.to(store))
-                for s, t in zip(store2, f2): s.append(t.to(store))
-    if not all_ranks(n > 0): raise ValueError(("the loader gave no batches" if not seen else f"all {seen} batches of the loader were skipped (too small): use batches of at least {4 if streamed else 1} examples")
+            acc.update(f1, f2, m)
+    if not all_ranks(n > 0): raise ValueError(("the loader gave no batches" if not seen else f"all {seen} batches of the loader were skipped (too small): use batches of at least {acc.min_n} examples")
                                               if n == 0 else "another rank's loader gave no usable batch: under torch.distributed every rank's shard needs one")
     n = int(all_reduce_sum(n))                          # torch.distributed: the examples of every rank
-    if streamed: hkl, hkk, hll = map(all_reduce_sum, (hkl, hkk, hll))   # the HSIC sums over every rank's batches, in float64
-    if streamed:
-        var1, var2 = (hkk > 0).cpu(), (hll > 0).cpu()  # a constant layer's grams are exactly 0
-        matrix = (hkl / (hkk[:, None] * hll[None]).sqrt()).cpu()
-    else:
-        A1, A2 = [all_gather_cat(torch.cat(s)) for s in store1], [all_gather_cat(torch.cat(s)) for s in store2]   # torch.distributed: every rank's features, in rank order
-        var1, var2 = [torch.tensor([not _constant(a) for a in A]) for A in (A1, A2)]
-        matrix = torch.tensor([[_scalar(f(a, b), measure) if v1 and v2 else math.nan for b, v2 in zip(A2, var2)] for a, v1 in zip(A1, var1)], dtype=torch.float64)
+    matrix, var1, var2 = acc.result()
     matrix[~var1] = math.nan; matrix[:, ~var2] = math.nan   # no variance: undefined, not a lost matrix
-    _warn_constant([k for k, v in zip(keys1, var1) if not v], [k for k, v in zip(keys2, var2) if not v], model2 is model1)
+    _warn_constant([k for k, v in zip(s1.keys, var1) if not v], [k for k, v in zip(s2.keys, var2) if not v], model2 is model1)
     nm = names or (type(model1).__name__, type(model2).__name__)
-    return SimilarityResult(matrix, keys1, keys2, nm[0], nm[1], measure if isinstance(measure, str) else getattr(measure, '__name__', 'custom'), n)
-
-def _scalar(v, measure) -> float:
-    if isinstance(v, Tensor) and v.numel() != 1: raise ValueError(f"measure {getattr(measure, '__name__', measure)!r} must return a scalar, got shape {tuple(v.shape)}")
-    return float(v)
-
+    return SimilarityResult(matrix, s1.keys, s2.keys, nm[0], nm[1], measure if isinstance(measure, str) else getattr(measure, '__name__', 'custom'), n)
 
 # %% ../nbs/10_similarity.ipynb #fd3601a2
 def _one_layer(fm, layer, arg):
