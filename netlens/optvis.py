@@ -400,6 +400,7 @@ def _forward(model, x, image, step):
         if step == 1 and hasattr(e, 'add_note'): e.add_note(f"netlens: the model got a batch {tuple(x.shape)} (the image {tuple(image.shape)} after transforms and preprocess): a larger size= or lighter transforms= may fix it")
         raise
 
+# %% ../nbs/07_optvis.ipynb #3e4453c6
 def _scalar(value, objective, step) -> float:
     "The objective's value as a float: one finite number, else an error naming the objective and the step"
     if not isinstance(value, Tensor) or value.numel() != 1:
@@ -452,6 +453,7 @@ def optimize(model:nn.Module, objective:Objective, param:nn.Module, transforms='
     with torch.no_grad(): images = param().detach()
     return Rendered(images, snapshots, history) if thresholds else images
 
+# %% ../nbs/07_optvis.ipynb #5c99d27c
 @keeps_rng
 def render(model:nn.Module, objective:Objective, param:nn.Module|None=None, size=None, channels:int|None=None, batch=1, transforms='standard',
            preprocess=None, optimizer=None, lr=0.05, steps=512, thresholds=None, show_progress=True, seed=None, output=None):
