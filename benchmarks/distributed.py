@@ -18,7 +18,7 @@ processes x threads   rank  grid points  batches  frequencies  landscape s  laun
 landscape2d: 1.89x faster on 2 processes than on 1 (one thread each); two threads in one process oversubscribe the
 loaded cores. The launch times are dominated by start-up and by compare_models / fourier_map, which are short here.
 """
-import argparse, json, os, subprocess, sys, time
+import argparse, json, os, subprocess, sys, tempfile, time
 from pathlib import Path
 
 def worker(a):
@@ -45,23 +45,24 @@ def worker(a):
     batches = len(sizes); sizes.clear()
     fourier_map(model, (x[:16], y[:16]), max_freq=6, show_progress=False)
     freqs = sum(sizes) // 16
-    print(json.dumps(dict(rank=get_rank(), world=get_world_size(), threads=a.threads, landscape_s=secs, points=points,
-                          batches=batches, freqs=freqs)), flush=True)
+    res = dict(rank=get_rank(), world=get_world_size(), threads=a.threads, landscape_s=secs, points=points, batches=batches, freqs=freqs)
+    Path(a.out, f"r{get_rank()}.json").write_text(json.dumps(res))   # a file per rank: lines two ranks print to one stdout can merge
 
 def launch(procs, threads, a):
     here = Path(__file__).resolve()
     run = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(procs)] if procs > 1 else [sys.executable]
-    t = time.perf_counter()
-    p = subprocess.run(run + [str(here), '--worker', '--threads', str(threads), '--steps', str(a.steps), '--examples', str(a.examples)],
-                       capture_output=True, text=True, env={**os.environ, 'OMP_NUM_THREADS': str(threads)})
-    wall = time.perf_counter() - t
-    if p.returncode: raise RuntimeError(p.stdout + p.stderr)
-    return wall, sorted((json.loads(l) for l in p.stdout.splitlines() if l.startswith('{')), key=lambda d: d['rank'])
+    with tempfile.TemporaryDirectory() as out:
+        t = time.perf_counter()
+        p = subprocess.run(run + [str(here), '--worker', '--threads', str(threads), '--steps', str(a.steps), '--examples', str(a.examples), '--out', out],
+                           capture_output=True, text=True, env={**os.environ, 'OMP_NUM_THREADS': str(threads)})
+        wall = time.perf_counter() - t
+        if p.returncode: raise RuntimeError(p.stdout + p.stderr)
+        return wall, [json.loads(Path(out, f"r{r}.json").read_text()) for r in range(procs)]
 
 def main():
     p = argparse.ArgumentParser()
     p.add_argument('--steps', type=int, default=7); p.add_argument('--examples', type=int, default=256)
-    p.add_argument('--threads', type=int, default=1); p.add_argument('--worker', action='store_true')
+    p.add_argument('--threads', type=int, default=1); p.add_argument('--worker', action='store_true'); p.add_argument('--out', default='.')
     a = p.parse_args()
     if a.worker: return worker(a)
     print(f"landscape2d {a.steps}x{a.steps} = {a.steps ** 2} grid points over {a.examples} digits; compare_models over {a.examples} examples in batches of 64; "

@@ -10,15 +10,39 @@ import importlib, json, os, zlib
 from contextlib import contextmanager
 from pathlib import Path
 import numpy as np, torch, torch.nn as nn, torch.distributed as dist
+from torch.utils.data import DataLoader, SequentialSampler, BatchSampler
+from torch.utils.data.distributed import DistributedSampler
 from torch import Tensor
 from .core import keep_buffers, unknown_key_error
 from . import adapters
 from .adapters import split_labels, check_module, check_scores, to_model_inputs, batch_len, model_scores
 
 # %% auto #0
-__all__ = ['ATTRIBUTION_METHODS', 'is_distributed', 'single_process', 'get_rank', 'get_world_size', 'is_main', 'shard_range',
-           'shard', 'all_gather_object', 'all_ranks', 'barrier', 'all_reduce_sum', 'all_gather_cat', 'progress_main',
+__all__ = ['ATTRIBUTION_METHODS', 'shard_range', 'shard', 'is_distributed', 'single_process', 'get_rank', 'get_world_size',
+           'is_main', 'all_gather_object', 'all_ranks', 'barrier', 'all_reduce_sum', 'all_gather_cat', 'progress_main',
            'attribute_loader']
+
+# %% ../nbs/14_distributed.ipynb #7a0c57ec
+def _rank_world(rank, world_size):
+    r, w = get_rank() if rank is None else rank, get_world_size() if world_size is None else world_size
+    if not (isinstance(w, int) and w >= 1 and isinstance(r, int) and 0 <= r < w):
+        raise ValueError(f"rank must be in 0..world_size-1 and world_size >= 1, got rank={r!r}, world_size={w!r}")
+    return r, w
+
+def shard_range(n:int, rank:int|None=None, world_size:int|None=None) -> range:
+    "This rank's contiguous block of `range(n)`: blocks in rank order, sizes differing by at most one (earlier ranks get the extra)"
+    r, w = _rank_world(rank, world_size)
+    q, m = divmod(n, w)
+    start = r * q + min(r, m)
+    return range(start, start + q + (r < m))
+
+def shard(items, key=None, rank:int|None=None, world_size:int|None=None) -> list:
+    "This rank's share of `items` (a contiguous block; with `key`, a block of the items ordered by `key`), in the items' order; `items` itself in a world of one"
+    r, w = _rank_world(rank, world_size)
+    if w == 1: return items
+    order = range(len(items)) if key is None else sorted(range(len(items)), key=lambda i: key(items[i]))
+    mine = sorted(order[i] for i in shard_range(len(items), r, w))
+    return [items[i] for i in mine]
 
 # %% ../nbs/14_distributed.ipynb #b3798758
 _ALONE = [0]                                    # depth of `single_process` blocks
@@ -45,28 +69,6 @@ def get_world_size() -> int:
 def is_main() -> bool:
     "True on rank 0, the rank that shows progress and writes shared files"
     return get_rank() == 0
-
-# %% ../nbs/14_distributed.ipynb #7a0c57ec
-def _rank_world(rank, world_size):
-    r, w = get_rank() if rank is None else rank, get_world_size() if world_size is None else world_size
-    if not (isinstance(w, int) and w >= 1 and isinstance(r, int) and 0 <= r < w):
-        raise ValueError(f"rank must be in 0..world_size-1 and world_size >= 1, got rank={r!r}, world_size={w!r}")
-    return r, w
-
-def shard_range(n:int, rank:int|None=None, world_size:int|None=None) -> range:
-    "This rank's contiguous block of `range(n)`: blocks in rank order, sizes differing by at most one (earlier ranks get the extra)"
-    r, w = _rank_world(rank, world_size)
-    q, m = divmod(n, w)
-    start = r * q + min(r, m)
-    return range(start, start + q + (r < m))
-
-def shard(items, key=None, rank:int|None=None, world_size:int|None=None) -> list:
-    "This rank's share of `items` (a contiguous block; with `key`, a block of the items ordered by `key`), in the items' order; `items` itself in a world of one"
-    r, w = _rank_world(rank, world_size)
-    if w == 1: return items
-    order = range(len(items)) if key is None else sorted(range(len(items)), key=lambda i: key(items[i]))
-    mine = sorted(order[i] for i in shard_range(len(items), r, w))
-    return [items[i] for i in mine]
 
 # %% ../nbs/14_distributed.ipynb #c5b95581
 def _comm_device() -> torch.device:
@@ -150,6 +152,7 @@ def _batch_targets(targets, model, x, y, i, output=None):
             return check_scores(out, batch_len(x, model), fix="pass targets= explicitly (class indices, or a function (x, y) -> classes)").argmax(1)
     return targets(x, y) if callable(targets) else targets
 
+# %% ../nbs/14_distributed.ipynb #1f149cdb
 def _jsonable(v):
     "`v` as JSON can hold it, for the run's record: numbers, strings and lists as they are, a tensor or a module by its kind"
     if v is None or isinstance(v, (bool, int, float, str)): return v
@@ -188,8 +191,6 @@ def _fingerprint(x, crc=0):
 
 def _sampler_indices(loader):
     "The dataset indices of each batch of a DataLoader whose sampler is sequential or a DistributedSampler (they do not change from one pass to the next); else None"
-    from torch.utils.data import DataLoader, SequentialSampler, BatchSampler
-    from torch.utils.data.distributed import DistributedSampler
     if not isinstance(loader, DataLoader) or type(loader.batch_sampler) is not BatchSampler: return None
     if type(loader.sampler) not in (SequentialSampler, DistributedSampler): return None
     return [list(map(int, b)) for b in loader.batch_sampler]
