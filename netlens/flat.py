@@ -18,9 +18,9 @@ from .adapters import (check_module, unwrap_model, check_index, call_model, batc
                               _as_layout)
 
 # %% auto #0
-__all__ = ['FlatModel', 'Recording', 'Channel', 'show_channels']
+__all__ = ['FlatModel', 'Recording', 'show_channels', 'Channel']
 
-# %% ../nbs/03_flat.ipynb #bef1b114
+# %% ../nbs/03_flat.ipynb #3e31c13d
 def _split_call(key:str):
     "'name:k' -> ('name', k); 'name' -> ('name', None)"
     name, sep, k = key.rpartition(':')
@@ -60,12 +60,6 @@ class FlatModel:
         "The module for `key` (a name, an ordinal or `name:k`)"
         return self._modules[self.name_of(key)]
 
-    def find(self, pattern) -> list[str]:
-        "Names of the layers of type `pattern` (a class), or whose type name contains `pattern` (case-insensitive)"
-        if isinstance(pattern, type): return [n for n, m in self._modules.items() if isinstance(m, pattern)]
-        if not isinstance(pattern, str) or not pattern.strip(): raise TypeError(f"find takes a module class or a non-empty part of a type name such as 'conv', got {pattern!r}")
-        return [n for n, m in self._modules.items() if pattern.lower() in type(m).__name__.lower()]
-
     def resolve(self, layers) -> list[str]:
         "Layer names for `layers`: one or a list of names, ordinals, submodules, or types ('conv' or `nn.Conv2d`: all of them)"
         if layers is None or isinstance(layers, str) and not layers.strip(): raise TypeError(f"layers: pass a layer name, an ordinal, a type such as 'conv', or a list of them; got {layers!r}")
@@ -78,30 +72,7 @@ class FlatModel:
             names += found or [self.name_of(k)]
         return list(dict.fromkeys(names))
 
-# %% ../nbs/03_flat.ipynb #dfd77170
-def _shape(m, i, o): return tuple(o.shape) if isinstance(o, torch.Tensor) else type(o).__name__
-
-@patch
-def output_shapes(self:FlatModel, x) -> dict:
-    "Each layer's output shape for example input `x` (a tensor or a dict of keyword inputs), one per call (a list; empty for a layer that did not run); in eval mode, without gradients"
-    with eval_mode(self.model), torch.no_grad(), annotate_errors(self.model), \
-         Hooks(self._modules.values(), _shape, every_call=True) as hs:
-        call_model(self.model, x)
-    return {n: h.stored for n, h in zip(self.layer_names, hs)}
-
-@patch
-def summary(self:FlatModel, x=None) -> str:
-    "A table of every layer: ordinal, name, type, parameters, and the output shape for example input `x`"
-    shapes = {} if x is None else self.output_shapes(x)
-    rows = [('#', 'layer', 'type', 'params', 'output' if shapes else '')]
-    for i, (n, m) in enumerate(self._modules.items()):
-        s = shapes.get(n, [])
-        out = '' if not shapes else 'not called' if not s else f"{s[0]}" + (f" x{len(s)} calls" if len(s) > 1 else '')
-        rows.append((str(i), n, type(m).__name__, f"{sum(p.numel() for p in m.parameters()):,}", out))
-    w = [max(len(r[j]) for r in rows) for j in range(5)]
-    return '\n'.join(f"{r[0]:>{w[0]}}  {r[1]:<{w[1]}}  {r[2]:<{w[2]}}  {r[3]:>{w[3]}}  {r[4]}".rstrip() for r in rows)
-
-# %% ../nbs/03_flat.ipynb #e0bc59f0
+# %% ../nbs/03_flat.ipynb #06be9ed8
 class Recording(Mapping):
     "Captured values by layer name; a layer called k > 1 times appears as `name:1` ... `name:k`"
     def __init__(self, names, hooks, what='output', hint=''):
@@ -132,21 +103,6 @@ class Recording(Mapping):
         if vals[k-1] is None: raise KeyError(missing)
         return vals[k-1]
 
-    def reset(self):
-        "Forget every captured value (and gradient), to record the next forward pass afresh"
-        for h in self._hooks.values(): h.reset()
-        if self._grads is not None: self._grads.reset()
-
-    @property
-    def grads(self) -> Recording:
-        "The gradients of the recorded outputs (with `record(..., grads=True)`)"
-        if self._grads is None: raise AttributeError("gradients were not recorded: use record(..., grads=True)")
-        return self._grads
-
-    def __repr__(self):
-        desc = lambda v: tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
-        return f"Recording({self.what}s: " + ', '.join(f"{k} {desc(v)}" for k, v in self.items()) + ')'
-
 @patch
 @contextmanager
 def record(self:FlatModel, layers, grads=False, detach=True, clone=True, cpu=False):
@@ -161,7 +117,79 @@ def record(self:FlatModel, layers, grads=False, detach=True, clone=True, cpu=Fal
         if grads: rec._grads = Recording(names, stack.enter_context(Hooks(mods, is_forward=False, every_call=True)), 'gradient', hint)
         yield rec
 
-# %% ../nbs/03_flat.ipynb #8918ed41
+# %% ../nbs/03_flat.ipynb #5c49fcca
+def show_channels(acts:torch.Tensor, max_channels=32, ncols=8, cmap='viridis', shared=False, size=1.2, title=None,
+                  layout=None): # how `acts`, one example's output as recorded (1, ...), holds its features: a `Layout`, 'nhwc', 'sequence'
+    "Grid of the channels of one example: maps (C, h, w) or (1, C, h, w) as images, a sequence (C, T) as strips; `layout` moves the features first"
+    a = acts.detach().float().cpu()
+    if layout is not None:
+        if a.ndim < 2 or len(a) != 1: raise ValueError(f"with layout=, pass one example's output as recorded, (1, ...), got shape {tuple(acts.shape)}: index the batch with [:1]")
+        a = channels_first(a, _as_layout(layout, None))[0]
+    elif a.ndim == 4 and a.shape[0] == 1: a = a[0]
+    if a.ndim not in (2, 3): raise ValueError(f"expected one example's activation (C, H, W) or sequence (C, T), got shape {tuple(acts.shape)}: index the batch first, or pass layout= for channels-last maps or tokens")
+    a = a[:max_channels]
+    lim = dict(vmin=a.min().item(), vmax=a.max().item()) if shared else {}
+    ncols = min(ncols, len(a)); nrows = -(-len(a) // ncols)
+    height = size if a.ndim == 3 else size * 0.3 + 0.25                      # a strip is one row of values
+    fig, axs = plt.subplots(nrows, ncols, figsize=(size*ncols, height*nrows + (0.4 if title else 0)), squeeze=False)
+    for i, ax in enumerate(axs.flat):
+        if i >= len(a): ax.axis('off')
+        elif a.ndim == 3: show_image(a[i], ax=ax, title=str(i), cmap=cmap, **lim)
+        else: ax.imshow(a[i][None].numpy(), aspect='auto', cmap=cmap, **lim); ax.set_title(str(i), fontsize=9); ax.axis('off')
+    if title: fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/03_flat.ipynb #fa9bc158
+@patch
+def find(self:FlatModel, pattern) -> list[str]:
+    "Names of the layers of type `pattern` (a class), or whose type name contains `pattern` (case-insensitive)"
+    if isinstance(pattern, type): return [n for n, m in self._modules.items() if isinstance(m, pattern)]
+    if not isinstance(pattern, str) or not pattern.strip(): raise TypeError(f"find takes a module class or a non-empty part of a type name such as 'conv', got {pattern!r}")
+    return [n for n, m in self._modules.items() if pattern.lower() in type(m).__name__.lower()]
+
+# %% ../nbs/03_flat.ipynb #dfd77170
+def _shape(m, i, o): return tuple(o.shape) if isinstance(o, torch.Tensor) else type(o).__name__
+
+@patch
+def output_shapes(self:FlatModel, x) -> dict:
+    "Each layer's output shape for example input `x` (a tensor or a dict of keyword inputs), one per call (a list; empty for a layer that did not run); in eval mode, without gradients"
+    with eval_mode(self.model), torch.no_grad(), annotate_errors(self.model), \
+         Hooks(self._modules.values(), _shape, every_call=True) as hs:
+        call_model(self.model, x)
+    return {n: h.stored for n, h in zip(self.layer_names, hs)}
+
+@patch
+def summary(self:FlatModel, x=None) -> str:
+    "A table of every layer: ordinal, name, type, parameters, and the output shape for example input `x`"
+    shapes = {} if x is None else self.output_shapes(x)
+    rows = [('#', 'layer', 'type', 'params', 'output' if shapes else '')]
+    for i, (n, m) in enumerate(self._modules.items()):
+        s = shapes.get(n, [])
+        out = '' if not shapes else 'not called' if not s else f"{s[0]}" + (f" x{len(s)} calls" if len(s) > 1 else '')
+        rows.append((str(i), n, type(m).__name__, f"{sum(p.numel() for p in m.parameters()):,}", out))
+    w = [max(len(r[j]) for r in rows) for j in range(5)]
+    return '\n'.join(f"{r[0]:>{w[0]}}  {r[1]:<{w[1]}}  {r[2]:<{w[2]}}  {r[3]:>{w[3]}}  {r[4]}".rstrip() for r in rows)
+
+# %% ../nbs/03_flat.ipynb #11f3bd2d
+@patch
+def reset(self:Recording):
+    "Forget every captured value (and gradient), to record the next forward pass afresh"
+    for h in self._hooks.values(): h.reset()
+    if self._grads is not None: self._grads.reset()
+
+@patch(as_prop=True)
+def grads(self:Recording) -> Recording:
+    "The gradients of the recorded outputs (with `record(..., grads=True)`)"
+    if self._grads is None: raise AttributeError("gradients were not recorded: use record(..., grads=True)")
+    return self._grads
+
+@patch
+def __repr__(self:Recording):
+    desc = lambda v: tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+    return f"Recording({self.what}s: " + ', '.join(f"{k} {desc(v)}" for k, v in self.items()) + ')'
+
+# %% ../nbs/03_flat.ipynb #85ae4faf
 @dataclass(frozen=True)
 class Channel:
     "Channel (feature) `k` of layer `layer`; called on a `Recording` it returns that feature at every position: (N, h, w) for maps and patch tokens, (N, T) for a sequence"
@@ -176,6 +204,7 @@ class Channel:
         return c[:, check_index(self.k, c.shape[1], 'k', f"layer {self.layer!r}", 'channels')]
     def __str__(self): return f"{self.layer}[{self.k}]"
 
+# %% ../nbs/03_flat.ipynb #ab76761c
 _WIDTH = ('out_channels', 'num_features', 'out_features', 'embedding_dim')
 
 @patch
@@ -207,26 +236,3 @@ def channel(self:FlatModel, layer, k:int, x=None, layout=None) -> Channel:
         except ValueError: n = None                      # known when the Channel reads a recording
     else: n = self.n_channels(key, x, layout)
     return Channel(key, check_index(k, n, 'k', f"layer {key!r}", 'channels'), layout, self.model)
-
-# %% ../nbs/03_flat.ipynb #5c49fcca
-def show_channels(acts:torch.Tensor, max_channels=32, ncols=8, cmap='viridis', shared=False, size=1.2, title=None,
-                  layout=None): # how `acts`, one example's output as recorded (1, ...), holds its features: a `Layout`, 'nhwc', 'sequence'
-    "Grid of the channels of one example: maps (C, h, w) or (1, C, h, w) as images, a sequence (C, T) as strips; `layout` moves the features first"
-    a = acts.detach().float().cpu()
-    if layout is not None:
-        if a.ndim < 2 or len(a) != 1: raise ValueError(f"with layout=, pass one example's output as recorded, (1, ...), got shape {tuple(acts.shape)}: index the batch with [:1]")
-        a = channels_first(a, _as_layout(layout, None))[0]
-    elif a.ndim == 4 and a.shape[0] == 1: a = a[0]
-    if a.ndim not in (2, 3): raise ValueError(f"expected one example's activation (C, H, W) or sequence (C, T), got shape {tuple(acts.shape)}: index the batch first, or pass layout= for channels-last maps or tokens")
-    a = a[:max_channels]
-    lim = dict(vmin=a.min().item(), vmax=a.max().item()) if shared else {}
-    ncols = min(ncols, len(a)); nrows = -(-len(a) // ncols)
-    height = size if a.ndim == 3 else size * 0.3 + 0.25                      # a strip is one row of values
-    fig, axs = plt.subplots(nrows, ncols, figsize=(size*ncols, height*nrows + (0.4 if title else 0)), squeeze=False)
-    for i, ax in enumerate(axs.flat):
-        if i >= len(a): ax.axis('off')
-        elif a.ndim == 3: show_image(a[i], ax=ax, title=str(i), cmap=cmap, **lim)
-        else: ax.imshow(a[i][None].numpy(), aspect='auto', cmap=cmap, **lim); ax.set_title(str(i), fontsize=9); ax.axis('off')
-    if title: fig.suptitle(title)
-    fig.tight_layout()
-    return fig
