@@ -123,7 +123,7 @@ def direction_to(model:nn.Module, other:nn.Module) -> list[Tensor]:
     _check_direction(qs, ps)
     return [q.detach().to(p.device, p.dtype) - p.detach() for p, q in zip(ps, qs)]
 
-# %% ../nbs/11_landscape.ipynb #3a62c734
+# %% ../nbs/11_landscape.ipynb #b303d83c
 def _grid(lo_hi, step) -> Tensor:
     lo, hi = lo_hi
     step = check_number(step, 'step_size', 0, strict=True)
@@ -160,6 +160,7 @@ def _landscape(model, data, loss_fn, dirs, coords, train, show_progress, output)
             for b, b0 in zip(bufs, orig_b): b.copy_(b0)
     return all_gather_cat(torch.stack(losses).cpu() if losses else torch.zeros(0))   # every rank's block, in order: the whole grid
 
+# %% ../nbs/11_landscape.ipynb #209a5bd4
 @keeps_rng
 def landscape1d(model:nn.Module, data, loss_fn=None, x_range=(-1., 1.), step_size=0.1, direction=None,
                 normalize='filter', ignore='biasbn', seed=None, train=False, show_progress=True,
@@ -230,7 +231,7 @@ def conjugate(i:int, j:int, h:int, w:int) -> tuple[int, int]:
     "Index of the frequency conjugate to `(i, j)` in an unshifted (h, w) spectrum"
     return (-i) % check_count(h, 'h'), (-j) % check_count(w, 'w')
 
-# %% ../nbs/11_landscape.ipynb #3f828fd2
+# %% ../nbs/11_landscape.ipynb #a26a0e9f
 def _metric_values(metric, out, y, k):
     "Per-basis mean of `metric` over the n examples of each of the k perturbed copies in `out` (k*n, ...)"
     name = "fourier_map: the model's output"
@@ -254,6 +255,7 @@ def _check_images(batches, metric):
         if metric == 'error' and not (isinstance(y, Tensor) and y.shape == (len(x),) and not y.is_floating_point()):
             raise ValueError(f"metric='error' needs class indices y of shape ({len(x)},), got {getattr(y, 'dtype', type(y).__name__)} {tuple(getattr(y, 'shape', ()))}: pass labels, or a metric function of (outputs, y)")
 
+# %% ../nbs/11_landscape.ipynb #a70960d9
 @keeps_rng
 def fourier_map(model:nn.Module, data, metric='error', norm=4., random_sign=True, max_freq=None, batch_size=2048,
                 seed=0, train=False, show_progress=True,
