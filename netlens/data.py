@@ -9,6 +9,8 @@ from __future__ import annotations
 from functools import lru_cache
 from importlib.resources import files
 from pathlib import Path
+from dataclasses import dataclass, field
+import os, socket, threading
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 from torchvision.transforms.v2 import functional as TF
@@ -17,7 +19,7 @@ from .adapters import check_count, check_scores, progress
 
 # %% auto #0
 __all__ = ['DIGITS_SPLITS', 'DIGITS_WEIGHTS', 'SAMPLE_IMAGES', 'IMAGENETTE_CLASSES', 'TUTORIAL_DATA', 'digits_data',
-           'digits_loader', 'ResBlock', 'DigitsCNN', 'accuracy', 'train_digits_cnn', 'digits_cnn', 'sample_image',
+           'digits_loader', 'ResBlock', 'DigitsCNN', 'digits_cnn', 'accuracy', 'train_digits_cnn', 'sample_image',
            'sample_images', 'load_pretrained', 'pretrained_categories', 'tutorial_data', 'Tutorial', 'tutorial_setup']
 
 # %% ../nbs/01_data.ipynb #aeb78c0e
@@ -79,16 +81,19 @@ class DigitsCNN(nn.Module):
         x = F.relu(self.conv3(x))
         return self.head(x)
 
-# %% ../nbs/01_data.ipynb #c3da68ae
-def _jitter(x, g):
-    "Random affine jitter per image: shift up to 2 px, rotate up to 10 degrees, scale 0.9-1.1"
-    n = len(x)
-    u = lambda: torch.rand(n, generator=g) * 2 - 1
-    ang, s, tx, ty = u() * np.pi / 18, 1 + 0.1 * u(), u() * 2 / 16, u() * 2 / 16
-    theta = torch.stack([torch.stack([s * ang.cos(), -s * ang.sin(), tx], 1),
-                         torch.stack([s * ang.sin(), s * ang.cos(), ty], 1)], 1)
-    return F.grid_sample(x, F.affine_grid(theta, list(x.shape), align_corners=False), align_corners=False)
+# %% ../nbs/01_data.ipynb #4ca33100
+DIGITS_WEIGHTS = Path(str(files('netlens')/'assets'/'digits_cnn.pt'))
 
+def digits_cnn(pretrained=True, device=None) -> DigitsCNN:
+    "The digits CNN with the weights shipped in netlens (`pretrained`), in eval mode, on `device` (cpu by default)"
+    model = DigitsCNN()
+    if pretrained:
+        if not DIGITS_WEIGHTS.exists():
+            raise FileNotFoundError(f"the digits weights are missing at {DIGITS_WEIGHTS}: reinstall netlens, or make them with `train_digits_cnn()`")
+        model.load_state_dict(torch.load(DIGITS_WEIGHTS, map_location='cpu', weights_only=True))
+    return model.eval().to(device or 'cpu')
+
+# %% ../nbs/01_data.ipynb #9c57c3b6
 def accuracy(model:nn.Module, loader) -> float:
     "Fraction of the examples in `loader` (any iterable of `(x, y)` batches) that `model` classifies correctly, in eval mode (each module's flag restored)"
     dev, hits, n = model_device(model), 0, 0
@@ -98,6 +103,16 @@ def accuracy(model:nn.Module, loader) -> float:
             n += len(yb)
     if n == 0: raise ValueError("loader gave no examples")
     return hits / n
+
+# %% ../nbs/01_data.ipynb #b60f3af0
+def _jitter(x, g):
+    "Random affine jitter per image: shift up to 2 px, rotate up to 10 degrees, scale 0.9-1.1"
+    n = len(x)
+    u = lambda: torch.rand(n, generator=g) * 2 - 1
+    ang, s, tx, ty = u() * np.pi / 18, 1 + 0.1 * u(), u() * 2 / 16, u() * 2 / 16
+    theta = torch.stack([torch.stack([s * ang.cos(), -s * ang.sin(), tx], 1),
+                         torch.stack([s * ang.sin(), s * ang.cos(), ty], 1)], 1)
+    return F.grid_sample(x, F.affine_grid(theta, list(x.shape), align_corners=False), align_corners=False)
 
 def train_digits_cnn(seed=0, epochs=12, lr=4e-3, batch_size=64, show_progress=True) -> DigitsCNN:
     "Train a `DigitsCNN` on the digits training split; deterministic for a given `seed`; returned in eval mode"
@@ -119,18 +134,6 @@ def train_digits_cnn(seed=0, epochs=12, lr=4e-3, batch_size=64, show_progress=Tr
         finally: torch.use_deterministic_algorithms(prev_det)
     return model.eval()
 
-# %% ../nbs/01_data.ipynb #4ca33100
-DIGITS_WEIGHTS = Path(str(files('netlens')/'assets'/'digits_cnn.pt'))
-
-def digits_cnn(pretrained=True, device=None) -> DigitsCNN:
-    "The digits CNN with the weights shipped in netlens (`pretrained`), in eval mode, on `device` (cpu by default)"
-    model = DigitsCNN()
-    if pretrained:
-        if not DIGITS_WEIGHTS.exists():
-            raise FileNotFoundError(f"the digits weights are missing at {DIGITS_WEIGHTS}: reinstall netlens, or make them with `train_digits_cnn()`")
-        model.load_state_dict(torch.load(DIGITS_WEIGHTS, map_location='cpu', weights_only=True))
-    return model.eval().to(device or 'cpu')
-
 # %% ../nbs/01_data.ipynb #7e153b94
 SAMPLE_IMAGES = ('chelsea', 'astronaut', 'coffee', 'rocket')
 
@@ -148,9 +151,6 @@ def sample_images(names=SAMPLE_IMAGES, size=224, imagenet_norm=True) -> torch.Te
     return normalize(x) if imagenet_norm else x
 
 # %% ../nbs/01_data.ipynb #17fd4151
-import os, socket, threading
-from dataclasses import dataclass, field
-
 IMAGENETTE_CLASSES = (0, 217, 482, 491, 497, 566, 569, 571, 574, 701)   # ImageNet indices of Imagenette's 10 classes, in its order
 TUTORIAL_DATA = ('imagenette', 'cifar10')
 _HOSTS = {'torchvision': 'download.pytorch.org', 'timm': 'huggingface.co', 'imagenette': 's3.amazonaws.com', 'cifar10': 'www.cs.toronto.edu'}
