@@ -44,9 +44,9 @@ def source_stamp(nb) -> str:
 def _directives(src) -> set[str]:
     return {l[3:].strip().split(':')[0].split()[0] for l in src.splitlines() if l.startswith('#|') and l[3:].strip()}
 
-def _evaluated(c) -> bool:
-    s = _src(c)
-    return not re.search(r'^#\|\s*eval:\s*false', s, re.M)
+def evaluated(c) -> bool:
+    "Does nbdev-test run this cell? Not with `#| eval: false`, nor when flagged `notest` or `slow`"
+    return not (re.search(r'^#\|\s*eval:\s*false', _src(c), re.M) or {'notest', 'slow'} & _directives(_src(c)))
 
 def draws(c) -> bool:
     "Does the code cell call something that draws a figure (comments and strings aside, roughly)?"
@@ -68,7 +68,7 @@ def check_outputs(p: Path, nb) -> list[str]:
         if c['cell_type'] != 'code': continue
         if any(o.get('output_type') == 'error' for o in c.get('outputs', [])): probs.append(f"cell {i} stores an error")
         if any('Traceback (most recent call last)' in ''.join(o.get('text', '')) for o in c.get('outputs', [])): probs.append(f"cell {i} stores a traceback")
-        if stamp and _evaluated(c) and draws(c) and not has_figure(c): probs.append(f"cell {i} draws but stores no figure")
+        if stamp and evaluated(c) and draws(c) and not has_figure(c): probs.append(f"cell {i} draws but stores no figure")
     size = p.stat().st_size
     if size > MAX_NB: probs.append(f"{size / 1e6:.1f} MB, over {MAX_NB / 1e6:.0f} MB: smaller figures")
     return probs
@@ -76,7 +76,7 @@ def check_outputs(p: Path, nb) -> list[str]:
 def first_figure(nb) -> int | None:
     "Index of the first cell that shows a figure: stored, or (not executed yet) one that draws"
     for i, c in enumerate(nb['cells']):
-        if c['cell_type'] == 'code' and _evaluated(c) and (has_figure(c) or (not c.get('outputs') and draws(c))): return i
+        if c['cell_type'] == 'code' and evaluated(c) and (has_figure(c) or (not c.get('outputs') and draws(c))): return i
     return None
 
 def check_structure(p: Path, nb) -> list[str]:

@@ -8,6 +8,15 @@ netlens tour --out nbs/images/tour --no-progress
 rm -f nbs/images/tour/index.html
 nbdev-proc-nbs --file-glob index.ipynb >/dev/null 2>&1 || true  # it offers to install quarto first; the processing runs either way
 test -f _proc/index.ipynb
+# the README keeps the index's printed outputs; its figures are the tour's pictures, linked (an output's picture would
+# be a file beside README.md that PyPI cannot show)
+python - <<'PY'
+import json
+p = '_proc/index.ipynb'; nb = json.load(open(p))
+for c in nb['cells']:
+    if c['cell_type'] == 'code': c['outputs'] = [o for o in c.get('outputs', []) if not any(k.startswith('image/') for k in o.get('data', {}))]
+json.dump(nb, open(p, 'w'))
+PY
 jupyter nbconvert --to markdown _proc/index.ipynb --output-dir . --output README --log-level WARN
 # the YAML front matter becomes the title and summary; links relative to nbs/ become absolute (PyPI shows the README
 # without the repository): images to their raw files, pages to GitHub
