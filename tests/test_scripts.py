@@ -1,6 +1,6 @@
 """netlens in a script: long-running functions with their default progress, stdout piped to a file. Progress goes to a
-terminal's stderr or nowhere (netlens.adapters.progress), never into stdout; unsized loaders (generators) are read."""
-import fcntl, os, pty, struct, subprocess, sys, termios, textwrap
+terminal's stderr or nowhere (netlens.adapters.progress), never into stdout; unsized loaders (generators) are read. The tour's command line without Graphviz says what it skipped."""
+import fcntl, os, pty, shutil, struct, subprocess, sys, termios, textwrap
 import pytest
 
 SCRIPT = textwrap.dedent('''
@@ -53,3 +53,25 @@ def test_script_stdout_holds_only_what_it_prints(tmp_path, stderr_tty):
     assert out.read_text() == EXPECTED, (out.read_text(), err[-2000:])
     if stderr_tty: assert 'it/s' in err and '100%' in err, err[-2000:]   # the bars are there, on the terminal
     else: assert '\r' not in err and 'it/s' not in err, err[-2000:]       # a pipe gets no bar frames
+
+TOUR_SCRIPT = textwrap.dedent('''
+    import sys, netlens.tour as T
+    T.TOUR_PAGES[:] = [p for p in T.TOUR_PAGES if p.slug in ('predictions', 'trace', 'photos')]   # the quick pages and the graph
+    T.main(sys.argv[1:])
+''')
+
+def test_tour_without_graphviz_says_what_it_skipped(tmp_path):
+    """`netlens tour`'s command line on a machine without Graphviz's `dot` (hidden from PATH): the operation graph is left
+    out (no placeholder), not counted among the figures, and the closing line names it with how to install Graphviz"""
+    path = os.pathsep.join(d for d in os.environ.get('PATH', '').split(os.pathsep) if d and not os.path.exists(os.path.join(d, 'dot')))
+    assert shutil.which('dot', path=path) is None
+    (tmp_path / 'tour.py').write_text(TOUR_SCRIPT)
+    out = tmp_path / 'g'
+    r = subprocess.run([sys.executable, 'tour.py', 'tour', '--out', str(out), '--no-progress'], cwd=tmp_path,
+                       capture_output=True, text=True, env={**os.environ, 'PATH': path}, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ['index.html', 'photos.png', 'predictions.png']
+    assert r.stdout == (f"netlens tour: 2 figures and {out / 'index.html'} (skipped: the trace page (Operation graph), "
+                        "Graphviz's dot is not installed: apt-get install graphviz, brew install graphviz or conda install graphviz)\n"), r.stdout
+    index = (out / 'index.html').read_text()
+    assert 'Skipped: the trace page (Operation graph)' in index and 'trace.png' not in index
