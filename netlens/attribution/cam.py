@@ -14,23 +14,13 @@ from ..core import *
 from ..hooks import Hook
 from ..flat import FlatModel
 from ..adapters import (check_index, main_input, batch_len, with_main_input, Layout, feature_layout, channels_first, as_maps, model_scores)
-from .gradients import target_scores, guarded, _gradient, _check_result, _checked
+from ..adapters import check_call, check_result
+from .gradients import target_scores, guarded, _gradient
 
 # %% auto #0
-__all__ = ['CAM_METHODS', 'vit_reshape', 'layer_acts_grads', 'cam', 'grad_cam', 'guided_grad_cam']
+__all__ = ['CAM_METHODS', 'layer_acts_grads', 'grad_cam', 'cam', 'guided_grad_cam', 'vit_reshape']
 
-# %% ../../nbs/05_gradcam.ipynb #d1d2aac7
-def vit_reshape(t:Tensor, prefix:int, grid:tuple|None=None) -> Tensor:
-    "Token outputs (N, T, D) as maps (N, D, h, w): the first `prefix` tokens (class, register) dropped, the others laid on `grid` (default: a square)"
-    if not isinstance(t, Tensor) or t.ndim != 3: raise ValueError(f"vit_reshape takes tokens (N, T, D), got {f'shape {tuple(t.shape)}' if isinstance(t, Tensor) else type(t).__name__}: pass reshape= a function that returns maps (N, D, h, w)")
-    n = t.shape[1] - prefix
-    if grid is None:
-        side = math.isqrt(max(n, 0))
-        if side < 1 or side * side != n: raise ValueError(f"cannot lay {t.shape[1]} tokens less {prefix} prefix tokens on a square grid: pass grid=(h, w) or the right prefix")
-        grid = (side, side)
-    if n != grid[0] * grid[1]: raise ValueError(f"{t.shape[1]} tokens less {prefix} prefix tokens do not fill a {grid[0]}x{grid[1]} grid: pass the grid and prefix of the model")
-    return channels_first(t, Layout('tokens', prefix, tuple(grid)))
-
+# %% ../../nbs/05_gradcam.ipynb #c38b27e2
 def _maps(t, name:str, n:int, lay, reshape, what) -> Tensor:
     "The layer's output or its gradient `t` as maps (N, C, h, w): by `reshape` if given, else by its layout `lay`"
     if reshape is None: return as_maps(t, lay, name)
@@ -66,10 +56,10 @@ def _layer_acts_grads(model, x, target, layer, reshape=None, output=None, layout
 
 def layer_acts_grads(model:nn.Module, x:Tensor, target, layer, reshape=None, *, output=None, layout=None) -> tuple[Tensor, Tensor]:
     "Activations of `layer` as maps (N, C, h, w) (`layout` as `feature_layout`) and the gradient of the summed `target` scores of `output` with respect to them"
-    model, x = _checked(model, x, ids=True)
+    model, x = check_call(model, x, ids=True)
     return _layer_acts_grads(model, x, target, layer, reshape, output, layout)
 
-# %% ../../nbs/05_gradcam.ipynb #7bc85f6d
+# %% ../../nbs/05_gradcam.ipynb #b910bda4
 def _gradcam_weights(A, G): return G.mean((2, 3), keepdim=True)
 
 def _gradcampp_weights(A, G):
@@ -80,6 +70,7 @@ def _gradcampp_weights(A, G):
     return (alpha * G.clamp(min=0)).sum((2, 3), keepdim=True)
 
 def _xgradcam_weights(A, G): return (G * A).sum((2, 3), keepdim=True) / (A.sum((2, 3), keepdim=True) + 1e-7)
+
 def _layercam_weights(A, G): return G.clamp(min=0)           # one weight per position
 
 CAM_METHODS = {'gradcam': _gradcam_weights, 'gradcam++': _gradcampp_weights, 'xgradcam': _xgradcam_weights, 'layercam': _layercam_weights}
@@ -101,21 +92,34 @@ def _cam(model, x, target, layer, method='gradcam', channel=None, interpolate=Tr
     m = maps.sum(1) if channel is None else maps[:, channel]
     if relu: m = m.clamp(min=0)
     if interpolate: m = F.interpolate(m[:, None], size=_image_size(model, x), mode=mode, **({'align_corners': False} if mode in ('bilinear', 'bicubic') else {}))[:, 0]
-    return _check_result(m, 'the CAM')
-
-def cam(model:nn.Module, x:Tensor, target, layer, method='gradcam', channel=None, interpolate=True, relu=True,
-        reshape=None, mode='bilinear', *, output=None, layout=None) -> Tensor:
-    "Class activation map of `method` at `layer` (or only its `channel`): (N, H, W) with `interpolate`, else the layer's (N, h, w); `output` and `layout` as `layer_acts_grads`"
-    model, x = _checked(model, x, ids=True)
-    return _cam(model, x, target, layer, method, channel, interpolate, relu, reshape, mode, output, layout)
+    return check_result(m, 'the CAM')
 
 def grad_cam(model:nn.Module, x:Tensor, target, layer, channel=None, interpolate=True, relu=True, reshape=None, *, output=None, layout=None) -> Tensor:
     "GradCAM (Selvaraju et al. 2017): activations of `layer` weighted by their spatially averaged gradients, summed"
-    model, x = _checked(model, x, ids=True)
+    model, x = check_call(model, x, ids=True)
     return _cam(model, x, target, layer, 'gradcam', channel, interpolate, relu, reshape, output=output, layout=layout)
+
+# %% ../../nbs/05_gradcam.ipynb #42fde731
+def cam(model:nn.Module, x:Tensor, target, layer, method='gradcam', channel=None, interpolate=True, relu=True,
+        reshape=None, mode='bilinear', *, output=None, layout=None) -> Tensor:
+    "Class activation map of `method` at `layer` (or only its `channel`): (N, H, W) with `interpolate`, else the layer's (N, h, w); `output` and `layout` as `layer_acts_grads`"
+    model, x = check_call(model, x, ids=True)
+    return _cam(model, x, target, layer, method, channel, interpolate, relu, reshape, mode, output, layout)
 
 def guided_grad_cam(model:nn.Module, x:Tensor, target, layer, mode='bilinear', reshape=None, *, output=None, layout=None) -> Tensor:
     "Guided GradCAM: guided backpropagation times the GradCAM map (positive part) resized to the input; shaped like `x` (a dict's main input)"
-    model, x = _checked(model, x, ids=True)
+    model, x = check_call(model, x, ids=True)
     m = _cam(model, x, target, layer, 'gradcam', relu=True, interpolate=True, reshape=reshape, mode=mode, output=output, layout=layout)
     return _gradient(model, x, target, 'guided', output=output) * m[:, None]
+
+# %% ../../nbs/05_gradcam.ipynb #4ee67b37
+def vit_reshape(t:Tensor, prefix:int, grid:tuple|None=None) -> Tensor:
+    "Token outputs (N, T, D) as maps (N, D, h, w): the first `prefix` tokens (class, register) dropped, the others laid on `grid` (default: a square)"
+    if not isinstance(t, Tensor) or t.ndim != 3: raise ValueError(f"vit_reshape takes tokens (N, T, D), got {f'shape {tuple(t.shape)}' if isinstance(t, Tensor) else type(t).__name__}: pass reshape= a function that returns maps (N, D, h, w)")
+    n = t.shape[1] - prefix
+    if grid is None:
+        side = math.isqrt(max(n, 0))
+        if side < 1 or side * side != n: raise ValueError(f"cannot lay {t.shape[1]} tokens less {prefix} prefix tokens on a square grid: pass grid=(h, w) or the right prefix")
+        grid = (side, side)
+    if n != grid[0] * grid[1]: raise ValueError(f"{t.shape[1]} tokens less {prefix} prefix tokens do not fill a {grid[0]}x{grid[1]} grid: pass the grid and prefix of the model")
+    return channels_first(t, Layout('tokens', prefix, tuple(grid)))
