@@ -11,12 +11,13 @@ import torch, torch.nn as nn
 from torch import Tensor
 from ..adapters import check_count
 from ..adapters import model_scores
-from .gradients import per_example, target_scores, _baseline, _check_result, guarded, _checked, _main, _enlarged
+from ..adapters import check_call, check_result, main_tensor
+from .gradients import per_example, target_scores, _baseline, guarded, _enlarged
 
 # %% auto #0
 __all__ = ['occlusion']
 
-# %% ../../nbs/06_occlusion.ipynb #71b3beb1
+# %% ../../nbs/06_occlusion.ipynb #c0b7c123
 def _positions(size, window, stride):
     "Start of each window along one dimension: 0, s, 2s, ... up to ceil((size - window) / s) * s (the last one may be cut)"
     return [k * stride for k in range(math.ceil((size - window) / stride) + 1)]
@@ -28,11 +29,12 @@ def _entries(v, name:str, feat:tuple) -> tuple:
     if len(v) != len(feat): raise ValueError(f"{name} {v} needs one entry per input dimension {feat} (channels first)")
     return v
 
+# %% ../../nbs/06_occlusion.ipynb #46eddab4
 def occlusion(model:nn.Module, x:Tensor, target, window=(3, 15, 15), stride=(3, 8, 8), baseline=0., batch_size=64, *, output=None) -> Tensor:
     "Occlusion attributions shaped like `x` (a dict's main input): mean score drop over the windows (of shape `window`, moved by `stride`) covering each feature"
     batch_size = check_count(batch_size, 'batch_size')
-    model, x = _checked(model, x, who='occlusion')
-    xm = _main(model, x)
+    model, x = check_call(model, x, who='occlusion')
+    xm = main_tensor(model, x)
     feat = tuple(xm.shape[1:])
     window, stride = _entries(window, 'window', feat), _entries(stride, 'stride', feat)
     if any(w > d for w, d in zip(window, feat)): raise ValueError(f"window {window} is larger than the input {feat}")
@@ -55,4 +57,4 @@ def occlusion(model:nn.Module, x:Tensor, target, window=(3, 15, 15), stride=(3, 
             drop = base[None] - target_scores(out, t.repeat(len(chunk)), len(chunk) * n, "the model's output on the occluded copies of x", group=by_example).view(len(chunk), n)
             total += torch.einsum('kn,k...->n...', drop, mask)
             counts += mask.sum(0)
-    return _check_result(total / counts, 'the occlusion attribution')
+    return check_result(total / counts, 'the occlusion attribution')
