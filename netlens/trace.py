@@ -20,7 +20,7 @@ from .adapters import check_module, unwrap_model, keeps_rng
 
 # %% auto #0
 __all__ = ['DECOMPOSE', 'TensorOp', 'ModelLog', 'log_forward_pass', 'ValidationReport', 'validate_saved_activations',
-           'show_model_graph']
+           'show_model_graph', 'intervene']
 
 # %% ../nbs/12_trace.ipynb #e6fb8f7d
 class TensorOp:
@@ -459,13 +459,11 @@ def _add_io(log, tracer, t, kind, k, parent=None):
     log.entries.append(op)
 
 # %% ../nbs/12_trace.ipynb #dec6bf38
-@keeps_rng
-def log_forward_pass(model:nn.Module, x, layers_to_save='all', keep_grads:bool=False, source_lines:bool=False, kwargs:dict|None=None,
-                     save_device=None) -> ModelLog:
-    "Run `model` on `x` once and log every tensor operation; save the values of `layers_to_save` (on `save_device`, e.g. 'cpu', if given)"
-    model = unwrap_model(check_module(model, 'log_forward_pass'), 'log_forward_pass')   # compiled graphs run no Python per op, replicas run in other threads
+def _run_pass(model, x, layers_to_save='all', keep_grads=False, source_lines=False, kwargs=None, save_device=None, who='log_forward_pass', tracer=_Tracer):
+    "One logged forward pass of `model` on `x` under `tracer` (`_Tracer`, or a subclass that edits the pass): the body of `log_forward_pass` and `intervene`"
+    model = unwrap_model(check_module(model, who), who)   # compiled graphs run no Python per op, replicas run in other threads
     args, kw = _inputs_of(x, kwargs)
-    if not _tensors(args) + _tensors(kw): raise TypeError("log_forward_pass: the input holds no tensor; pass a tensor, a tuple/list of positional arguments or a dict of keyword arguments")
+    if not _tensors(args) + _tensors(kw): raise TypeError(f"{who}: the input holds no tensor; pass a tensor, a tuple/list of positional arguments or a dict of keyword arguments")
     if keep_grads:  # leaf copies that require grad, so the inputs get gradients too; the caller's tensors are left alone
         copy = lambda t: t.detach().requires_grad_() if isinstance(t, Tensor) and t.is_floating_point() and not t.requires_grad else t
         args, kw = tuple(map(copy, args)), {k: copy(v) for k, v in kw.items()}
@@ -473,7 +471,7 @@ def log_forward_pass(model:nn.Module, x, layers_to_save='all', keep_grads:bool=F
     wants, positions, save_modules, label_keys = _save_rule(layers_to_save, {n for n, _ in modules})
     log = ModelLog(model, modules, layers_to_save, keep_grads)
     params = {id(p): n for n, p in model.named_parameters()}
-    tracer = _Tracer(log, wants, params, keep_grads, source_lines, save_device)
+    tracer = tracer(log, wants, params, keep_grads, source_lines, save_device)
     for k, t in enumerate(_tensors(args) + _tensors(kw), 1): _add_io(log, tracer, t, 'input', k)
     context = _ModuleContext({id(m): n for n, m in modules}, tracer, save_modules)
     t0 = time.perf_counter()
@@ -489,6 +487,12 @@ def log_forward_pass(model:nn.Module, x, layers_to_save='all', keep_grads:bool=F
     log._finish(context.calls)
     _check_saved(log, positions, save_modules, label_keys)
     return log
+
+@keeps_rng
+def log_forward_pass(model:nn.Module, x, layers_to_save='all', keep_grads:bool=False, source_lines:bool=False, kwargs:dict|None=None,
+                     save_device=None) -> ModelLog:
+    "Run `model` on `x` once and log every tensor operation; save the values of `layers_to_save` (on `save_device`, e.g. 'cpu', if given)"
+    return _run_pass(model, x, layers_to_save, keep_grads, source_lines, kwargs, save_device)
 
 # %% ../nbs/12_trace.ipynb #cd6a589e
 def _fill(x, value_of, copy=False):
@@ -651,3 +655,139 @@ def draw(self:ModelLog, rolled=False, nesting_depth:int|None=None, module:str|No
 def show_model_graph(model:nn.Module, x, **kwargs):
     "Draw the graph of `model` on `x` without saving any activation (keyword arguments go to `ModelLog.draw`)"
     return log_forward_pass(model, x, layers_to_save=None).draw(**kwargs)
+
+# %% ../nbs/12_trace.ipynb #6e11b2a6
+def _swapped(func, g):
+    "`func` computed as `g` of its first argument, under `func`'s name so that labels stay put (an in-place call returns a new tensor)"
+    def f(*args, **kwargs): return g(args[0])
+    f.__name__, f._netlens_swap = _func_name(func), True
+    return f
+
+def _outs(name, args, out):
+    "The tensors one call produced, in the order `_Tracer.add_op` logs them"
+    if isinstance(out, Tensor): return [out]
+    if out is None and name == '__setitem__' and args and isinstance(args[0], Tensor): return [args[0]]
+    return _tensors(out)
+
+def _put(out, old, new):
+    "`out` with the tensor `old` replaced by `new`, in nested tuples and lists"
+    if out is old: return new
+    if not isinstance(out, (list, tuple)): return out
+    vals = [_put(v, old, new) for v in out]
+    return vals if type(out) is list else type(out)(*vals) if hasattr(out, '_fields') else type(out)(vals)
+
+# %% ../nbs/12_trace.ipynb #abad0aa2
+class _Intervener(_Tracer):
+    "The tracer, also swapping functions by layer type (`swaps`) and replacing outputs by (layer label, pass) (`edits`: output -> new output)"
+    def __init__(self, *args, edits=None, swaps=None, **kw):
+        super().__init__(*args, **kw)
+        self.edits, self.swaps, self.swapped = edits or {}, swaps or {}, {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if self.quiet: return super().__torch_function__(func, types, args, kwargs)
+        name, skip = (_FUNCS.get(func) or _func_info(func))[:2]
+        g = None if skip else self.swaps.get(_layer_type(name))
+        if g is not None: func = self.swapped.setdefault(func, _swapped(func, g))
+        n = len(self.log.entries)
+        out = super().__torch_function__(func, types, args, kwargs)
+        try: composite = func in self.decompose
+        except TypeError: composite = False
+        if composite or not self.edits: return out
+        for op, t in zip(self.log.entries[n:], _outs(name, args, out)):
+            f = self.edits.get((op.layer_label, op.pass_num))
+            if f is None: continue
+            if out is None: raise ValueError(f"intervene: {op.layer_label} is an assignment into a tensor (x[...] = v), which returns nothing to replace; edit the op after it")
+            new = f(t)
+            out = _put(out, t, new)
+            op.tensor = None
+            self.keep(op, new)
+            self.producer[new] = op.index
+        return out
+
+# %% ../nbs/12_trace.ipynb #2064b47b
+def _resolve(log, key, who='intervene'):
+    "The ops of `log` that `key` names: a label, module name or position (as `log[key]`), or a predicate op -> bool"
+    if callable(key) and not isinstance(key, (str, Tensor)):
+        ops = [op for op in log if op.layer_type != 'output' and key(op)]
+        if not ops: raise KeyError(f"{who}: the predicate {getattr(key, '__name__', key)!r} matched no op of the pass; see log.layer_labels")
+        return ops
+    try: op = log[key]
+    except (KeyError, IndexError, TypeError) as e: raise type(e)(f"{who}: edits key {key!r}: {e.args[0] if e.args else e}") from None
+    return [log.entries[op.parents[0]] if op.layer_type == 'output' else op]
+
+def _same_run(a, b, what):
+    "Raise unless logs `a` (another run) and `b` (this one) hold the same ops, label for label"
+    la, lb = a.layer_labels, b.layer_labels
+    if la == lb: return
+    i = next((i for i, (p, q) in enumerate(zip(la, lb)) if p != q), min(len(la), len(lb)))
+    there, here = (la[i] if i < len(la) else 'the end'), (lb[i] if i < len(lb) else 'the end')
+    raise ValueError(f"{what} comes from a different op sequence: op {i} is {there!r} there and {here!r} here ({len(la)} vs {len(lb)} ops); "
+                     "patch between runs of the same model on inputs of the same kind")
+
+# %% ../nbs/12_trace.ipynb #f5bad0b1
+def _edit_fn(rep, op, key, ref):
+    "A checked function output -> replacement for `op` (named by `key`), from a tensor, a function or a `ModelLog`"
+    where = f"intervene: edits[{key!r}] (op {op.label}, shape {op.shape})"
+    if isinstance(rep, ModelLog):
+        _same_run(rep, ref, f"the ModelLog given for {key!r}")
+        rep = rep[op.label].tensor
+        if rep is None: raise ValueError(f"{where}: the ModelLog did not save {op.label}; log it with layers_to_save='all' or including {op.label!r}")
+    if isinstance(rep, Tensor):
+        if tuple(rep.shape) != op.shape: raise ValueError(f"{where}: the replacement has shape {tuple(rep.shape)}; give a tensor of shape {op.shape}, or a function of the output to broadcast")
+        val, rep = rep, lambda t: val
+    elif not callable(rep): raise TypeError(f"{where}: a replacement is a tensor, a function of the output or a ModelLog, not {type(rep).__name__}")
+    def f(t):
+        new = rep(t)
+        if not isinstance(new, Tensor): raise TypeError(f"{where}: the function returned {type(new).__name__}, not a tensor")
+        if new.shape != t.shape: raise ValueError(f"{where}: the function returned shape {tuple(new.shape)}, not {tuple(t.shape)}")
+        return new.to(t.device, t.dtype)
+    return f
+
+def _swaps(replace_funcs):
+    "`replace_funcs` checked, by layer type (`max_pool2d` -> `maxpool2d`)"
+    if replace_funcs is None: return {}
+    if not isinstance(replace_funcs, dict): raise TypeError(f"intervene: replace_funcs is a dict {{'relu': F.gelu, ...}}, not {type(replace_funcs).__name__}")
+    for k, g in replace_funcs.items():
+        if not isinstance(k, str) or not callable(g): raise TypeError(f"intervene: replace_funcs maps function names to functions, got {k!r}: {g!r}")
+    return {_layer_type(k): g for k, g in replace_funcs.items()}
+
+# %% ../nbs/12_trace.ipynb #61c4e845
+def _map_inputs(args, kw, fns):
+    "`args` and `kw` with the k-th input tensor (counted from 1, as `input_k`) replaced by `fns[k]` of it"
+    n = [0]
+    def go(v):
+        if isinstance(v, Tensor):
+            n[0] += 1
+            return fns[n[0]](v) if n[0] in fns else v
+        if isinstance(v, (list, tuple)):
+            vals = [go(u) for u in v]
+            return vals if type(v) is list else type(v)(*vals) if hasattr(v, '_fields') else type(v)(vals)
+        if isinstance(v, dict): return {k: go(u) for k, u in v.items()}
+        return v
+    return go(args), go(kw)
+
+# %% ../nbs/12_trace.ipynb #a06e8d76
+@keeps_rng
+def intervene(model:nn.Module, x, edits:dict, *, replace_funcs:dict|None=None, return_log:bool=False, kwargs:dict|None=None):
+    "Run `model` on `x` with the outputs of the ops `edits` names replaced (by a tensor, a function of the output, or a ModelLog's value of the op) and the functions in `replace_funcs` swapped"
+    model = unwrap_model(check_module(model, 'intervene'), 'intervene')
+    if not isinstance(edits, dict): raise TypeError(f"intervene: edits is a dict {{key: replacement}} (key: label, module name, position or predicate), not {type(edits).__name__}")
+    swaps = _swaps(replace_funcs)
+    cuda = sorted({t.device.index or 0 for t in [*model.parameters(), *_tensors(x)] if t.device.type == 'cuda'})
+    try:
+        with torch.random.fork_rng(devices=cuda), torch.no_grad():   # the reference pass leaves the generators where it found them
+            ref = _run_pass(model, x, None, kwargs=kwargs, who='intervene', tracer=partial(_Intervener, swaps=swaps))
+        types = {op.layer_type for op in ref}
+        for k in swaps:
+            if k not in types: raise unknown_key_error(k, sorted(types), 'function in replace_funcs (no op of this type ran)')
+        fns, ins = {}, {}
+        for key, rep in edits.items():
+            for op in _resolve(ref, key):
+                f = _edit_fn(rep, op, key, ref)
+                if op.layer_type == 'input': ins[int(op.label.split('_')[1])] = f
+                else: fns[(op.layer_label, op.pass_num)] = f
+        args, kw = _map_inputs(*_inputs_of(x, kwargs), ins)
+        log = _run_pass(model, args, 'all' if return_log else None, kwargs=kw, who='intervene', tracer=partial(_Intervener, edits=fns, swaps=swaps))
+    finally:
+        for f in [f for f in _FUNCS if getattr(f, '_netlens_swap', False)]: del _FUNCS[f]
+    return (log.output, log) if return_log else log.output

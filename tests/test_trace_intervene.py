@@ -1,0 +1,192 @@
+"intervene against oracles computed without netlens: plain forward hooks, hand-written forwards, a model copy with swapped modules, autograd"
+import copy
+import pytest, torch, torch.nn as nn, torch.nn.functional as F
+from torch.testing import assert_close
+from netlens.data import digits_cnn, digits_data
+from netlens.hooks import ModelSnapshot, hook_count
+from netlens.trace import intervene, log_forward_pass, _FUNCS
+
+MODEL = digits_cnn()
+XS = digits_data('test')[0][:4]
+X, X2 = XS[:2], XS[2:4]
+
+def digits_forward(m, x, act2=F.relu, act3=F.relu, pre_head=lambda t: t):
+    "DigitsCNN.forward written out by hand"
+    x = m.pool1(m.stem(x))
+    x = act2(m.bn2(m.conv2(x)))
+    x = m.pool2(m.res(x))
+    return m.head(pre_head(act3(m.conv3(x))))
+
+def hooked(m, module, f, x):
+    "The output of `m(x)` with a plain forward hook replacing `module`'s output by f(output) (every call)"
+    h = module.register_forward_hook(lambda mod, i, o: f(o))
+    try: return m(x)
+    finally: h.remove()
+
+def clean_state(m, snap):
+    assert snap.diff(m) == [] and hook_count(m) == 0 and torch._C._len_torch_function_stack() == 0
+    assert not any(getattr(f, '_netlens_swap', False) for f in _FUNCS)
+
+@pytest.mark.parametrize('name,key', [('conv3', 'conv3'), ('res', 'res'), ('head', 'head'), ('stem', 'stem'), ('stem.2', 'stem.2'),
+                                      ('res.bn2', 'res.bn2'), ('head.2', 'head.2')])
+def test_module_edit_equals_forward_hook(name, key):
+    snap = ModelSnapshot(MODEL)
+    f = lambda o: o * -0.7 + 0.1
+    with torch.no_grad():
+        assert_close(intervene(MODEL, X, {key: f}), hooked(MODEL, MODEL.get_submodule(name), f, X), rtol=0, atol=0)
+    clean_state(MODEL, snap)
+
+def test_module_called_twice_by_call():
+    relu = MODEL.res.relu   # called twice: 'res.relu:1' and 'res.relu:2'
+    calls = []
+    def f(o):
+        calls.append(1)
+        return o * 2 if len(calls) == 2 else o
+    with torch.no_grad():
+        expected = hooked(MODEL, relu, f, X)
+        assert_close(intervene(MODEL, X, {'res.relu:2': lambda o: o * 2}), expected, rtol=0, atol=0)
+        assert not torch.equal(expected, MODEL(X))
+
+def test_functional_op_equals_hand_written():
+    log = log_forward_pass(MODEL, X, layers_to_save=None)
+    assert log['relu_2'].module is None and log['relu_5'].module is None   # both functional ReLUs
+    with torch.no_grad():
+        assert_close(intervene(MODEL, X, {'relu_2': lambda t: t * 0.3}), digits_forward(MODEL, X, act2=lambda t: F.relu(t) * 0.3))
+        assert_close(intervene(MODEL, X, {log['relu_5'].label: torch.ones(log['relu_5'].shape)}), digits_forward(MODEL, X, act3=torch.ones_like))
+        # by position and by predicate
+        assert_close(intervene(MODEL, X, {log['relu_5'].index: torch.zeros_like}), digits_forward(MODEL, X, act3=torch.zeros_like))
+        assert_close(intervene(MODEL, X, {(lambda op: op.short_label == 'relu_5'): torch.zeros_like}), digits_forward(MODEL, X, act3=torch.zeros_like))
+
+def test_replace_funcs_equals_swapped_copy():
+    snap = ModelSnapshot(MODEL)
+    m = copy.deepcopy(MODEL)
+    n = 0
+    for parent in list(m.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.ReLU): setattr(parent, name, nn.GELU()); n += 1
+    assert n == 2   # stem.2 and res.relu; the other two ReLUs are functional
+    with torch.no_grad():
+        expected = digits_forward(m, X, act2=F.gelu, act3=F.gelu)
+        assert not torch.allclose(expected, MODEL(X))
+        assert_close(intervene(MODEL, X, {}, replace_funcs={'relu': F.gelu}), expected)
+        # swaps and edits together: the edit applies to the swapped op's output
+        assert_close(intervene(MODEL, X, {'relu_5': lambda t: t * 2}, replace_funcs={'relu': F.gelu}),
+                     digits_forward(m, X, act2=F.gelu, act3=lambda t: F.gelu(t) * 2))
+    clean_state(MODEL, snap)
+
+def test_patching_every_op_gives_the_clean_output():
+    clean = log_forward_pass(MODEL, X)
+    with torch.no_grad():
+        assert_close(intervene(MODEL, X2, {(lambda op: op.layer_type != 'input'): clean}), clean.output, rtol=0, atol=0)
+        assert_close(intervene(MODEL, X2, {'input_1': clean}), clean.output, rtol=0, atol=0)
+        # one op patched: the clean value there, the corrupted run before it
+        out, plog = intervene(MODEL, X2, {'conv3': clean}, return_log=True)
+    corrupt = log_forward_pass(MODEL, X2)
+    assert_close(plog['conv3'].tensor, clean['conv3'].tensor, rtol=0, atol=0)
+    assert_close(plog['res'].tensor, corrupt['res'].tensor, rtol=0, atol=0)
+    with torch.no_grad(): assert_close(out, digits_forward(MODEL, X2, act3=lambda t: F.relu(clean['conv3'].tensor)))
+
+def test_gradient_through_an_intervention_equals_autograd():
+    x = X.clone().requires_grad_()
+    v = torch.randn(64, 1, 1, requires_grad=True)
+    got = torch.autograd.grad(intervene(MODEL, x, {'relu_5': lambda o: o * 2 + v}).logsumexp(-1).sum(), [x, v])
+    want = torch.autograd.grad(digits_forward(MODEL, x, act3=lambda t: F.relu(t) * 2 + v).logsumexp(-1).sum(), [x, v])
+    for g, w in zip(got, want): assert_close(g, w)
+    # a tensor replacement that requires grad gets its gradient; what it replaced gets none
+    r = torch.rand(2, 64, 8, 8, requires_grad=True)
+    (gr, gx) = torch.autograd.grad(intervene(MODEL, x, {'relu_5': r})[:, 1].sum(), [r, x], allow_unused=True)
+    (wr,) = torch.autograd.grad(MODEL.head(r)[:, 1].sum(), [r])
+    assert_close(gr, wr)
+    assert gx is None or gx.abs().sum() == 0
+    assert all(p.grad is None for p in MODEL.parameters())
+
+def test_train_mode_same_dropout_draws_and_buffers_kept():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.Dropout(0.5), nn.ReLU(), nn.Linear(8, 3)).train()
+    x = torch.randn(5, 6)
+    snap = ModelSnapshot(m)
+    rng = torch.get_rng_state()
+    out = intervene(m, x, {'3': lambda o: o * 3})
+    assert snap.diff(m) == [] and m.training   # BatchNorm's running statistics are put back
+    torch.set_rng_state(rng)
+    expected = hooked(m, m[3], lambda o: o * 3, x)   # the same dropout mask as the edited pass
+    assert_close(out, expected)
+
+def test_loop_passes_and_multi_output_ops():
+    class Loop(nn.Module):
+        def __init__(self): super().__init__(); self.fc = nn.Linear(6, 6)
+        def forward(self, x):
+            a, b = x.split(3, dim=1)
+            x = torch.cat([b, a], 1)
+            for _ in range(3): x = torch.tanh(self.fc(x))
+            return x
+    torch.manual_seed(1)
+    m, x = Loop(), torch.randn(2, 6)
+    def by_hand(edit_pass=None, f=None, swap_split=False):
+        a, b = x.split(3, dim=1)
+        if swap_split: b = b * 0
+        h = torch.cat([b, a], 1)
+        for p in range(1, 4):
+            h = m.fc(h)
+            if p == edit_pass: h = f(h)
+            h = torch.tanh(h)
+        return h
+    log = log_forward_pass(m, x, layers_to_save=None)
+    f = lambda o: o + 1
+    with torch.no_grad():
+        assert_close(intervene(m, x, {'linear_1:2': f}), by_hand(2, f))
+        assert_close(intervene(m, x, {'fc:3': f}), by_hand(3, f))
+        split2 = [op for op in log if op.func_name == 'split'][1]
+        assert_close(intervene(m, x, {split2.label: torch.zeros_like}), by_hand(swap_split=True))
+
+def test_input_edit_and_kwargs():
+    class Two(nn.Module):
+        def __init__(self): super().__init__(); self.a = nn.Linear(4, 3)
+        def forward(self, x, y, scale=1.): return self.a(x) * scale + y
+    torch.manual_seed(2)
+    m, x, y = Two(), torch.randn(2, 4), torch.randn(2, 3)
+    with torch.no_grad():
+        assert_close(intervene(m, [x, y], {'input_2': torch.ones(2, 3)}, kwargs={'scale': 2.}), m.a(x) * 2 + 1)
+        assert_close(intervene(m, [x, y], {'a': torch.zeros_like}), y)
+
+def test_tiny_gpt2_block_edit_equals_hook():
+    transformers = pytest.importorskip('transformers')
+    torch.manual_seed(0)
+    m = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=100, n_positions=16)).eval()
+    ids = torch.randint(0, 100, (2, 8))
+    mlp = m.transformer.h[0].mlp
+    with torch.no_grad():
+        expected = hooked(m, mlp, lambda o: o * 0, ids).logits
+        got = intervene(m, {'input_ids': ids}, {'transformer.h.0.mlp': torch.zeros_like})
+        assert_close(got.logits, expected)
+
+def test_errors_name_the_problem_and_leave_the_model_clean():
+    snap = ModelSnapshot(MODEL)
+    cases = [({'relu_99': torch.zeros_like}, KeyError, 'closest'),
+             ({'bogus.module': torch.zeros_like}, KeyError, 'bogus.module'),
+             ({'res.relu': torch.zeros_like}, KeyError, 'res.relu:1'),
+             ({999: torch.zeros_like}, IndexError, '999'),
+             ({'conv3': torch.zeros(3)}, ValueError, 'shape'),
+             ({'conv3': 'zeros'}, TypeError, 'replacement'),
+             ({'conv3': lambda o: o.sum()}, ValueError, 'returned shape'),
+             ({'conv3': lambda o: o.tolist()}, TypeError, 'not a tensor'),
+             ({(lambda op: False): torch.zeros_like}, KeyError, 'predicate'),
+             ({'conv3': log_forward_pass(MODEL, X, layers_to_save=['conv2'])}, ValueError, 'layers_to_save'),
+             ({'conv3': log_forward_pass(nn.Sequential(nn.Flatten(), nn.Linear(1024, 3)), X)}, ValueError, 'different op sequence'),
+             ({'conv3': log_forward_pass(MODEL, XS[:3])}, ValueError, 'shape')]
+    for edits, err, words in cases:
+        with pytest.raises(err, match=words): intervene(MODEL, X, edits)
+        clean_state(MODEL, snap)
+    with pytest.raises(TypeError, match='edits'): intervene(MODEL, X, [('conv3', 0)])
+    with pytest.raises(KeyError, match="'relu'"): intervene(MODEL, X, {}, replace_funcs={'rellu': F.gelu})
+    with pytest.raises(TypeError, match='replace_funcs'): intervene(MODEL, X, {}, replace_funcs={'relu': 3})
+    with pytest.raises(TypeError, match='intervene'): intervene('conv3', X, {})
+    def boom(o): raise RuntimeError('boom')
+    with pytest.raises(RuntimeError, match='boom'): intervene(MODEL, X, {'res.relu:2': boom}, replace_funcs={'relu': F.gelu})
+    clean_state(MODEL, snap)
+    m = MODEL.train()
+    try:
+        snap = ModelSnapshot(m)
+        with pytest.raises(RuntimeError, match='boom'): intervene(m, X, {'conv2': boom})
+        clean_state(m, snap); assert m.training
+    finally: MODEL.eval()
