@@ -16,11 +16,12 @@ from torch.nn.modules.module import register_module_forward_hook, register_modul
 from torch.overrides import TorchFunctionMode
 from .core import *
 from .flat import _split_call
-from .adapters import check_module, unwrap_model, keeps_rng
+from .adapters import check_module, unwrap_model, keeps_rng, model_output
+import matplotlib.pyplot as plt
 
 # %% auto #0
 __all__ = ['DECOMPOSE', 'TensorOp', 'ModelLog', 'log_forward_pass', 'ValidationReport', 'validate_saved_activations',
-           'show_model_graph', 'intervene']
+           'show_model_graph', 'intervene', 'patch_sweep', 'plot_patch_sweep']
 
 # %% ../nbs/12_trace.ipynb #e6fb8f7d
 class TensorOp:
@@ -168,17 +169,19 @@ def _rng_state():
     "The CPU generator's state, and the current CUDA device's where CUDA is in use (for replaying random ops)"
     return torch.random.get_rng_state(), (torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None)
 
+_PASS_THROUGH = set()   # code of tracer subclasses' __torch_function__: their frames are neither the caller nor part of a composite's body
+
 def _caller():
     "(file, line, function, instruction) of the nearest frame outside torch (and outside TorchLens' wrappers, which stay on torch's functions once it ran) that called the logged function"
     f = sys._getframe(3)  # 0 _caller, 1 add_op, 2 __torch_function__
-    while f is not None and (f.f_code.co_filename.startswith(_TORCH_DIR) or f.f_globals.get('__name__', '').startswith('torchlens.')): f = f.f_back
+    while f is not None and (f.f_code.co_filename.startswith(_TORCH_DIR) or f.f_code in _PASS_THROUGH or f.f_globals.get('__name__', '').startswith('torchlens.')): f = f.f_back
     return (f.f_code.co_filename, f.f_lineno, f.f_code.co_name, f.f_lasti) if f is not None else None
 
 def _inner_path(stop):
     "(file, line, instruction) of each frame between the logged call and frame `stop` (a composite's entry): where in its body an op ran"
     f, path = sys._getframe(3), []   # 0 _inner_path, 1 add_op, 2 __torch_function__
     while f is not None and f is not stop:
-        path.append((f.f_code.co_filename, f.f_lineno, f.f_lasti))
+        if f.f_code not in _PASS_THROUGH: path.append((f.f_code.co_filename, f.f_lineno, f.f_lasti))
         f = f.f_back
     return tuple(path)
 
@@ -704,6 +707,9 @@ class _Intervener(_Tracer):
             self.producer[new] = op.index
         return out
 
+_PASS_THROUGH.add(_Intervener.__torch_function__.__code__)
+
+
 # %% ../nbs/12_trace.ipynb #2064b47b
 def _resolve(log, key, who='intervene'):
     "The ops of `log` that `key` names: a label, module name or position (as `log[key]`), or a predicate op -> bool"
@@ -791,3 +797,81 @@ def intervene(model:nn.Module, x, edits:dict, *, replace_funcs:dict|None=None, r
     finally:
         for f in [f for f in _FUNCS if getattr(f, '_netlens_swap', False)]: del _FUNCS[f]
     return (log.output, log) if return_log else log.output
+
+# %% ../nbs/12_trace.ipynb #e014bd38
+def _last(s):
+    "The scores to compare: a sequence model's (N, T, classes) at its last position"
+    return s[:, -1] if s.dim() == 3 else s
+
+def _logit_diff(clean_out, corrupt_out):
+    "`patch_sweep`'s default metric: each example's logit of its clean top class minus that of its corrupted top class, averaged"
+    c, k = _last(model_output(clean_out)).argmax(-1), _last(model_output(corrupt_out)).argmax(-1)
+    def logit_diff(out):
+        s = _last(model_output(out))
+        return (s.gather(-1, c[:, None]) - s.gather(-1, k[:, None])).mean()
+    return logit_diff
+
+def _patch_fn(val, token_dim, p):
+    "Replace an output by clean value `val`, or only its position `p` along `token_dim`"
+    if p is None: return lambda o: val
+    idx = torch.tensor([p], device=val.device)
+    return lambda o: o.index_copy(token_dim, idx, val.index_select(token_dim, idx).to(o.dtype))
+
+def _n_positions(ops, token_dim):
+    "The number of positions along `token_dim`, the same for every op patched"
+    if not isinstance(token_dim, int) or isinstance(token_dim, bool): raise TypeError(f"patch_sweep: token_dim is a dimension (an int), not {token_dim!r}")
+    sizes = set()
+    for op in ops:
+        if not -len(op.shape) <= token_dim < len(op.shape): raise ValueError(f"patch_sweep: token_dim={token_dim} is out of range for {op.label} of shape {op.shape}")
+        sizes.add(op.shape[token_dim])
+    if len(sizes) > 1: raise ValueError(f"patch_sweep: the sites have {sorted(sizes)} positions along token_dim={token_dim}; sweep sites of one length")
+    return sizes.pop()
+
+# %% ../nbs/12_trace.ipynb #a6df28e9
+@keeps_rng
+def patch_sweep(model:nn.Module, clean, corrupted, sites, metric=None, *, token_dim:int|None=None, normalize:bool=False, kwargs:dict|None=None) -> Tensor:
+    "Patch each of `sites` (with `token_dim`, each position) from the `clean` run into the `corrupted` one and score the output by `metric` (default: logit difference)"
+    model = unwrap_model(check_module(model, 'patch_sweep'), 'patch_sweep')
+    sites = [sites] if isinstance(sites, (str, int)) or callable(sites) else list(sites)
+    if not sites: raise ValueError("patch_sweep: sites is empty; give op labels, module names, positions or predicates over ops")
+    if metric is not None and not callable(metric): raise TypeError(f"patch_sweep: metric is a function of the model's output, not {type(metric).__name__}")
+    with torch.no_grad():
+        clean_log = log_forward_pass(model, clean, kwargs=kwargs)
+        corrupt_log = log_forward_pass(model, corrupted, layers_to_save=None, kwargs=kwargs)
+        _same_run(clean_log, corrupt_log, "patch_sweep: the clean run")
+        for a, b in zip(clean_log, corrupt_log):
+            if a.shape != b.shape: raise ValueError(f"patch_sweep: {a.label} has shape {a.shape} in the clean run and {b.shape} in the corrupted one; patch between inputs of the same shape")
+        metric = metric or _logit_diff(clean_log.output, corrupt_log.output)
+        score = lambda out: float(metric(out))
+        ops = [_resolve(clean_log, s, 'patch_sweep') for s in sites]
+        positions = [None] if token_dim is None else range(_n_positions([o for os in ops for o in os], token_dim))
+        res = torch.tensor([[score(intervene(model, corrupted, {op.label: _patch_fn(op.tensor, token_dim, p) for op in os}, kwargs=kwargs))
+                             for p in positions] for os in ops])
+        if normalize:
+            lo, hi = score(corrupt_log.output), score(clean_log.output)
+            if hi == lo: raise ValueError(f"patch_sweep: the clean and corrupted runs both score {hi:.4g}; normalize needs inputs the metric tells apart")
+            res = (res - lo) / (hi - lo)
+    return res[:, 0] if token_dim is None else res
+
+# %% ../nbs/12_trace.ipynb #e887ae9a
+def plot_patch_sweep(scores:Tensor, sites=None, *, positions=None, ax=None, title:str|None=None):
+    "Draw `patch_sweep`'s `scores`: bars per site for (sites,), a heat map of sites x `positions` for (sites, positions); returns the axes"
+    scores = torch.as_tensor(scores).detach().float().cpu()
+    if scores.dim() not in (1, 2): raise ValueError(f"plot_patch_sweep: scores is patch_sweep's (sites,) or (sites, positions) result, got shape {tuple(scores.shape)}")
+    names = [str(i) for i in range(len(scores))] if sites is None else [s if isinstance(s, str) else getattr(s, '__name__', str(s)) for s in sites]
+    if len(names) != len(scores): raise ValueError(f"plot_patch_sweep: {len(names)} site names for {len(scores)} rows of scores")
+    if ax is None: _, ax = plt.subplots(figsize=(6, 0.3 * len(names) + 1.2))
+    if scores.dim() == 1:
+        ax.barh(range(len(names)), scores.numpy(), color=['tab:red' if v < 0 else 'tab:blue' for v in scores.tolist()])
+        ax.axvline(0, color='k', lw=0.5)
+        ax.set_xlabel('metric')
+    else:
+        lim = scores.abs().max().item() or 1.
+        im = ax.imshow(scores.numpy(), cmap='RdBu_r', vmin=-lim, vmax=lim, aspect='auto')
+        ax.set_xticks(range(scores.shape[1]), range(scores.shape[1]) if positions is None else positions)
+        ax.set_xlabel('position')
+        ax.figure.colorbar(im, ax=ax)
+    ax.set_yticks(range(len(names)), names)
+    if scores.dim() == 1: ax.invert_yaxis()
+    if title: ax.set_title(title)
+    return ax

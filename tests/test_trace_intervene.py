@@ -190,3 +190,93 @@ def test_errors_name_the_problem_and_leave_the_model_clean():
         with pytest.raises(RuntimeError, match='boom'): intervene(m, X, {'conv2': boom})
         clean_state(m, snap); assert m.training
     finally: MODEL.eval()
+
+@pytest.mark.parametrize('which', ['gpt2', 'mha', 'digits'])
+def test_intervened_log_has_the_labels_of_log_forward_pass(which):
+    "Loops and composites are recognised by calling frames: the intervening tracer must not shift them (a regression: GPT-2's labels moved)"
+    transformers = pytest.importorskip('transformers')
+    torch.manual_seed(0)
+    if which == 'gpt2':
+        m = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=100, n_positions=16)).eval()
+        x, kw = {'input_ids': torch.randint(0, 100, (1, 8))}, None
+    elif which == 'mha':
+        m, q = nn.MultiheadAttention(8, 2, batch_first=True).eval(), torch.randn(2, 5, 8)
+        x, kw = (q, q, q), dict(need_weights=False)
+    else: m, x, kw = MODEL, X, None
+    log = log_forward_pass(m, x, kwargs=kw)
+    with torch.no_grad(): out, ilog = intervene(m, x, {}, return_log=True, kwargs=kw)
+    assert ilog.layer_labels == log.layer_labels
+    for a, b in zip(log, ilog): assert_close(a.tensor, b.tensor, rtol=0, atol=0)
+    with torch.no_grad():   # every op patched from its own log changes nothing
+        assert_close(_first(intervene(m, x, {(lambda op: op.layer_type != 'input'): log}, kwargs=kw)), _first(log.output))
+
+def _first(out): return out[0] if isinstance(out, tuple) else out['logits'] if isinstance(out, dict) else out
+
+# ------------------------------------------------------------------------------------------------ patch_sweep
+from netlens.trace import patch_sweep, plot_patch_sweep
+
+def hook_patch(m, module, clean_in, corrupt_in, pos=None, dim=1):
+    "The corrupted output with `module`'s output (every call) replaced by its clean value (at `pos` along `dim` only), by plain hooks"
+    got = []
+    h = module.register_forward_hook(lambda mod, i, o: got.append(o.detach().clone()))
+    try: m(**clean_in) if isinstance(clean_in, dict) else m(clean_in)
+    finally: h.remove()
+    it = iter(got)
+    def put(mod, i, o):
+        c = next(it)
+        if pos is None: return c
+        o = o.clone(); o.narrow(dim, pos, 1).copy_(c.narrow(dim, pos, 1)); return o
+    h = module.register_forward_hook(put)
+    try: return m(**corrupt_in) if isinstance(corrupt_in, dict) else m(corrupt_in)
+    finally: h.remove()
+
+def test_patch_sweep_equals_hook_patching_on_digits():
+    pred = MODEL(XS).argmax(-1)
+    assert pred[0] != pred[2]
+    clean, corrupt = XS[:1], XS[2:3]
+    sites = ['conv2', 'res.conv1', 'res.bn2', 'res', 'head.2']
+    c, k = pred[0], pred[2]
+    metric = lambda out: out[0, c] - out[0, k]
+    with torch.no_grad():
+        want = torch.stack([metric(hook_patch(MODEL, MODEL.get_submodule(s), clean, corrupt)) for s in sites])
+        got = patch_sweep(MODEL, clean, corrupt, sites)   # the default metric is this logit difference
+        assert_close(got, want)
+        lo, hi = metric(MODEL(corrupt)), metric(MODEL(clean))
+        assert_close(patch_sweep(MODEL, clean, corrupt, sites, normalize=True), (want - lo) / (hi - lo))
+        assert_close(patch_sweep(MODEL, clean, corrupt, sites, metric=lambda o: o.softmax(-1)[0, c]),
+                     torch.stack([hook_patch(MODEL, MODEL.get_submodule(s), clean, corrupt).softmax(-1)[0, c] for s in sites]))
+    assert_close(got[3], hi)   # the residual block's output is all the head sees
+    assert not torch.allclose(got[1], hi)   # a branch of the block alone is not
+
+def test_patch_sweep_positions_equal_hook_patching_on_gpt2():
+    transformers = pytest.importorskip('transformers')
+    torch.manual_seed(0)
+    m = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=100, n_positions=16, initializer_range=0.2)).eval()
+    ids = torch.randint(0, 100, (1, 8))
+    bad = ids.clone(); bad[0, 3] = (ids[0, 3] + 2) % 100
+    metric = lambda out: out.logits[0, -1, 5] - out.logits[0, -1, 7]
+    names = ['transformer.h.0.attn.c_proj', 'transformer.h.0.mlp', 'transformer.h.1.ln_1']
+    with torch.no_grad():
+        got = patch_sweep(m, {'input_ids': ids}, {'input_ids': bad}, names, metric, token_dim=1)
+        want = torch.tensor([[float(metric(hook_patch(m, m.get_submodule(n), {'input_ids': ids}, {'input_ids': bad}, pos=p))) for p in range(8)] for n in names])
+    assert got.shape == (3, 8)
+    assert_close(got, want)
+    assert got.std() > 0
+
+def test_patch_sweep_errors_and_plot():
+    snap = ModelSnapshot(MODEL)
+    with pytest.raises(ValueError, match='sites'): patch_sweep(MODEL, X[:1], X[1:2], [])
+    with pytest.raises(ValueError, match='shape'): patch_sweep(MODEL, X[:1], X, ['res'])
+    with pytest.raises(KeyError, match='bogus'): patch_sweep(MODEL, X[:1], X[1:2], ['bogus'])
+    with pytest.raises(TypeError, match='metric'): patch_sweep(MODEL, X[:1], X[1:2], ['res'], metric='logit')
+    with pytest.raises(ValueError, match='token_dim'): patch_sweep(MODEL, X[:1], X[1:2], ['res', 'head.2'], token_dim=3)
+    with pytest.raises(ValueError, match='normalize'): patch_sweep(MODEL, X[:1], X[:1], ['res'], normalize=True)
+    with pytest.raises(TypeError, match='patch_sweep'): patch_sweep(None, X[:1], X[1:2], ['res'])
+    assert snap.diff(MODEL) == [] and hook_count(MODEL) == 0
+    import matplotlib; matplotlib.use('Agg')
+    ax = plot_patch_sweep(torch.rand(3, 4), ['a', 'b', 'c'])
+    assert [t.get_text() for t in ax.get_yticklabels()] == ['a', 'b', 'c']
+    ax = plot_patch_sweep(torch.rand(3), [lambda op: True, 'b', 0])
+    assert len(ax.patches) == 3
+    with pytest.raises(ValueError, match='site names'): plot_patch_sweep(torch.rand(3), ['a'])
+    with pytest.raises(ValueError, match='shape'): plot_patch_sweep(torch.rand(2, 3, 4))
