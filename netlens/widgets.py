@@ -139,7 +139,7 @@ def _set_options(dd:W.Dropdown, options, fallback):
         dd.options = options
         dd.value = cur if cur in dd.options else fallback
 
-# %% ../nbs/13_widgets.ipynb #f03d953c
+# %% ../nbs/13_widgets.ipynb #6c207c8b
 class _Live:
     "Draws the latest state of an explorer's controls: at once when no kernel runs the code (a test, a script); in a kernel, on a worker thread that coalesces requests, so quick changes give one render of the last state"
     def _live_init(self, background):
@@ -152,12 +152,12 @@ class _Live:
         "Draw the controls' current state (on the worker in a kernel)"
         st = self.state()
         if not self.background: return self._run(st)
-        with self._lock:
+        with self._lock:   # busy before the worker can take the state: a fast render must have the last word (found in the browser test)
             self._pending = st
+            self._busy(st)
             if self._worker is None:
                 self._worker = threading.Thread(target=self._work, daemon=True, name='netlens-explorer')
                 self._worker.start()
-        self._busy(st)
 
     def _work(self):
         while True:
@@ -170,7 +170,7 @@ class _Live:
         "Whether a newer state waits (a running render may stop)"
         return self._pending is not None
 
-# %% ../nbs/13_widgets.ipynb #5f0c3dec
+# %% ../nbs/13_widgets.ipynb #6aa660da
 @patch
 def _busy(self:_Live, st):
     self.panels.add_class('netlens-busy')
@@ -191,9 +191,10 @@ def _run(self:_Live, st):
         msg = f'<div class="netlens-error"><b>{type(e).__name__}</b>: {html.escape(str(e))}<details><summary>traceback</summary>{tb}</details></div>'
     self.seconds = time.perf_counter() - t0
     self.renders += 1
-    if not self.stale():
-        self.status.value = msg
-        self.panels.remove_class('netlens-busy')
+    with self._lock:   # no new request between the check and the update
+        if not self.stale():
+            self.status.value = msg
+            self.panels.remove_class('netlens-busy')
 
 # %% ../nbs/13_widgets.ipynb #796f18b6
 @patch
