@@ -193,7 +193,8 @@ EXEMPT = {  # public names that take no user data to check, with the reason
         'generator', 'guarded', 'avg_pooling', 'default_style_model', 'unknown_key_error', 'blank_input', 'input_channels', 'fig_to_png']},
     **{n: 'an input check itself (tested in nbs/00a_adapters.ipynb)' for n in
        ['check_tensor', 'check_finite', 'check_batch', 'as_images', 'check_count', 'check_number', 'check_scores', 'check_index', 'check_module',
-        'unwrap_model', 'to_model_input', 'to_model_images', 'keeps_rng', 'training_modules', 'warn_if_training', 'progress', 'check_layers']},
+        'unwrap_model', 'to_model_input', 'to_model_images', 'keeps_rng', 'training_modules', 'warn_if_training', 'progress', 'check_layers',
+        'check_inputs', 'check_call', 'check_result', 'main_tensor']},
     **{n: 'a plot of a result (takes what the functions above return)' for n in
        ['show_image', 'show_images', 'show_attribution', 'show_attributions', 'attribution_map', 'show_channels', 'plot_landscape',
         'plot_fourier_map', 'show_model_graph']},
