@@ -7,6 +7,7 @@ Docs: https://netlens.github.io/netlens/tour.html.md"""
 # %% ../nbs/90_tour.ipynb #95c94771
 from __future__ import annotations
 import argparse, html, io, shutil, warnings
+from . import __version__
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -217,6 +218,7 @@ def _summary(out:Path, written:list, skipped:dict) -> str:
 def main(argv=None):
     "The `netlens` command"
     parser = argparse.ArgumentParser(prog='netlens', description='Look inside PyTorch networks.')
+    parser.add_argument('--version', action='version', version=f'netlens {__version__}')
     sub = parser.add_subparsers(dest='command', required=True)
     t = sub.add_parser('tour', help='write a gallery of what netlens shows on the embedded digits model and sample photos')
     t.add_argument('--out', default='netlens-tour', help='folder for the figures and index.html (default: netlens-tour)')
