@@ -1,0 +1,194 @@
+"""netlens.atlas against oracles: a brute-force ranking of every activation kept in memory, the classes of the digits
+model's logits, hand-computed and analytic receptive fields, and one process against two torch.distributed ranks."""
+import os, random, tempfile, warnings
+from pathlib import Path
+import numpy as np, pytest, torch, torch.nn as nn
+import torch.distributed as dist, torch.multiprocessing as mp
+from netlens.atlas import top_activations, receptive_field, feature_atlas, export_atlas, TopActivations
+from netlens.data import digits_cnn, digits_data, digits_loader
+from netlens.distributed import shard_range
+from netlens.flat import FlatModel
+from netlens.hooks import ModelSnapshot, hook_count
+
+MODEL = digits_cnn()
+X, Y = digits_data('test')
+BATCHES = [X[i:i + 64] for i in range(0, len(X), 64)]
+LAYERS = ['stem.2', 'res.relu:2', 'conv3', 'head']
+
+def brute(model, batches, layer, k, reduce='max'):
+    "Every activation of `layer` kept, reduced per example, ranked by a stable sort of index-ordered values: (values, indices, positions) top and lowest"
+    name, _, call = layer.partition(':')
+    acts = []
+    with FlatModel(model).record(name) as rec, torch.no_grad():
+        for b in batches:
+            rec.reset(); model(b)
+            acts.append(rec[layer if call else name])
+    a = torch.cat(acts)                                                         # (N, C, ...)
+    flat = a.flatten(2) if a.ndim > 2 else a[..., None]
+    v = (flat.amax(2) if reduce == 'max' else flat.mean(2)).T                   # (C, N), columns in index order
+    at = flat.argmax(2).T
+    out = []
+    for desc in (True, False):
+        o = v.sort(dim=1, descending=desc, stable=True).indices[:, :k]
+        pos = torch.stack(torch.unravel_index(at.gather(1, o), a.shape[2:]), -1) if a.ndim > 2 else o.new_zeros(*o.shape, 0)
+        out.append((v.gather(1, o), o, pos))
+    return out
+
+@pytest.mark.parametrize('reduce', ['max', 'mean'])
+def test_equals_brute_force(reduce):
+    snap = ModelSnapshot(MODEL)
+    res = top_activations(MODEL, BATCHES, LAYERS, k=7, reduce=reduce, lowest=True, show_progress=False)
+    assert list(res) == LAYERS
+    for layer in LAYERS:
+        (v, i, p), (lv, li, lp) = brute(MODEL, BATCHES, layer, 7, reduce)
+        r = res[layer]
+        assert isinstance(r, TopActivations) and r.n == 360 and not r.dead.any()
+        torch.testing.assert_close(r.values, v, rtol=0, atol=0); assert torch.equal(r.indices, i), layer
+        torch.testing.assert_close(r.lowest_values, lv, rtol=0, atol=0); assert torch.equal(r.lowest_indices, li), layer
+        assert torch.equal(r.positions, p) and torch.equal(r.lowest_positions, lp), layer
+    assert snap.diff(MODEL) == [] and hook_count(MODEL) == 0
+
+def test_logits_top9_are_their_class():
+    r = top_activations(MODEL, digits_loader('test'), FlatModel(MODEL).layer_names[-1], k=9, show_progress=False)['head.2']
+    assert torch.equal(Y[r.indices], torch.arange(10)[:, None].expand(10, 9))
+
+def test_dead_channel():
+    import copy
+    m = copy.deepcopy(MODEL)
+    with torch.no_grad(): m.conv3.weight[[5, 40]] = 0; m.conv3.bias[[5, 40]] = 0
+    r = top_activations(m, BATCHES, ['conv3', 'head'], k=3, lowest=True, show_progress=False)
+    assert torch.where(r['conv3'].dead)[0].tolist() == [5, 40] and not r['head'].dead.any()
+    assert (r['conv3'].indices[[5, 40]] == -1).all() and (r['conv3'].lowest_indices[[5, 40]] == -1).all()
+    assert (r['conv3'].values[[5, 40]] == 0).all() and (r['conv3'].indices[:5] >= 0).all()
+
+def test_batch_kinds_agree():
+    ref = top_activations(MODEL, BATCHES, ['conv3', 'head'], k=5, lowest=True, show_progress=False)
+    kinds = {'(x, y)': [(b, Y[i * 64:(i + 1) * 64]) for i, b in enumerate(BATCHES)],
+             'dict': [{'x': b, 'labels': Y[i * 64:(i + 1) * 64]} for i, b in enumerate(BATCHES)],
+             'dict, input_key': [{'image': b, 'label': Y[:len(b)]} for b in BATCHES],
+             'generator': (b for b in BATCHES), 'DataLoader': digits_loader('test')}
+    for what, loader in kinds.items():
+        r = top_activations(MODEL, loader, ['conv3', 'head'], k=5, lowest=True, input_key='image' if 'input_key' in what else None, show_progress=False)
+        for l in ref:
+            for f in ('values', 'indices', 'positions', 'lowest_values', 'lowest_indices', 'dead'):
+                assert torch.equal(getattr(r[l], f), getattr(ref[l], f)), (what, l, f)
+
+def test_ties_go_to_the_lower_index():
+    m = nn.Sequential(nn.Conv2d(1, 2, 1, bias=False), nn.ReLU())
+    with torch.no_grad(): m[0].weight.copy_(torch.tensor([1., -1.]).view(2, 1, 1, 1))
+    xs = torch.rand(10, 1, 3, 3) * 0.5
+    xs[[2, 5, 6, 9]] = 0.9                      # equal maps: equal values for both reductions, and a map of ties for argmax
+    for bs in (1, 3, 10):
+        res = top_activations(m, [xs[i:i + bs] for i in range(0, 10, bs)], ['0', '1'], k=3, lowest=True, show_progress=False)
+        r = res['0']
+        assert r.indices[0].tolist() == [2, 5, 6] and r.lowest_indices[1].tolist() == [2, 5, 6], bs
+        assert r.positions[0].tolist() == [[0, 0]] * 3                              # the first maximum
+        assert r.dead.tolist() == [False, False] and res['1'].dead.tolist() == [False, True]   # channel 1 after the ReLU is never positive
+        assert res['1'].indices[1].tolist() == [-1] * 3
+
+def test_layouts_sequence_and_nhwc():
+    torch.manual_seed(0)
+    class Seq(nn.Module):
+        def __init__(self): super().__init__(); self.emb, self.mix = nn.Embedding(12, 4), nn.Linear(4, 3)
+        def forward(self, ids): return self.mix(self.emb(ids)).mean(1)
+    s, ids = Seq(), torch.randint(0, 12, (9, 5))
+    r = top_activations(s, [ids[:4], ids[4:]], 'mix', k=2, layout='sequence', show_progress=False)['mix']
+    with torch.no_grad(): a = s.mix(s.emb(ids))                                    # (N, T, D): channel = the last dimension
+    v, t = a.amax(1), a.argmax(1)
+    o = v.T.sort(dim=1, descending=True, stable=True).indices[:, :2]
+    assert torch.equal(r.indices, o) and torch.equal(r.positions[..., 0], t.T.gather(1, o))
+
+def test_model_state_rng_and_errors():
+    m = digits_cnn(); m.train(); m.conv2.weight.requires_grad_(False)
+    snap, rng = ModelSnapshot(m), torch.get_rng_state()
+    top_activations(m, BATCHES[:2], 'conv3', k=3, show_progress=False)
+    receptive_field(m, 'conv3', (2, 2), (1, 32, 32))
+    assert snap.diff(m) == [] and m.training and torch.equal(torch.get_rng_state(), rng) and hook_count(m) == 0
+    nan = X[:8].clone(); nan[0, 0, 3, 3] = float('nan')
+    bad = [([nan], '(?i)nan'), ([X[:0]], 'empty'), ([(X[:8] * 255).long()], 'float'), ([], 'no batches')]
+    for loader, words in bad:
+        with pytest.raises((ValueError, TypeError), match=words): top_activations(MODEL, loader, 'conv3', k=2, show_progress=False)
+    with pytest.raises(ValueError, match='k'): top_activations(MODEL, BATCHES, 'conv3', k=0)
+    with pytest.raises(ValueError, match='reduce'): top_activations(MODEL, BATCHES, 'conv3', reduce='sum')
+    with pytest.raises(KeyError, match='bogus'): top_activations(MODEL, BATCHES, 'bogus')
+    with pytest.raises(TypeError, match='top_activations'): top_activations('conv3', BATCHES, 'conv3')
+    with pytest.raises(ValueError, match='input_size'): receptive_field(MODEL, 'conv3', (0, 0), 32)
+    with pytest.raises(ValueError, match='one layer'): receptive_field(MODEL, ['conv2', 'conv3'], (0, 0), (1, 32, 32))
+    assert snap.diff(m) == []
+
+# ---------------------------------------------------------------------------------------------- receptive fields
+def analytic(convs, pos, size):
+    "The exact field of a chain of convolutions (kernel, stride, padding, dilation): the input indices a unit connects to, walked back layer by layer, each layer's padding dropped; its bounding box per dimension (None: padding only)"
+    sizes = [list(size)]
+    for k, st, p, d in convs: sizes.append([(n + 2 * p - d * (k - 1) - 1) // st + 1 for n in sizes[-1]])
+    box = []
+    for dim, q in enumerate(pos):
+        seen = {q}
+        for (k, st, p, d), n in zip(reversed(convs), reversed(sizes[:-1])):
+            seen = {st * o - p + d * t for o in seen for t in range(k)} & set(range(n[dim]))
+        if not seen: return None
+        box.append(slice(min(seen), max(seen) + 1))
+    return tuple(box)
+
+@pytest.mark.parametrize('seed', range(8))
+def test_receptive_field_matches_analytic(seed):
+    g = random.Random(seed)
+    convs = [(g.choice([1, 2, 3, 5]), g.choice([1, 1, 2]), g.choice([0, 1, 2]), g.choice([1, 1, 2])) for _ in range(g.choice([2, 3]))]
+    torch.manual_seed(seed)
+    layers, c = [], 1
+    for k, s, p, d in convs: layers += [nn.Conv2d(c, 4, k, stride=s, padding=p, dilation=d), nn.ReLU()]; c = 4
+    m = nn.Sequential(*layers).eval()
+    size = (1, 40, 37)
+    with torch.no_grad(): h, w = m(torch.zeros(1, *size)).shape[2:]
+    for pos in [(0, 0), (h // 2, w // 3), (h - 1, w - 1)]:
+        want = analytic(convs, pos, size[1:])
+        if want is None:                        # a unit that sees only padding: no input reaches it
+            with pytest.raises(ValueError, match='zero'): receptive_field(m, str(len(layers) - 1), pos, size, n=16)
+        else: assert receptive_field(m, str(len(layers) - 1), pos, size, n=16) == want, (convs, pos)
+
+def test_receptive_field_by_hand():
+    two = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Conv2d(2, 2, 3))
+    assert receptive_field(two, '1', (0, 0), (1, 9, 9)) == (slice(0, 5), slice(0, 5))
+    assert receptive_field(two, '1', (4, 2), (1, 9, 9)) == (slice(4, 9), slice(2, 7))
+    strided = nn.Sequential(nn.Conv2d(1, 2, 3, stride=2), nn.Conv2d(2, 2, 3))
+    assert receptive_field(strided, '1', (0, 0), (1, 11, 11)) == (slice(0, 7), slice(0, 7))
+    padded = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Conv2d(2, 2, 3, padding=1))
+    assert receptive_field(padded, '1', (0, 0), (1, 6, 6)) == (slice(0, 3), slice(0, 3))
+    assert receptive_field(padded, '1', (2, 5), (1, 6, 6)) == (slice(0, 5), slice(3, 6))
+
+# ---------------------------------------------------------------------------------------------- figures and the static atlas
+def test_feature_atlas_and_export():
+    import matplotlib; matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig = feature_atlas(MODEL, digits_loader('test'), 'conv3', channels=[1, 2], k=3)
+    assert len(fig.axes) == 2 * 6; plt.close(fig)
+    with tempfile.TemporaryDirectory() as d:
+        index = export_atlas(MODEL, digits_loader('test'), 'head', Path(d) / 'a', k=3, lowest=False)
+        assert sorted(p.name for p in index.parent.iterdir()) == ['channel_0000.png'] + [f'channel_{c:04d}.png' for c in range(1, 10)] + ['index.html']
+        assert index.read_text().count('<img ') == 10
+
+# ---------------------------------------------------------------------------------------------- torch.distributed
+def _rank(r, w, path, q):
+    os.environ['OMP_NUM_THREADS'] = '1'; torch.set_num_threads(1)
+    dist.init_process_group('gloo', init_method=f'file://{path}', rank=r, world_size=w)
+    try:
+        x, _ = digits_data('test')
+        mine = x[shard_range(len(x), r, w).start:shard_range(len(x), r, w).stop]
+        res = top_activations(digits_cnn(), [mine[i:i + 50] for i in range(0, len(mine), 50)], ['conv3', 'head'], k=5, lowest=True, show_progress=False)
+        q.put((r, {l: (t.values, t.indices, t.positions, t.lowest_values, t.lowest_indices, t.n) for l, t in res.items()}))
+    finally: dist.destroy_process_group()
+
+def test_distributed_merge_is_exact():
+    ref = top_activations(MODEL, [X[i:i + 50] for i in range(0, 360, 50)], ['conv3', 'head'], k=5, lowest=True, show_progress=False)
+    ctx = mp.get_context('spawn')
+    q = ctx.Queue()
+    with tempfile.TemporaryDirectory() as d:
+        ps = [ctx.Process(target=_rank, args=(r, 2, f'{d}/init', q)) for r in range(2)]
+        for p in ps: p.start()
+        got = dict(q.get(timeout=120) for _ in ps)
+        for p in ps: p.join(60)
+    for r in range(2):
+        for l, t in ref.items():
+            v, i, p, lv, li, n = got[r][l]
+            assert n == 360 and torch.equal(i, t.indices) and torch.equal(li, t.lowest_indices) and torch.equal(p, t.positions), (r, l)
+            torch.testing.assert_close(v, t.values, rtol=1e-5, atol=1e-5); torch.testing.assert_close(lv, t.lowest_values, rtol=1e-5, atol=1e-5)
