@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt
 
 # %% auto #0
 __all__ = ['DECOMPOSE', 'TensorOp', 'ModelLog', 'log_forward_pass', 'ValidationReport', 'validate_saved_activations',
-           'show_model_graph', 'intervene', 'patch_sweep', 'plot_patch_sweep']
+           'show_model_graph', 'intervene', 'patch_sweep', 'plot_patch_sweep', 'load_log']
 
 # %% ../nbs/12_trace.ipynb #e6fb8f7d
 class TensorOp:
@@ -334,6 +334,10 @@ class ModelLog:
             op.module_path = tuple(map(call, op.module_path))
             op.output_of = list(dict.fromkeys(map(call, op.output_of)))
         self.module_calls = dict(module_calls)
+        self._index()
+
+    def _index(self):
+        "The lookup tables of `__getitem__` (built after the pass, and again by `load_log`)"
         self._by_label = {op.label: op for op in self.entries}
         self._by_module = {}
         for op in self.entries:
@@ -875,3 +879,60 @@ def plot_patch_sweep(scores:Tensor, sites=None, *, positions=None, ax=None, titl
     if scores.dim() == 1: ax.invert_yaxis()
     if title: ax.set_title(title)
     return ax
+
+# %% ../nbs/12_trace.ipynb #800310ca
+_OP_FIELDS = ('index', 'func_name', 'layer_type', 'nbytes', 'parents', 'children', 'module_path', 'elapsed', 'inplace', 'output_of',
+              'label', 'layer_label', 'short_label', 'pass_num', 'n_passes', '_out_index', '_source')
+_LOG_FIELDS = ('model_name', 'keep_grads', 'n_params', 'module_types', 'module_calls', 'elapsed', '_n_layers')
+_LOG_FORMAT = 'netlens.ModelLog'
+
+def _plain_output(out):
+    "The tensors of a model's output, detached, in plain tuples, lists and dicts (a ModelOutput becomes a dict); anything else is dropped"
+    if isinstance(out, Tensor): return out.detach()
+    if isinstance(out, dict): return {str(k): _plain_output(v) for k, v in out.items()}
+    if isinstance(out, (list, tuple)): return [_plain_output(v) for v in out] if type(out) is list else tuple(_plain_output(v) for v in out)
+    return None
+
+def _op_record(op):
+    "One op as a dict of plain values"
+    d = {k: getattr(op, k) for k in _OP_FIELDS}
+    d.update(shape=list(op.shape), dtype=str(op.dtype).removeprefix('torch.'), params=[[n, list(s), k] for n, s, k in op.params],
+             module_path=list(op.module_path), tensor=None if op.layer_type == 'output' or op.tensor is None else op.tensor.detach(),
+             grad=None if op._grad is None else op._grad.detach())
+    return d
+
+@patch
+def save(self:ModelLog, path):
+    "Write the log to `path` as plain dicts, lists, strings, numbers and tensors: `load_log` reads it back without running any code"
+    what = self.layers_to_save if self.layers_to_save is None or isinstance(self.layers_to_save, str) else repr(self.layers_to_save)
+    torch.save({'format': _LOG_FORMAT, 'version': 1, 'log': {k: getattr(self, k) for k in _LOG_FIELDS}, 'layers_to_save': what,
+                'passes': dict(self._passes), 'ops': [_op_record(op) for op in self.entries], 'output': _plain_output(self.output)}, path)
+
+# %% ../nbs/12_trace.ipynb #51c01268
+def _op_from(d, log):
+    "A `TensorOp` from its record `d`, in `log`"
+    op = TensorOp.__new__(TensorOp)
+    for k in _OP_FIELDS: setattr(op, k, d[k])
+    op.shape, op.dtype, op.module_path = tuple(d['shape']), getattr(torch, d['dtype']), tuple(d['module_path'])
+    op.params = [(n, torch.Size(s), k) for n, s, k in d['params']]
+    op.tensor, op._grad, op._grad_src = d['tensor'], d['grad'], None
+    op._func = op._args = op._kwargs = op._rng = None
+    op._log, op._keep_grads = weakref.ref(log), log.keep_grads
+    return op
+
+def load_log(path, map_location=None) -> ModelLog:
+    "A `ModelLog` written by `ModelLog.save`, read with `torch.load(weights_only=True)`: a file holding anything but plain data is refused unread"
+    try: d = torch.load(path, map_location=map_location, weights_only=True)
+    except OSError: raise   # a missing file is said as such
+    except Exception as e:   # the restricted unpickler's refusal (pickle.UnpicklingError), or not a torch file at all
+        raise ValueError(f"load_log: {path} is not a saved ModelLog: it holds more than plain data and tensors (refused without running it) or is no torch file ({str(e).splitlines()[0]})") from None
+    if not isinstance(d, dict) or d.get('format') != _LOG_FORMAT: raise ValueError(f"load_log: {path} is a torch file but not one written by ModelLog.save")
+    if d.get('version') != 1: raise ValueError(f"load_log: {path} has format version {d.get('version')!r}; this netlens reads version 1")
+    log = ModelLog.__new__(ModelLog)
+    for k, v in d['log'].items(): setattr(log, k, v)
+    log.layers_to_save, log._passes, log.output = d['layers_to_save'], Counter(d['passes']), d['output']
+    log.entries = [_op_from(o, log) for o in d['ops']]
+    for op in log.entries:
+        if op.layer_type == 'output' and op.parents: op._grad_src = src = log.entries[op.parents[0]]; op.tensor = src.tensor
+    log._index()
+    return log

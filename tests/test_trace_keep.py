@@ -1,0 +1,106 @@
+"ModelLog.save / load_log: plain data only, round trips exact, arbitrary pickles refused unrun"
+import pickle
+import pytest, torch, torch.nn as nn
+from torch.testing import assert_close
+from netlens.data import digits_cnn, digits_data
+from netlens.trace import log_forward_pass, load_log, intervene, ModelLog
+
+MODEL = digits_cnn()
+X = digits_data('test')[0][:2]
+
+def roundtrip(log, tmp_path, name='log.pt', **kw):
+    p = tmp_path / name
+    log.save(p)
+    return load_log(p, **kw)
+
+def same(a, b):
+    assert b.layer_labels == a.layer_labels and len(a) == len(b)
+    for x, y in zip(a, b):
+        for k in ('index', 'func_name', 'layer_type', 'shape', 'dtype', 'nbytes', 'parents', 'children', 'module_path', 'output_of', 'params',
+                  'label', 'layer_label', 'short_label', 'pass_num', 'n_passes', 'inplace', 'source', 'module', 'n_params', 'saved'):
+            assert getattr(x, k) == getattr(y, k), (x.label, k)
+        if x.tensor is None: assert y.tensor is None
+        else: assert_close(y.tensor, x.tensor, rtol=0, atol=0)
+    for k in ('model_name', 'n_params', 'module_types', 'module_calls', 'saved_bytes'): assert getattr(a, k) == getattr(b, k), k
+    assert repr(a) == repr(b)
+
+def test_roundtrip_digits_all_partial_none(tmp_path):
+    for what in ['all', ['conv', 'res.relu:2', 3], None]:
+        log = log_forward_pass(MODEL, X, layers_to_save=what, source_lines=True)
+        back = roundtrip(log, tmp_path)
+        same(log, back)
+        assert_close(back.output, log.output, rtol=0, atol=0)
+        for key in ['conv2d_2', 'stem.0', 'res.relu:2', 'head', 5, -1]: assert back[key].label == log[key].label
+        with pytest.raises(KeyError, match='closest'): back['conv2d_99']
+        if what == 'all': assert back.draw(nesting_depth=1).source == log.draw(nesting_depth=1).source
+
+def test_loaded_file_holds_plain_data_only(tmp_path):
+    log = log_forward_pass(MODEL, X)
+    log.save(tmp_path / 'a.pt')
+    d = torch.load(tmp_path / 'a.pt', weights_only=True)   # the restricted unpickler accepts it
+    def walk(x):
+        if isinstance(x, dict): [walk(k) or walk(v) for k, v in x.items()]
+        elif isinstance(x, (list, tuple)): [walk(v) for v in x]
+        else: assert x is None or isinstance(x, (str, int, float, bool, torch.Tensor)), type(x)
+    walk(d)
+
+def test_roundtrip_loops_grads_and_dict_outputs(tmp_path):
+    class Loop(nn.Module):
+        def __init__(self): super().__init__(); self.fc = nn.Linear(4, 4)
+        def forward(self, x):
+            for _ in range(3): x = torch.tanh(self.fc(x))
+            return {'y': x, 'pair': (x.sum(), x.mean())}
+    torch.manual_seed(0)
+    log = log_forward_pass(Loop(), torch.randn(2, 4), keep_grads=True)
+    log.output['y'].sum().backward()
+    back = roundtrip(log, tmp_path)
+    same(log, back)
+    assert back['linear_1:2'].label == log['linear_1:2'].label and back['fc:3'].n_passes == 3
+    for a, b in zip(log, back):
+        if a.grad is None: assert b.grad is None
+        else: assert_close(b.grad, a.grad, rtol=0, atol=0)
+    assert set(back.output) == {'y', 'pair'} and isinstance(back.output['pair'], tuple)
+    assert_close(back.output['y'], log.output['y'].detach(), rtol=0, atol=0)
+    assert not back['output_1'].tensor.requires_grad
+
+def test_roundtrip_gpt2_and_patch_from_a_loaded_log(tmp_path):
+    transformers = pytest.importorskip('transformers')
+    torch.manual_seed(0)
+    m = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=100, n_positions=16)).eval()
+    ids = torch.randint(0, 100, (1, 8))
+    log = log_forward_pass(m, {'input_ids': ids})
+    back = roundtrip(log, tmp_path, map_location='cpu')
+    same(log, back)
+    assert_close(back.output['logits'], log.output.logits, rtol=0, atol=0)
+    bad = ids.clone(); bad[0, 3] = 7
+    with torch.no_grad():   # activation patching from a saved log, as from the live one
+        assert_close(intervene(m, {'input_ids': bad}, {'transformer.h.1': back}).logits, intervene(m, {'input_ids': bad}, {'transformer.h.1': log}).logits)
+        assert_close(intervene(m, {'input_ids': bad}, {'transformer.h.1': back}).logits, log.output.logits)
+
+class Payload:
+    "Unpickling this creates a file: proof that code ran"
+    def __init__(self, path): self.path = str(path)
+    def __reduce__(self): return (open, (self.path, 'w'))
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_pickled_objects_are_refused_unrun(tmp_path):
+    marker = tmp_path / 'ran'
+    for payload in [Payload(marker), {'format': 'netlens.ModelLog', 'version': 1, 'ops': [Payload(marker)]}]:
+        torch.save(payload, tmp_path / 'evil.pt')
+        with pytest.raises(ValueError, match='refused'): load_log(tmp_path / 'evil.pt')
+        assert not marker.exists()
+    with open(tmp_path / 'raw.pkl', 'wb') as f: pickle.dump(Payload(marker), f)
+    with pytest.raises(ValueError, match='load_log'): load_log(tmp_path / 'raw.pkl')
+    assert not marker.exists()
+    # an nn.Module pickled whole (torch.save(model)) is refused too
+    torch.save(nn.Linear(2, 2), tmp_path / 'module.pt')
+    with pytest.raises(ValueError, match='refused'): load_log(tmp_path / 'module.pt')
+
+def test_other_files_are_named(tmp_path):
+    torch.save({'w': torch.zeros(2)}, tmp_path / 'w.pt')
+    with pytest.raises(ValueError, match='not one written by ModelLog.save'): load_log(tmp_path / 'w.pt')
+    torch.save({'format': 'netlens.ModelLog', 'version': 99}, tmp_path / 'v.pt')
+    with pytest.raises(ValueError, match='version'): load_log(tmp_path / 'v.pt')
+    (tmp_path / 'text.pt').write_text('hello')
+    with pytest.raises(ValueError, match='load_log'): load_log(tmp_path / 'text.pt')
+    with pytest.raises(FileNotFoundError): load_log(tmp_path / 'missing.pt')
