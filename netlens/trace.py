@@ -197,7 +197,7 @@ class _Tracer(TorchFunctionMode):
         super().__init__()
         self.log, self.wants, self.params, self.keep_grads, self.source_lines = log, wants, params, keep_grads, source_lines
         self.save_device = save_device
-        self.producer, self.stack, self.quiet = _Producers(), [], False
+        self.producer, self.stack, self.quiet, self.halt = _Producers(), [], False, None   # halt: op -> bool, set by `_run_pass`
         self.decompose, self.bodies = frozenset(DECOMPOSE), []   # bodies: the entry frames of the composites running now
         self.layers, self.type_counts = {}, Counter()   # structural key -> (layer label, short label, type); type -> count
 
@@ -233,6 +233,7 @@ class _Tracer(TorchFunctionMode):
 @patch
 def add_op(self:_Tracer, func, info, args, kwargs, outs, elapsed, rng, before=None):
     log, producer, ins, parents = self.log, self.producer, [], []
+    first = len(log.entries)
     name = info[0]
     targs, tkwargs = _scan(args, producer, ins, parents), (_scan(kwargs, producer, ins, parents) if kwargs else kwargs)
     if len(parents) > 1: parents = list(dict.fromkeys(parents))
@@ -262,6 +263,8 @@ def add_op(self:_Tracer, func, info, args, kwargs, outs, elapsed, rng, before=No
         for i in parents: log.entries[i].children.append(op.index)
         log.entries.append(op)
         producer[out] = op.index
+    if self.halt is not None and any(self.halt(op) for op in log.entries[first:]): raise _Halt()
+
 
 # %% ../nbs/12_trace.ipynb #a4691de5
 @patch
@@ -280,7 +283,7 @@ def keep(self:_Tracer, op, t):
 class _ModuleContext:
     "Module pre/post hooks, for the duration of the pass, that keep the tracer's module stack and mark module outputs"
     def __init__(self, names, tracer, save_modules):
-        self.names, self.tracer, self.save_modules, self.calls = names, tracer, save_modules, Counter()
+        self.names, self.tracer, self.save_modules, self.calls, self.halt_call = names, tracer, save_modules, Counter(), None
         self.handles = [register_module_forward_pre_hook(self.enter)]
         try: self.handles.append(register_module_forward_hook(self.exit, always_call=True))
         except BaseException: self.remove(); raise
@@ -308,6 +311,7 @@ class _ModuleContext:
                 if op.tensor is None and (name in self.save_modules or f"{name}:{call[1]}" in self.save_modules):
                     op.tensor = tr.copy(t)
         finally: tr.quiet = False
+        if call == self.halt_call: raise _Halt()   # the module call `halt` names has returned
 
     def remove(self):
         for h in self.handles: h.remove()
@@ -406,6 +410,7 @@ def _save_rule(layers_to_save, names):
     "A predicate op -> bool for the online saving decision, and the positions, module calls and label keys to check afterwards"
     if isinstance(layers_to_save, str) and layers_to_save == 'all': return (lambda op: True), set(), set(), []
     if layers_to_save is None: return (lambda op: False), set(), set(), []
+    if callable(layers_to_save): return (lambda op: True), set(), set(), []   # a predicate is asked of the finished ops (`_after_pass`)
     keys = [layers_to_save] if isinstance(layers_to_save, (str, numbers.Integral)) else list(layers_to_save)
     positions, modules, labels = set(), set(), []
     for k in keys:
@@ -447,6 +452,23 @@ def _check_saved(log, positions, modules, labels):
         if p is not None and not any(op.pass_num == p for op in found):
             raise KeyError(f"layers_to_save: {base!r} ran at most {max(op.n_passes for op in found)} pass(es): there is no pass {p} (see log.layer_labels)")
 
+# %% ../nbs/12_trace.ipynb #79b96b42
+class _Halt(BaseException):
+    "Raised inside the pass once the op or module call `halt` names has run; `_run_pass` catches it (a BaseException: a model's `except Exception` does not swallow it)"
+
+def _halt_rule(halt, names):
+    "(op -> bool, or None; module call (name, k), or None): when the pass stops. Asked of each op as it is logged, before the labels are final"
+    if halt is None: return None, None
+    if callable(halt) and not isinstance(halt, str): return halt, None
+    if isinstance(halt, numbers.Integral) and not isinstance(halt, bool):
+        if halt < 0: raise ValueError(f"halt: negative position {halt} needs the op count, unknown before the pass; log with layers_to_save=None first and use len(log) + {halt}")
+        return (lambda op: op.index == halt), None
+    if not isinstance(halt, str) or not halt.strip(): raise TypeError(f"halt takes a label, a module name, a position or a predicate op -> bool, not {halt!r}")
+    base, p = _split_call(halt)
+    if p == 0: raise ValueError(f"halt: {halt!r} asks for call 0; calls and passes count from 1 ({base}:1)")
+    if base in names: return None, (base, p or 1)
+    return (lambda op: (base == op.layer_label or base == op.short_label) and op.pass_num == (p or 1)), None
+
 # %% ../nbs/12_trace.ipynb #1c956549
 def _inputs_of(x, kwargs):
     if isinstance(x, dict): return (), {**x, **(kwargs or {})}
@@ -466,8 +488,9 @@ def _add_io(log, tracer, t, kind, k, parent=None):
     log.entries.append(op)
 
 # %% ../nbs/12_trace.ipynb #dec6bf38
-def _run_pass(model, x, layers_to_save='all', keep_grads=False, source_lines=False, kwargs=None, save_device=None, who='log_forward_pass', tracer=_Tracer):
-    "One logged forward pass of `model` on `x` under `tracer` (`_Tracer`, or a subclass that edits the pass): the body of `log_forward_pass` and `intervene`"
+def _run_pass(model, x, layers_to_save='all', keep_grads=False, source_lines=False, kwargs=None, save_device=None, who='log_forward_pass',
+              tracer=_Tracer, halt=None):
+    "One logged forward pass of `model` on `x` under `tracer` (`_Tracer`, or a subclass that edits the pass), stopped early by `halt`"
     model = unwrap_model(check_module(model, who), who)   # compiled graphs run no Python per op, replicas run in other threads
     args, kw = _inputs_of(x, kwargs)
     if not _tensors(args) + _tensors(kw): raise TypeError(f"{who}: the input holds no tensor; pass a tensor, a tuple/list of positional arguments or a dict of keyword arguments")
@@ -475,31 +498,51 @@ def _run_pass(model, x, layers_to_save='all', keep_grads=False, source_lines=Fal
         copy = lambda t: t.detach().requires_grad_() if isinstance(t, Tensor) and t.is_floating_point() and not t.requires_grad else t
         args, kw = tuple(map(copy, args)), {k: copy(v) for k, v in kw.items()}
     modules = [(n, m) for n, m in model.named_modules() if n]
-    wants, positions, save_modules, label_keys = _save_rule(layers_to_save, {n for n, _ in modules})
+    names = {n for n, _ in modules}
+    rule = _save_rule(layers_to_save, names)
     log = ModelLog(model, modules, layers_to_save, keep_grads)
     params = {id(p): n for n, p in model.named_parameters()}
-    tracer = tracer(log, wants, params, keep_grads, source_lines, save_device)
+    tracer = tracer(log, rule[0], params, keep_grads, source_lines, save_device)
     for k, t in enumerate(_tensors(args) + _tensors(kw), 1): _add_io(log, tracer, t, 'input', k)
-    context = _ModuleContext({id(m): n for n, m in modules}, tracer, save_modules)
-    t0 = time.perf_counter()
+    context = _ModuleContext({id(m): n for n, m in modules}, tracer, rule[2])
+    tracer.halt, context.halt_call = _halt_rule(halt, names)
+    t0, out, halted = time.perf_counter(), None, False
     try:
         # keep_buffers outermost: BatchNorm's statistics are restored after the tracer has stopped logging
         with keep_buffers(model), torch.set_grad_enabled(torch.is_grad_enabled() or keep_grads), tracer: out = model(*args, **kw)
+    except _Halt: halted = True
     finally: context.remove()
     log.elapsed = time.perf_counter() - t0
+    return _after_pass(log, tracer, context, out, rule, halt, halted)
+
+
+# %% ../nbs/12_trace.ipynb #69a35621
+def _after_pass(log, tracer, context, out, rule, halt, halted):
+    "Finish `log`: the output entries, the labels, a predicate `layers_to_save` applied, every key checked"
     log.output = out
     for k, t in enumerate(_tensors(out), 1):
         i = tracer.producer.get(t)
         if i is not None: _add_io(log, tracer, t, 'output', k, i)
     log._finish(context.calls)
-    _check_saved(log, positions, save_modules, label_keys)
+    pred = log.layers_to_save
+    if callable(pred) and not isinstance(pred, str):
+        for op in log.entries:
+            if not pred(op): op.tensor = None
+    try: _check_saved(log, *rule[1:])
+    except (KeyError, IndexError) as e:
+        if halted: e.args = (f"{e.args[0]} (the pass halted at {log.entries[-1].label}, as halt={halt!r} asked)",)
+        raise
+    if halt is not None and not halted:   # the pass ran to its end: say why `halt` never stopped it
+        if callable(halt) and not isinstance(halt, str): raise ValueError(f"halt: the predicate {getattr(halt, '__name__', halt)!r} was true for no op of the pass")
+        try: log[halt]
+        except (KeyError, IndexError) as e: raise type(e)(f"halt: {e.args[0]}") from None
     return log
 
 @keeps_rng
 def log_forward_pass(model:nn.Module, x, layers_to_save='all', keep_grads:bool=False, source_lines:bool=False, kwargs:dict|None=None,
-                     save_device=None) -> ModelLog:
-    "Run `model` on `x` once and log every tensor operation; save the values of `layers_to_save` (on `save_device`, e.g. 'cpu', if given)"
-    return _run_pass(model, x, layers_to_save, keep_grads, source_lines, kwargs, save_device)
+                     save_device=None, halt=None) -> ModelLog:
+    "Run `model` on `x` once and log every tensor operation; save the values of `layers_to_save` (on `save_device`, e.g. 'cpu', if given); stop after `halt`"
+    return _run_pass(model, x, layers_to_save, keep_grads, source_lines, kwargs, save_device, halt=halt)
 
 # %% ../nbs/12_trace.ipynb #cd6a589e
 def _fill(x, value_of, copy=False):

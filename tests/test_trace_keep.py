@@ -104,3 +104,92 @@ def test_other_files_are_named(tmp_path):
     (tmp_path / 'text.pt').write_text('hello')
     with pytest.raises(ValueError, match='load_log'): load_log(tmp_path / 'text.pt')
     with pytest.raises(FileNotFoundError): load_log(tmp_path / 'missing.pt')
+
+# ------------------------------------------------------------------------------------------------ select and halt
+from netlens.hooks import ModelSnapshot, hook_count
+
+def entries_equal(part, full, n=None):
+    n = len(part) if n is None else n
+    assert part.layer_labels[:n] == full.layer_labels[:n]
+    for a, b in zip(part.entries[:n], full.entries[:n]):
+        one = lambda path: tuple(m.removesuffix(':1') for m in path)   # a call cut short counts the calls that ran: 'res.relu', not 'res.relu:1'
+        assert (a.parents, one(a.module_path), a.shape) == (b.parents, one(b.module_path), b.shape)
+        if a.tensor is not None: assert_close(a.tensor, b.tensor, rtol=0, atol=0)
+
+PREDICATES = [lambda op: op.layer_type == 'conv2d', lambda op: op.module is not None and op.module.startswith('res.'),
+              lambda op: op.pass_num == 2 or op.label.endswith(':2'), lambda op: op.n_params > 0, lambda op: 'output_1' in op.label]
+
+@pytest.mark.parametrize('pred', PREDICATES)
+def test_layers_to_save_predicate_equals_the_full_log(pred):
+    full = log_forward_pass(MODEL, X)
+    part = log_forward_pass(MODEL, X, layers_to_save=pred)
+    entries_equal(part, full)
+    assert [op.label for op in part if op.saved] == [op.label for op in full if pred(op)]
+    for op in part:
+        if op.saved: assert_close(op.tensor, full[op.label].tensor, rtol=0, atol=0)
+
+def test_predicate_on_a_loop_sees_final_labels():
+    class Loop(nn.Module):
+        def __init__(self): super().__init__(); self.fc = nn.Linear(4, 4)
+        def forward(self, x):
+            for _ in range(3): x = torch.tanh(self.fc(x))
+            return x
+    torch.manual_seed(0)
+    m, x = Loop(), torch.randn(2, 4)
+    part = log_forward_pass(m, x, layers_to_save=lambda op: op.label == 'linear_1_1:1' or op.module == 'fc:3')
+    assert [op.label for op in part if op.saved] == ['linear_1_1:1', 'linear_1_1:3']
+    h = m.fc(x)
+    assert_close(part['linear_1_1:1'].tensor, h)
+    halted = log_forward_pass(m, x, halt='fc:2')
+    # passes are counted as far as the pass ran: tanh ran once before the halt (so no ':1'), the linear twice
+    assert halted.layer_labels == ['input_1', 'linear_1_1:1', 'tanh_1_2', 'linear_1_1:2']
+    assert halted['linear_1_1:2'].n_passes == 2
+
+@pytest.mark.parametrize('halt', ['res', 'res.relu:1', 'res.relu:2', 'relu_2', 'relu_2_7', 'conv2d_4', 5, 'stem', 'head.2',
+                                  lambda op: op.layer_type == 'add', lambda op: op.index == 9])
+def test_halt_gives_the_first_entries_of_a_full_log(halt):
+    full = log_forward_pass(MODEL, X)
+    snap = ModelSnapshot(MODEL)
+    part = log_forward_pass(MODEL, X, halt=halt)
+    stop = next(op for op in full if halt(op)) if callable(halt) else full[halt]
+    assert len(part) == stop.index + 1 and part.entries[-1].label == stop.label
+    entries_equal(part, full)
+    assert part.output is None and not any(op.layer_type == 'output' for op in part)
+    assert snap.diff(MODEL) == [] and hook_count(MODEL) == 0 and torch._C._len_torch_function_stack() == 0
+
+def test_halt_stops_the_forward_and_leaves_the_model_clean():
+    seen = []
+    m = digits_cnn().train()
+    h = m.conv3.register_forward_pre_hook(lambda mod, i: seen.append(1))   # the user's own hook stays and, after the halt, never fires
+    try:
+        snap = ModelSnapshot(m)
+        part = log_forward_pass(m, X, halt='res', layers_to_save=['conv2'])
+        assert seen == [] and snap.diff(m) == [] and m.training and hook_count(m) == 1
+        assert [op.label for op in part if op.saved] == [part['conv2'].label]
+    finally: h.remove()
+
+class Swallow(nn.Module):
+    "A forward that catches every Exception: halting must still stop it"
+    def __init__(self): super().__init__(); self.a, self.b = nn.Linear(3, 3), nn.Linear(3, 3)
+    def forward(self, x):
+        try: y = self.a(x)
+        except Exception: y = x
+        return self.b(y)
+
+def test_halt_is_not_swallowed_and_errors_are_named():
+    part = log_forward_pass(Swallow(), torch.randn(2, 3), halt='a')
+    assert part.entries[-1].label == part['a'].label and 'b' not in {m for op in part for m in op.module_path}
+    with pytest.raises(KeyError, match='halt'): log_forward_pass(MODEL, X, halt='bogus')
+    with pytest.raises(IndexError, match='halt'): log_forward_pass(MODEL, X, halt=999)
+    with pytest.raises(ValueError, match='negative'): log_forward_pass(MODEL, X, halt=-2)
+    with pytest.raises(ValueError, match='call 0'): log_forward_pass(MODEL, X, halt='res.relu:0')
+    with pytest.raises(TypeError, match='halt'): log_forward_pass(MODEL, X, halt=2.5)
+    with pytest.raises(ValueError, match='predicate'): log_forward_pass(MODEL, X, halt=lambda op: False)
+    with pytest.raises(KeyError, match='halted at'): log_forward_pass(MODEL, X, halt='res', layers_to_save=['head'])
+    assert torch._C._len_torch_function_stack() == 0 and hook_count(MODEL) == 0
+
+def test_a_selected_or_halted_log_saves_and_loads(tmp_path):
+    part = log_forward_pass(MODEL, X, layers_to_save=lambda op: op.layer_type == 'relu', halt='res')
+    back = roundtrip(part, tmp_path)
+    same(part, back)
+    assert back.output is None and isinstance(back.layers_to_save, str)
