@@ -881,6 +881,8 @@ def patch_sweep(model:nn.Module, clean, corrupted, sites, metric=None, *, token_
     model = unwrap_model(check_module(model, 'patch_sweep'), 'patch_sweep')
     sites = [sites] if isinstance(sites, (str, int)) or callable(sites) else list(sites)
     if not sites: raise ValueError("patch_sweep: sites is empty; give op labels, module names, positions or predicates over ops")
+    for name, v in (('clean', clean), ('corrupted', corrupted)):
+        if not _tensors(v) or any(t.numel() == 0 for t in _tensors(v)): raise ValueError(f"patch_sweep: {name} is empty or holds an empty tensor; the metric needs examples")
     if metric is not None and not callable(metric): raise TypeError(f"patch_sweep: metric is a function of the model's output, not {type(metric).__name__}")
     with torch.no_grad():
         clean_log = log_forward_pass(model, clean, kwargs=kwargs)
