@@ -6,7 +6,7 @@ Docs: https://netlens.github.io/netlens/atlas.html.md"""
 
 # %% ../nbs/16_atlas.ipynb #66b51005
 from __future__ import annotations
-import html
+import html, warnings
 from dataclasses import dataclass
 from pathlib import Path
 import PIL.Image, torch, torch.nn as nn
@@ -15,6 +15,7 @@ from torch import Tensor
 from .core import eval_mode, model_device, model_dtype, show_image, tensor_to_pil
 from .adapters import check_module, check_count, unwrap_model, to_model_inputs, call_model, batch_len, main_tensor, feature_layout, channels_first, check_index
 from .flat import FlatModel
+from .trace import log_forward_pass, _Ref
 from .similarity import batch_input, _layer_specs, _keys
 from .distributed import get_rank, get_world_size, all_gather_object, all_gather_cat, all_ranks, progress_main
 
@@ -131,28 +132,115 @@ def _position(position, shape, layer) -> tuple:
     if len(pos) != len(shape): raise ValueError(f"position must give {len(shape)} indices for layer {layer!r}, whose map has shape {tuple(shape)} after the channels, got {position!r}")
     return tuple(check_index(p, s, 'position', f"layer {layer!r}'s map", 'positions along that dimension') for p, s in zip(pos, shape))
 
-def receptive_field(model:nn.Module, layer, position, input_size, *,
-                    n:int=8,            # random inputs whose gradient supports are joined
-                    seed:int=0,         # for those inputs (a generator of its own: torch's global RNG is not touched)
-                    layout=None) -> tuple:
-    "The input region a unit of `layer` at `position` (in its map) can be influenced by: a slice per spatial dimension of `input_size` (C, H, W)"
-    model = unwrap_model(check_module(model, 'receptive_field'))
-    fm, n = FlatModel(model), check_count(n, 'n')
-    specs = _layer_specs(fm, layer)
-    if len({s for s, _ in specs}) != 1: raise ValueError(f"receptive_field takes one layer, got {layer!r} naming {[s for s, _ in specs]}")
-    size = tuple(input_size) if isinstance(input_size, (tuple, list, torch.Size)) else ()
-    if len(size) < 2 or not all(isinstance(s, int) and s >= 1 for s in size): raise ValueError(f"input_size must be the shape of one example, (C, H, W), got {input_size!r}")
+def _gradient_field(model, fm, spec, position, size, n, seed, layout) -> tuple:
+    "The bounding box of where the gradient of the unit is nonzero, joined over `n` random inputs: a slice per spatial dimension"
     x = torch.randn(n, *size, generator=torch.Generator().manual_seed(seed)).to(model_device(model), model_dtype(model)).requires_grad_()
-    with torch.enable_grad(), eval_mode(model), fm.record(specs[0][0], detach=False) as rec:
+    with torch.enable_grad(), eval_mode(model), fm.record(spec[0], detach=False) as rec:
         model(x)
-        key = _keys(rec, specs)[0]
-        c = channels_first(rec[key], feature_layout(model, specs[0][0], rec[key], layout, n=n))
+        key = _keys(rec, [spec])[0]
+        c = channels_first(rec[key], feature_layout(model, spec[0], rec[key], layout, n=n))
         pos = _position(position, c.shape[2:], key)
         g, = torch.autograd.grad(c[(slice(None), slice(None), *pos)].sum(), x, allow_unused=True)
     hit = torch.zeros(size[1:], dtype=torch.bool) if g is None else (g != 0).any(0).any(0).cpu()   # examples are independent: their gradients cannot cancel
     if not hit.any(): raise ValueError(f"the gradient of {key!r} at {pos} is zero on all {n} random inputs: the unit sees only padding, or units on its path are dead (then pass a larger n)")
     rows = [hit.movedim(d, 0).flatten(1).any(1).nonzero().flatten() for d in range(hit.ndim)]   # along each dimension, where any gradient is
     return tuple(slice(int(r[0]), int(r[-1]) + 1) for r in rows)
+
+# %% ../nbs/16_atlas.ipynb #a1f3c9e0
+_SAME = {'add', 'sub', 'mul', 'div', 'truediv', 'iadd', 'isub', 'imul', 'itruediv', 'radd', 'rsub', 'rmul', 'rtruediv', 'relu', 'relu6', 'leaky_relu',
+         'elu', 'selu', 'celu', 'gelu', 'silu', 'mish', 'sigmoid', 'tanh', 'hardtanh', 'hardswish', 'hardsigmoid', 'softplus', 'dropout', 'dropout2d',
+         'batch_norm', 'clone', 'contiguous', 'neg', 'abs', 'exp', 'clamp', 'clamp_min', 'where', 'to', 'float', 'detach', 'pow', 'sqrt', 'rsqrt', 'maximum', 'minimum'}
+_WINDOWS = {'conv1d': (3, 4, 5), 'conv2d': (3, 4, 5), 'conv3d': (3, 4, 5), 'max_pool1d': (2, 3, 4), 'max_pool2d': (2, 3, 4), 'max_pool3d': (2, 3, 4),
+            'avg_pool1d': (2, 3, None), 'avg_pool2d': (2, 3, None), 'avg_pool3d': (2, 3, None)}   # where stride, padding, dilation are in the call
+def _arg(op, i, name, default=None):
+    a, kw = op._args or (), op._kwargs or {}
+    return a[i] if i is not None and len(a) > i else kw.get(name, default)
+def _dims(v, n): v = tuple(v) if isinstance(v, (tuple, list)) else (v,); return v * n if len(v) == 1 else v
+
+def _window(op, box, shp, log):
+    "A conv or pool: outputs `o` along a spatial dimension read inputs `s*o - p + d*t`, t < k (stride, padding, dilation, kernel)"
+    sp, (si, pi, di) = len(shp) - 2, _WINDOWS[op.func_name]
+    w = _arg(op, 1, 'weight' if op.func_name.startswith('conv') else 'kernel_size')
+    k = _dims(((log.entries[w.index].shape if isinstance(w, _Ref) else w.shape)[2:]) if op.func_name.startswith('conv') else w, sp)
+    s, d = _dims(_arg(op, si, 'stride') or k, sp), _dims(_arg(op, di, 'dilation', 1), sp)
+    p = _arg(op, pi, 'padding', 0)
+    p = _dims(0, sp) if p == 'valid' else tuple(d_ * (k_ - 1) // 2 for d_, k_ in zip(d, k)) if p == 'same' else _dims(p, sp)
+    return box[:1] + [range(shp[1]) if op.func_name.startswith('conv') else box[1]] + [
+        {s[j] * o - p[j] + d[j] * t for o in box[2 + j] for t in range(k[j])} for j in range(sp)]
+
+# %% ../nbs/16_atlas.ipynb #a1f3c9e1
+def _through(op, box, log, n):
+    "What each parent of `op` must give for the outputs in `box` (a set of indices per dimension): [(parent, box)], or None where the geometry is unknown"
+    name, ps = op.func_name.strip('_'), [log.entries[i] for i in op.parents]
+    data = _arg(op, 0, 'input')
+    if op.func_name in _WINDOWS or name in ('adaptive_avg_pool1d', 'adaptive_avg_pool2d', 'adaptive_avg_pool3d', 'adaptive_max_pool1d', 'adaptive_max_pool2d', 'adaptive_max_pool3d'):
+        if not isinstance(data, _Ref): return None
+        shp = log.entries[data.index].shape
+        if op.func_name in _WINDOWS: b = _window(op, box, shp, log)
+        else: b = box[:2] + [{i for o in bx for i in range(o * I // O, -(-(o + 1) * I // O))} for bx, I, O in zip(box[2:], shp[2:], op.shape[2:])]   # adaptive: rows floor(oI/O)..ceil((o+1)I/O)
+        return [(data.index, b)] + [(p.index, [range(s) for s in p.shape]) for p in ps if p.index != data.index]   # a computed weight: all of it
+    if name in ('cat', 'concat', 'concatenate'):                       # each part's share of the joined dimension, shifted
+        out, off, dim = [], 0, _arg(op, 1, 'dim', 0) % len(op.shape)
+        for t in _arg(op, 0, 'tensors'):
+            m = (log.entries[t.index].shape if isinstance(t, _Ref) else t.shape)[dim]
+            if isinstance(t, _Ref): out.append((t.index, box[:dim] + [{o - off for o in box[dim] if off <= o < off + m}] + box[dim + 1:]))
+            off += m
+        return out
+    if name in _SAME:
+        out = []
+        for p in ps:
+            off = len(op.shape) - len(p.shape)
+            if off < 0 or any(s not in (1, o) for s, o in zip(p.shape, op.shape[off:])): return None
+            out.append((p.index, [{0} if s == 1 and o != 1 else bx for s, o, bx in zip(p.shape, op.shape[off:], box[off:])]))
+        return out
+    if all(len(bx) == s for bx, s in zip(box[1:], op.shape[1:])) and all(x.shape[:1] == (n,) for x in ps + [op]):   # every feature of each example: any op that keeps examples apart
+        return [(p.index, box[:1] + [range(s) for s in p.shape[1:]]) for p in ps]
+    return None
+
+# %% ../nbs/16_atlas.ipynb #b27d4e61
+def _graph_field(model, spec, position, size, layout):
+    "Walk the traced graph from the unit back to the input: (slices, None), or (None, why) where the geometry of an op on the way is unknown"
+    n = 2                                                             # two examples: the batch dimension is told apart from the others
+    x = torch.randn(n, *size, generator=torch.Generator().manual_seed(0)).to(model_device(model), model_dtype(model))
+    with torch.no_grad(), eval_mode(model): log = log_forward_pass(model, x, layers_to_save=[])
+    name, call = spec
+    key = f"{name}:{call}" if call is not None else f"{name}:1" if log.module_calls.get(name, 0) > 1 else name
+    op = log[key]
+    lay = feature_layout(model, name, torch.zeros(op.shape), layout, n=n)
+    if lay.kind != 'nchw' and len(op.shape) > 2: return None, f"layer {key!r} is not channels-first ({lay.kind})"
+    pos = _position(position, op.shape[2:], key)
+    boxes = {op.index: [{0}, range(op.shape[1])] + [{p} for p in pos]}
+    for i in range(op.index, -1, -1):
+        o = log.entries[i]
+        if i not in boxes or o.func_name == 'input': continue
+        parts = _through(o, boxes.pop(i), log, n)
+        if parts is None: return None, f"{o.func_name} ({o.label}{', in ' + o.module if o.module else ''}) has no geometry netlens knows"
+        for j, b in parts:
+            b = [set(bx) & set(range(s)) for bx, s in zip(b, log.entries[j].shape)]   # padding is not input: dropped at every step
+            if all(b): boxes[j] = b if j not in boxes else [set(u) | v for u, v in zip(boxes[j], b)]
+    if 0 not in boxes: raise ValueError(f"no input reaches {key!r} at {pos} (a zero gradient everywhere): the unit sees only padding")
+    return tuple(slice(min(b), max(b) + 1) for b in boxes[0][2:]), None
+
+# %% ../nbs/16_atlas.ipynb #c5e8a2f4
+_METHODS = ('graph', 'gradient')
+def receptive_field(model:nn.Module, layer, position, input_size, *,
+                    method:str='graph',  # 'graph': computed from the traced ops (exact); 'gradient': the support of the input gradient (empirical)
+                    n:int=8,            # with 'gradient': random inputs whose gradient supports are joined
+                    seed:int=0,         # for those inputs (a generator of its own: torch's global RNG is not touched)
+                    layout=None) -> tuple:
+    "The input region a unit of `layer` at `position` (in its map) depends on: a slice per spatial dimension of `input_size` (C, H, W)"
+    model = unwrap_model(check_module(model, 'receptive_field'))
+    fm, n = FlatModel(model), check_count(n, 'n')
+    if method not in _METHODS: raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+    specs = _layer_specs(fm, layer)
+    if len({s for s, _ in specs}) != 1: raise ValueError(f"receptive_field takes one layer, got {layer!r} naming {[s for s, _ in specs]}")
+    size = tuple(input_size) if isinstance(input_size, (tuple, list, torch.Size)) else ()
+    if len(size) < 2 or not all(isinstance(s, int) and s >= 1 for s in size): raise ValueError(f"input_size must be the shape of one example, (C, H, W), got {input_size!r}")
+    if method == 'graph':
+        field, why = _graph_field(model, specs[0], position, size, layout)
+        if field is not None: return field
+        warnings.warn(f"receptive_field: {why}; the field is the support of the input gradient instead (method='gradient')", stacklevel=2)
+    return _gradient_field(model, fm, specs[0], position, size, n, seed, layout)
 
 # %% ../nbs/16_atlas.ipynb #af8f95b1
 def _examples(model, loader, indices, input_key=None) -> dict:

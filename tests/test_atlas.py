@@ -2,7 +2,7 @@
 model's logits, hand-computed and analytic receptive fields, and one process against two torch.distributed ranks."""
 import os, random, tempfile, warnings
 from pathlib import Path
-import numpy as np, pytest, torch, torch.nn as nn
+import numpy as np, pytest, torch, torch.nn as nn, torch.nn.functional as F
 import torch.distributed as dist, torch.multiprocessing as mp
 from netlens.atlas import top_activations, receptive_field, feature_atlas, export_atlas, TopActivations
 from netlens.data import digits_cnn, digits_data, digits_loader
@@ -142,9 +142,10 @@ def test_receptive_field_matches_analytic(seed):
     with torch.no_grad(): h, w = m(torch.zeros(1, *size)).shape[2:]
     for pos in [(0, 0), (h // 2, w // 3), (h - 1, w - 1)]:
         want = analytic(convs, pos, size[1:])
-        if want is None:                        # a unit that sees only padding: no input reaches it
-            with pytest.raises(ValueError, match='zero'): receptive_field(m, str(len(layers) - 1), pos, size, n=16)
-        else: assert receptive_field(m, str(len(layers) - 1), pos, size, n=16) == want, (convs, pos)
+        for method in ('graph', 'gradient'):
+            if want is None:                    # a unit that sees only padding: no input reaches it
+                with pytest.raises(ValueError, match='zero'): receptive_field(m, str(len(layers) - 1), pos, size, n=16, method=method)
+            else: assert receptive_field(m, str(len(layers) - 1), pos, size, n=16, method=method) == want, (convs, pos, method)
 
 def test_receptive_field_by_hand():
     two = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Conv2d(2, 2, 3))
@@ -155,6 +156,65 @@ def test_receptive_field_by_hand():
     padded = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Conv2d(2, 2, 3, padding=1))
     assert receptive_field(padded, '1', (0, 0), (1, 6, 6)) == (slice(0, 3), slice(0, 3))
     assert receptive_field(padded, '1', (2, 5), (1, 6, 6)) == (slice(0, 5), slice(3, 6))
+
+def _resnet18():
+    import torchvision
+    torch.manual_seed(0)
+    m = torchvision.models.resnet18().eval()
+    with torch.no_grad():                       # BatchNorm not the identity and no path silenced by accident
+        for bn in [b for b in m.modules() if isinstance(b, nn.BatchNorm2d)]:
+            bn.running_mean.uniform_(-0.2, 0.2); bn.running_var.uniform_(0.5, 2); bn.weight.uniform_(0.5, 1.5); bn.bias.uniform_(-0.1, 0.1)
+    return m
+RESNET = []
+
+# (input px, layer, position, field size or None where clipped): textbook sizes 7, 11, 43, 99, 211, 435 where the field fits
+RESNET_UNITS = [(64, 'conv1', (0, 0), None), (64, 'relu', (16, 16), 7), (64, 'maxpool', (15, 15), None), (96, 'maxpool', (12, 12), 11),
+                (96, 'layer1', (12, 12), 43), (96, 'layer1', (23, 0), None), (96, 'layer1.0.relu:1', (5, 7), 19), (160, 'layer2', (10, 10), 99),
+                (160, 'layer2', (19, 19), None), (112, 'layer2.0.downsample', (3, 5), 43), (256, 'layer3', (8, 8), 211), (112, 'layer3', (6, 0), None),
+                (64, 'layer4', (1, 1), None), (512, 'layer4', (8, 8), 435), (112, 'avgpool', (0, 0), None), (64, 'fc', (), None)]
+
+@pytest.mark.parametrize('px,layer,pos,size', RESNET_UNITS)
+def test_graph_field_equals_gradient_support_resnet18(px, layer, pos, size):
+    if not RESNET: RESNET.append(_resnet18())
+    m = RESNET[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')          # the graph walk knows every op of a resnet: no fallback
+        f = receptive_field(m, layer, pos, (3, px, px))
+    assert f == receptive_field(m, layer, pos, (3, px, px), method='gradient', n=2 if px > 200 else 4), (layer, pos)
+    sizes = [s.stop - s.start for s in f]
+    if size is not None: assert sizes == [size, size]
+    elif layer != 'conv1': assert any(s.start == 0 or s.stop == px for s in f)     # clipped at the border
+
+def test_graph_field_equals_gradient_support_digits():
+    for layer in FlatModel(MODEL).layer_names:
+        with torch.no_grad(), FlatModel(MODEL).record(layer) as rec: MODEL(X[:1])
+        shape = rec[next(iter(rec))].shape[2:]
+        for pos in {tuple(0 for _ in shape), tuple(s // 2 for s in shape), tuple(s - 1 for s in shape), tuple(min(1, s - 1) for s in shape)}:
+            with warnings.catch_warnings():
+                warnings.simplefilter('error')
+                f = receptive_field(MODEL, layer, pos, (1, 32, 32))
+            assert f == receptive_field(MODEL, layer, pos, (1, 32, 32), method='gradient'), (layer, pos)
+
+class _Branches(nn.Module):
+    "Two convolutions joined along the channels, gated by a global mean: cat and broadcasting in the graph"
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(1, 2, 3, padding=1), nn.Conv2d(1, 2, 5, padding=2, dilation=1), nn.Conv2d(4, 2, 3, stride=2)
+        self.pool = nn.AdaptiveMaxPool2d(3)
+    def forward(self, x): return self.pool(self.c(torch.cat([self.a(x), self.b(F.avg_pool2d(x, 3, 1, 1))], 1) * torch.sigmoid(x.mean((2, 3), keepdim=True))))
+
+def test_graph_field_cat_adaptive_and_fallback():
+    torch.manual_seed(0)
+    m = _Branches().eval()
+    for layer, pos in [('c', (0, 0)), ('c', (3, 5)), ('a', (0, 11)), ('pool', (1, 2)), ('pool', (0, 0))]:
+        with warnings.catch_warnings():
+            warnings.simplefilter('error')
+            f = receptive_field(m, layer, pos, (1, 12, 14))
+        assert f == receptive_field(m, layer, pos, (1, 12, 14), method='gradient'), (layer, pos)
+    up = nn.Sequential(nn.Conv2d(1, 2, 3, stride=2), nn.ConvTranspose2d(2, 2, 3, stride=2), nn.Conv2d(2, 2, 3))
+    with pytest.warns(UserWarning, match='conv_transpose2d.*gradient'): f = receptive_field(up, '2', (4, 4), (1, 24, 24))
+    assert f == receptive_field(up, '2', (4, 4), (1, 24, 24), method='gradient')
+    with pytest.raises(ValueError, match='method'): receptive_field(up, '2', (4, 4), (1, 24, 24), method='exact')
 
 # ---------------------------------------------------------------------------------------------- figures and the static atlas
 def test_feature_atlas_and_export():
