@@ -6,7 +6,7 @@ Docs: https://netlens.github.io/netlens/trace.html.md"""
 
 # %% ../nbs/12_trace.ipynb #73f92ac8
 from __future__ import annotations
-import linecache, numbers, os, shutil, sys, time, types, weakref
+import linecache, math, numbers, os, shutil, sys, time, types, weakref
 from functools import partial
 from collections import Counter
 from fastcore.basics import patch
@@ -981,3 +981,35 @@ def load_log(path, map_location=None) -> ModelLog:
         if op.layer_type == 'output' and op.parents: op._grad_src = src = log.entries[op.parents[0]]; op.tensor = src.tensor
     log._index()
     return log
+
+# %% ../nbs/12_trace.ipynb #eefe748a
+_MATMULS = {'matmul', 'mm', 'bmm', 'addmm', 'baddbmm', 'addbmm'}
+
+def _op_flops(log, op) -> int:
+    "FLOPs of one op as FlopCounterMode counts them: 2 per multiply-add of convolutions, linear layers, matrix products and attention; 0 otherwise"
+    n, t = math.prod(op.shape), op.layer_type
+    if t in ('conv1d', 'conv2d', 'conv3d', 'linear') and op.params: return 2 * n * math.prod(op.params[0][1][1:])   # weight (out, in/groups, *kernel)
+    shapes = [log.entries[i].shape for i in op.parents]
+    if t in _MATMULS and shapes: return 2 * n * shapes[-1 if t.startswith('add') and len(shapes) > 1 else 0][-1]   # K: the inner size
+    if t == 'scaleddotproductattention' and shapes:
+        q, k, v = (shapes + [shapes[-1]] * 3)[:3]
+        return 2 * math.prod(q[:-1]) * k[-2] * (q[-1] + v[-1])   # Q K^T, then the weights times V
+    return 0
+
+@patch(as_prop=True)
+def flops(self:ModelLog) -> int:
+    "FLOPs of the forward pass (2 per multiply-add of convolutions, linear layers, matrix products and attention)"
+    return sum(_op_flops(self, op) for op in self.entries)
+
+@patch
+def summary(self:ModelLog, max_rows:int|None=None) -> str:
+    "A table of the ops (the first `max_rows`): label, module, output shape, parameters, FLOPs and saved size, with totals"
+    rows = [('op', 'module', 'shape', 'params', 'FLOPs', 'saved')]
+    for op in self.entries[:max_rows]:
+        rows.append((op.label, op.module or '', 'x'.join(map(str, op.shape)), f"{op.n_params:,}" if op.params else '',
+                     f"{_op_flops(self, op):,}" if _op_flops(self, op) else '', _fmt_bytes(op.nbytes) if op.saved and op.layer_type != 'output' else ''))
+    widths = [max(len(r[i]) for r in rows) for i in range(6)]
+    lines = ['  '.join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    more = len(self.entries) - len(rows) + 1
+    return '\n'.join(lines + ([f"... {more} more ops"] if more > 0 else []) +
+                     [f"{self.model_name}: {len(self)} entries, {self.n_params:,} parameters, {self.flops:,} FLOPs, {_fmt_bytes(self.saved_bytes)} saved"])

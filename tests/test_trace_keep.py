@@ -193,3 +193,44 @@ def test_a_selected_or_halted_log_saves_and_loads(tmp_path):
     back = roundtrip(part, tmp_path)
     same(part, back)
     assert back.output is None and isinstance(back.layers_to_save, str)
+
+# ------------------------------------------------------------------------------------------------ summary and FLOPs
+from torch.utils.flop_counter import FlopCounterMode
+
+def counted(m, *args, **kw):
+    with FlopCounterMode(display=False) as c, torch.no_grad(): m(*args, **kw)
+    return c.get_total_flops()
+
+def test_flops_equal_torch_flop_counter(tmp_path):
+    log = log_forward_pass(MODEL, X, layers_to_save=None)
+    assert log.flops == counted(MODEL, X) > 0
+    assert roundtrip(log, tmp_path).flops == log.flops   # from the log alone
+    torch.manual_seed(0)
+    vgg = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, groups=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=4), nn.Flatten(), nn.Linear(8 * 64, 5))
+    x = torch.randn(3, 3, 8, 8)
+    assert log_forward_pass(vgg, x, layers_to_save=None).flops == counted(vgg, x)
+
+def test_flops_of_attention_equal_the_eager_matmuls():
+    transformers = pytest.importorskip('transformers')
+    cfg = dict(n_layer=2, n_head=2, n_embd=32, vocab_size=100, n_positions=16)
+    torch.manual_seed(0)
+    eager = transformers.GPT2LMHeadModel(transformers.GPT2Config(**cfg, attn_implementation='eager')).eval()
+    torch.manual_seed(0)
+    sdpa = transformers.GPT2LMHeadModel(transformers.GPT2Config(**cfg, attn_implementation='sdpa')).eval()
+    ids = torch.randint(0, 100, (2, 8))
+    fe = log_forward_pass(eager, {'input_ids': ids}, layers_to_save=None).flops
+    assert fe == counted(eager, ids)
+    slog = log_forward_pass(sdpa, {'input_ids': ids}, layers_to_save=None)
+    assert any(op.layer_type == 'scaleddotproductattention' for op in slog)
+    assert slog.flops == fe   # the fused kernel does the same multiply-adds as the eager matmuls
+
+def test_summary_lists_every_op_with_totals():
+    log = log_forward_pass(MODEL, X)
+    s = log.summary()
+    lines = s.splitlines()
+    assert len(lines) == len(log) + 2 and lines[0].split()[:3] == ['op', 'module', 'shape']
+    for op, line in zip(log, lines[1:]): assert line.startswith(op.label)
+    assert f"{log.flops:,} FLOPs" in lines[-1] and f"{log.n_params:,} parameters" in lines[-1]
+    assert '589,824' in s   # the stem's convolution: 2 * (2*16*32*32) * (1*3*3)
+    short = log.summary(max_rows=5)
+    assert len(short.splitlines()) == 5 + 3 and f"{len(log) - 5} more ops" in short
