@@ -6,6 +6,7 @@ Docs: https://netlens.github.io/netlens/hooks.html.md"""
 
 # %% ../nbs/02_hooks.ipynb #e97a31b4
 from __future__ import annotations
+import threading, weakref
 from functools import partial
 from fastcore.basics import patch
 import torch, torch.nn as nn
@@ -13,7 +14,7 @@ from torch import Tensor
 from .adapters import check_module
 
 # %% auto #0
-__all__ = ['Hook', 'hook_count', 'Hooks', 'hook_output', 'hook_outputs', 'ModelSnapshot', 'annotate_errors']
+__all__ = ['Hook', 'hook_count', 'Hooks', 'hook_output', 'hook_outputs', 'ModelSnapshot', 'model_lock', 'annotate_errors']
 
 # %% ../nbs/02_hooks.ipynb #58d9dc0b
 def _output(m, inp, out): return out
@@ -167,20 +168,29 @@ class ModelSnapshot:
         if now.hooks != self.hooks: out.append(f"hooks: {self.hooks} -> {now.hooks}")
         return out
 
+# %% ../nbs/02_hooks.ipynb #a1b2c3d5
+_LOCKS, _LOCKS_LOCK = weakref.WeakKeyDictionary(), threading.Lock()
+
+def model_lock(model:nn.Module) -> threading.RLock:
+    "The one re-entrant lock of `model`: netlens' captures of a model (whose hooks see every thread's forward) run one at a time"
+    with _LOCKS_LOCK: return _LOCKS.setdefault(model, threading.RLock())
+
 # %% ../nbs/02_hooks.ipynb #f83fd945
 class annotate_errors:
-    "Context manager: an exception raised inside the block gets a note naming the innermost module of `model` that was running"
+    "Context manager: an exception raised inside the block gets a note naming the innermost module of `model` that was running; the block holds `model_lock(model)`"
     def __init__(self, model:nn.Module):
         check_module(model, 'annotate_errors')
+        self.lock = model_lock(model)
         self.names = {m: n or type(model).__name__ for n, m in model.named_modules()}
         self.stack, self.handles = [], []
 
     def __enter__(self):
+        self.lock.acquire()
         try:
             for m in self.names:
                 self.handles.append(m.register_forward_pre_hook(self._push))
                 self.handles.append(m.register_forward_hook(self._pop))
-        except BaseException: self._remove(); raise
+        except BaseException: self._remove(); self.lock.release(); raise
         return self
 
     def _push(self, m, inp): self.stack.append(m)
@@ -192,6 +202,7 @@ class annotate_errors:
 
     def __exit__(self, typ, exc, tb):
         self._remove()
+        self.lock.release()
         if exc is not None and self.stack and hasattr(exc, 'add_note'):
             m = self.stack[-1]
             exc.add_note(f"netlens: raised in layer {self.names[m]!r} ({type(m).__name__})")

@@ -6,7 +6,7 @@ Docs: https://netlens.github.io/netlens/widgets.html.md"""
 
 # %% ../nbs/13_widgets.ipynb #fb0ccd0d
 from __future__ import annotations
-import io, time, html, threading, traceback, weakref
+import io, time, html, threading, traceback
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 import ipywidgets as W
 import matplotlib, matplotlib.pyplot as plt
@@ -14,6 +14,7 @@ import PIL.Image
 from fastcore.basics import patch
 from .core import *
 from .flat import FlatModel
+from .hooks import model_lock
 from .attribution import (saliency, guided_backprop, smooth_grad, integrated_gradients, cam, guided_grad_cam,
                                  occlusion, attribution_map)
 from .adapters import unwrap_model, to_model_images, to_model_input, check_batch, check_count, check_index, check_scores
@@ -120,11 +121,6 @@ def _titled(title:W.HTML, *ws):
     return W.VBox([title, *ws], layout=W.Layout(flex='0 0 auto', width='min-content', margin='0 10px 4px 0'))
 
 # %% ../nbs/13_widgets.ipynb #cb21c110
-_MODEL_LOCKS = weakref.WeakKeyDictionary()
-def _model_lock(model:nn.Module) -> threading.RLock:
-    "One lock per model: explorers of the same model draw one at a time (their hooks would see each other's forward passes)"
-    return _MODEL_LOCKS.setdefault(model, threading.RLock())
-
 class _Cancelled(Exception): "A render that a newer request made pointless"
 
 def _int_slider(n:int, value:int, low:int, desc:str, **kw) -> W.IntSlider:
@@ -181,7 +177,7 @@ def _run(self:_Live, st):
     self._busy(st)
     t0 = time.perf_counter()
     try:
-        with _model_lock(self.model): notes = self.draw(st)
+        with model_lock(self.model): notes = self.draw(st)
         self.error, self.shown = None, st
         msg = f'<span class="netlens-done">drawn in {time.perf_counter() - t0:.2f} s</span>' + ''.join(f' · <span class="netlens-note">{html.escape(n)}</span>' for n in notes)
     except _Cancelled: return
@@ -274,14 +270,14 @@ class AttributionExplorer(_Live):
         self.n_samples, self.size = check_count(n_samples, 'n_samples'), check_count(size, 'size')
         if method not in self.methods: raise ValueError(f"method must be one of {self.methods}, got {method!r}")
         self.fm = FlatModel(model)
-        with _model_lock(model), torch.no_grad(), eval_mode(model): self.scores = torch.cat([_scores(model(xb), output).float() for xb in self.x.split(64)])
+        with model_lock(model), torch.no_grad(), eval_mode(model): self.scores = torch.cat([_scores(model(xb), output).float() for xb in self.x.split(64)])
         self.n_classes = self.scores.shape[1]
         self.probs = self.scores.softmax(1).cpu()
         self.classes = [str(c) for c in classes] if classes is not None else [str(k) for k in range(self.n_classes)]
         if len(self.classes) != self.n_classes: raise ValueError(f"classes has {len(self.classes)} names, the model has {self.n_classes} classes")
         self.top_k = min(check_count(top_k, 'top_k'), self.n_classes)
         target = self._predicted(0) if target is None else check_index(target, self.n_classes, 'target')
-        with _model_lock(model), eval_mode(model):     # another explorer's worker may be drawing with this model
+        with model_lock(model), eval_mode(model):     # another explorer's worker may be drawing with this model
             main, every, self.n_chans = explorer_layers(self.fm, self.x[:1])
             if layers is not None: main = every = [self.fm.name_of(l) for l in layers]
             for l in every:
@@ -470,7 +466,7 @@ class ChannelExplorer(_Live):
         self.channels = check_count(channels, 'channels') if channels is not None else input_channels(model) or 3
         self.fm = FlatModel(model)
         self._probe = blank_input(model, size, self.channels)
-        with _model_lock(model), eval_mode(model):     # another explorer's worker may be drawing with this model
+        with model_lock(model), eval_mode(model):     # another explorer's worker may be drawing with this model
             main, every, self.n_chans = explorer_layers(self.fm, self._probe)
             if layers is not None:
                 main = every = [self.fm.name_of(l) for l in layers]
@@ -628,7 +624,7 @@ class AttentionExplorer(_Live):
             ids = self.x[main_input(model, self.x)] if isinstance(self.x, dict) else self.x
             n, self.tokens = len(ids), _text_tokens(tokens, ids)
         self.cache, self.runs, self._quiet = {}, 0, False
-        with _model_lock(model): m0 = self.maps(0)
+        with model_lock(model): m0 = self.maps(0)
         self.layer_names = list(m0)
         if self.is_image and not any(a.shape[-1] == self.prefix + self.grid[0] * self.grid[1] for a in m0.values()):
             raise ValueError(f"grid={self.grid} and prefix={self.prefix} make {self.prefix + self.grid[0] * self.grid[1]} tokens, the attention layers have {sorted({a.shape[-1] for a in m0.values()})}: pass grid= and prefix= that fit")
