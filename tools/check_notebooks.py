@@ -21,7 +21,8 @@ STAMP_KEY = 'netlens'
 MAX_NB, MAX_ALL = 2_000_000, 25_000_000
 FIRST_FIGURE, MAX_EXPORT = 12, 60
 # a call that draws: matplotlib, or one of netlens' show_/plot_ functions (those that return HTML are listed apart)
-DRAWS = re.compile(r'(?<![\w.])(plt\.\w+|show_\w+|plot_\w+|\w+\.imshow|feature_atlas|\w+Explorer)\s*\(|\.(draw|plot|show_\w+)\s*\(')
+DRAWS = re.compile(r'(?<![\w.])(plt\.\w+|show_\w+|plot_\w+|\w+\.imshow|feature_atlas|\w+Explorer)\s*\(|\.(plot|show_\w+)\s*\(')
+DRAWN_GRAPH = re.compile(r'^\S.*\.draw\((?![^)]*path=)[^)]*\)\s*;?$', re.M)   # a graph shown: the cell's value, not a file written
 NOT_FIGURES = {'show_tokens', 'show_token_scores', 'show_doc'}   # HTML in a notebook, or documentation
 
 def notebooks(root=NBS) -> list[Path]:
@@ -48,11 +49,22 @@ def evaluated(c) -> bool:
     "Does nbdev-test run this cell? Not with `#| eval: false`, nor when flagged `notest` or `slow`"
     return not (re.search(r'^#\|\s*eval:\s*false', _src(c), re.M) or {'notest', 'slow'} & _directives(_src(c)))
 
+def _unconditional(src) -> str:
+    "The lines that always run: not under an `if`/`else`/`try`/`except` (one path may print instead of drawing), not an expected failure"
+    keep, block = [], ''
+    for l in src.splitlines():
+        if not l.strip() or l.lstrip().startswith('#'): continue
+        if not l[0].isspace(): block = l
+        if not re.match(r'(if|elif|else|try|except)\b|with (expect_fail|ExceptionExpected)|test_fail', block): keep.append(l.split('  #')[0])
+    return '\n'.join(keep)
+
 def draws(c) -> bool:
-    "Does the code cell call something that draws a figure (comments and strings aside, roughly)?"
-    code = '\n'.join(l.split('#')[0] for l in _src(c).splitlines() if not l.lstrip().startswith('#'))
+    "Does the page show this code cell, and does it always call something that draws a figure (roughly)?"
+    s = _src(c)
+    if 'hide' in _directives(s) or re.search(r'^\s*(def|class)\s', s, re.M): return False
+    code = _unconditional(s)
     names = {m.group(1) or m.group(2) for m in DRAWS.finditer(code)}
-    return bool(names - NOT_FIGURES) and not re.search(r'^\s*(def|class)\s', code, re.M)
+    return bool(names - NOT_FIGURES) or bool(DRAWN_GRAPH.search(code))
 
 FIGURES = ('image/png', 'image/svg+xml', 'application/vnd.jupyter.widget-view+json')   # a live widget is the picture in a notebook
 
