@@ -21,10 +21,10 @@ from netlens.data import digits_cnn, digits_data
 from netlens.hooks import ModelSnapshot, hook_count
 from netlens.core import keep_buffers
 from netlens import attribution as A, similarity as S, landscape as L, optvis as O, dream as D, style as ST, trace as T
-from netlens import widgets as W, flat as FL
+from netlens import widgets as W, flat as FL, atlas as AT
 
 MODULES = ['core', 'adapters', 'data', 'hooks', 'flat', 'attribution', 'attribution.gradients', 'attribution.cam', 'attribution.occlusion', 'optvis', 'dream', 'style', 'similarity',
-           'landscape', 'trace', 'widgets', 'tour', 'attention', 'distributed']
+           'landscape', 'trace', 'widgets', 'tour', 'attention', 'distributed', 'atlas']
 NETLENS = Path(netlens.__file__).parent
 
 # ---------------------------------------------------------------------------------------------- the fixtures
@@ -163,6 +163,19 @@ ENTRIES = [
     Entry('layer_similarity', lambda m, x, p='': S.layer_similarity(m, p + 'conv2', m, p + 'conv3', x), kind='batch', scores=False,
           layer=True, per_example=False,
           extra=[('a list of layers', lambda: S.layer_similarity(MODEL, ['conv2', 'conv3'], MODEL, 'conv3', X), ['layer1'])]),
+    Entry('intervene', lambda m, x, p='': T.intervene(m, x, {p + 'conv3': lambda o: o * 0.5}).detach(), kind='batch', scores=False,
+          finite_only=False, empty_ok=True, layer=True,
+          extra=[('unknown op', lambda: T.intervene(MODEL, X, {'bogus': 0.}), ['bogus']),
+                 ('replacement shape', lambda: T.intervene(MODEL, X, {'conv3': torch.zeros(3)}), ['shape']),
+                 ('unknown function', lambda: T.intervene(MODEL, X, {}, replace_funcs={'rellu': F.gelu}), ['relu'])]),
+    Entry('patch_sweep', lambda m, x, p='': T.patch_sweep(m, x, x.flip(0), [p + 'conv2', p + 'res.conv1']), kind='batch', scores=False,
+          per_example=False, finite_only=False, layer=True,
+          extra=[('no sites', lambda: T.patch_sweep(MODEL, X, X.flip(0), []), ['sites']),
+                 ('inputs of different shapes', lambda: T.patch_sweep(MODEL, X, X[:2], ['res']), ['shape'])]),
+    Entry('top_activations', lambda m, x, p='': AT.top_activations(m, [x[:5], x[5:]], p + 'conv2', k=3, lowest=True, show_progress=False)[p + 'conv2'].values,
+          kind='loader', arg='loader', x=_x[:8], scores=False, layer=True, per_example=False),
+    Entry('receptive_field', lambda m, x, p='': torch.tensor([[s.start, s.stop] for s in AT.receptive_field(m, p + 'conv2', (3, 3), (1, 32, 32))]),
+          kind='none', scores=False, layer=True),
 ]
 
 def _computed(m): return m[~m.isnan()]   # fourier_map marks the frequencies it did not compute with NaN
@@ -184,7 +197,7 @@ EXEMPT = {  # public names that take no user data to check, with the reason
                                  'CAM_METHODS', 'COLOR_CORRELATION', 'PRESETS', 'REDUCTIONS', 'MEASURES', 'MEASURE_ALIASES', 'DISTANCES', 'LAYER_METHODS', 'TOUR_PAGES']},
     **{n: 'a result or building-block type, probed through the functions that make it' for n in
        ['ResBlock', 'DigitsCNN', 'Hook', 'Hooks', 'ModelSnapshot', 'annotate_errors', 'Recording', 'Channel', 'Rendered', 'ImageParam',
-        'Objective', 'SimilarityResult', 'TensorOp', 'ModelLog', 'ValidationReport', 'Page', 'relu_rule']},
+        'Objective', 'SimilarityResult', 'TensorOp', 'ModelLog', 'ValidationReport', 'Page', 'relu_rule', 'TopActivations']},
     **{n: 'an objective, a transform or a parameterisation: checked when render runs it (probes above)' for n in
        ['channel', 'neuron', 'layer', 'class_logit', 'class_prob', 'direction', 'diversity', 'tv', 'l1', 'l2', 'feature_distance',
         'pad', 'jitter', 'random_scale', 'random_rotate', 'compose', 'standard_transforms', 'decorrelate_colors', 'correlate_colors']},
@@ -195,6 +208,10 @@ EXEMPT = {  # public names that take no user data to check, with the reason
        ['check_tensor', 'check_finite', 'check_batch', 'as_images', 'check_count', 'check_number', 'check_scores', 'check_index', 'check_module',
         'unwrap_model', 'to_model_input', 'to_model_images', 'keeps_rng', 'training_modules', 'warn_if_training', 'progress', 'check_layers',
         'check_inputs', 'check_call', 'check_result', 'main_tensor']},
+    **{n: 'a plot, figure or static site of a result (takes what the functions above return)' for n in
+       ['plot_patch_sweep', 'feature_atlas', 'export_atlas']},
+    **{n: 'a file reader: refusals (pickled objects, other files, versions) tested in tests/test_trace_keep.py' for n in ['load_log']},
+    **{n: 'a lock: tested in nbs/02_hooks.ipynb (another thread waits, the same thread nests)' for n in ['model_lock']},
     **{n: 'a plot of a result (takes what the functions above return)' for n in
        ['show_image', 'show_images', 'show_attribution', 'show_attributions', 'attribution_map', 'show_channels', 'plot_landscape',
         'plot_fourier_map', 'show_model_graph']},

@@ -280,23 +280,3 @@ def test_patch_sweep_errors_and_plot():
     assert len(ax.patches) == 3
     with pytest.raises(ValueError, match='site names'): plot_patch_sweep(torch.rand(3), ['a'])
     with pytest.raises(ValueError, match='shape'): plot_patch_sweep(torch.rand(2, 3, 4))
-
-# ------------------------------------------------------------------------------------------------ the contract of tests/test_contracts.py
-# intervene and patch_sweep probed with its machinery (the entries to add to its ENTRIES; plot_patch_sweep and load_log go to its EXEMPT:
-# a plot of a result, and a reader of files whose refusals are tested in tests/test_trace_keep.py)
-import test_contracts as C
-
-CONTRACT_ENTRIES = [
-    C.Entry('intervene', lambda m, x, p='': intervene(m, x, {p + 'conv3': lambda o: o * 0.5}).detach(), kind='batch', scores=False,
-            finite_only=False, empty_ok=True, layer=True,
-            extra=[('unknown op', lambda: intervene(C.MODEL, C.X, {'bogus': 0.}), ['bogus']),
-                   ('replacement shape', lambda: intervene(C.MODEL, C.X, {'conv3': torch.zeros(3)}), ['shape']),
-                   ('unknown function', lambda: intervene(C.MODEL, C.X, {}, replace_funcs={'rellu': F.gelu}), ['relu'])]),
-    C.Entry('patch_sweep', lambda m, x, p='': patch_sweep(m, x, x.flip(0), [p + 'conv2', p + 'res.conv1']), kind='batch', scores=False,
-            per_example=False, finite_only=False, layer=True,
-            extra=[('no sites', lambda: patch_sweep(C.MODEL, C.X, C.X.flip(0), []), ['sites']),
-                   ('inputs of different shapes', lambda: patch_sweep(C.MODEL, C.X, C.X[:2], ['res']), ['shape'])]),
-]
-
-@pytest.mark.parametrize('e', CONTRACT_ENTRIES, ids=lambda e: e.name)
-def test_contract_of_the_new_entry_points(e): C.test_contract(e)
