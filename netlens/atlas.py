@@ -26,26 +26,24 @@ __all__ = ['TopActivations', 'top_activations', 'receptive_field', 'feature_atla
 def _select(v:Tensor, i:Tensor, p:Tensor, k:int, descending=True):
     "The `k` best candidates of each row: by value (highest first, or lowest with `descending=False`), ties to the lower example index"
     o = i.argsort(dim=1, stable=True)                                   # first by example index...
-    v, i, p = v.gather(1, o), i.gather(1, o), p.gather(1, o[..., None].expand_as(p))
+    v, i, p = v.gather(1, o), i.gather(1, o), p.gather(1, o)
     o = v.sort(dim=1, descending=descending, stable=True).indices[:, :k]  # ...then by value: a stable sort keeps equal values in index order
-    return v.gather(1, o), i.gather(1, o), p.gather(1, o[..., None].expand(-1, -1, p.shape[-1]))
+    return v.gather(1, o), i.gather(1, o), p.gather(1, o)
 
 class _Running:
-    "Per channel the `k` best (value, example index, position) candidates seen so far: O(channels x k) memory"
+    "Per channel the `k` best (value, example index, flat position in the map) candidates seen so far: O(channels x k) memory"
     def __init__(self, k, descending): self.k, self.descending, self.v = k, descending, None
     def update(self, v, i, p):
         if self.v is not None: v, i, p = torch.cat([self.v, v], 1), torch.cat([self.i, i], 1), torch.cat([self.p, p], 1)
         self.v, self.i, self.p = _select(v, i, p, self.k, self.descending)
 
 def _reduce(t:Tensor, reduce:str):
-    "Maps (N, C, *positions) -> each example's value per channel (N, C) under `reduce`, where the channel peaks (N, C, d), and its largest |value| (N, C)"
+    "Maps (N, C, *positions) -> each example's value per channel (N, C) under `reduce`, where the channel peaks (N, C) as a flat index into the map, and its largest |value| (N, C), NaN where the map has a NaN"
     flat = t.flatten(2) if t.ndim > 2 else t[..., None]
-    at = flat.argmax(2)                                               # the first maximum (row-major) where several positions tie
-    pos = torch.stack(torch.unravel_index(at, t.shape[2:]), -1) if t.ndim > 2 else at.new_zeros(*at.shape, 0)
-    val = flat.amax(2) if reduce == 'max' else flat.mean(2)
-    return val, pos, flat.abs().amax(2)
+    mx, at = flat.max(2)                                              # one pass: the maximum and its first position (row-major) where several tie
+    val = mx if reduce == 'max' else flat.mean(2)
+    return val, at, torch.maximum(mx, flat.amin(2).neg())           # |value|'s maximum without a copy of the map; max, min and maximum keep NaN
 
-# %% ../nbs/16_atlas.ipynb #cf5c6860
 @dataclass
 class TopActivations:
     "The examples of a dataset on which each channel of `layer` is highest (and lowest): `values`, `indices` (C, k), `positions` (C, k, d)"
@@ -67,31 +65,45 @@ class TopActivations:
 _REDUCES = ('max', 'mean')
 def _len(loader): return len(loader) if hasattr(loader, '__len__') else None
 
+def _reindex(p:Tensor, old:tuple, new:tuple) -> Tensor:
+    "Flat positions in a map of shape `old` as flat positions in one of shape `new` (each dimension at least as long)"
+    if tuple(old) == tuple(new) or len(new) < 2: return p
+    return sum(c * int(torch.tensor(new[j + 1:]).prod()) for j, c in enumerate(torch.unravel_index(p, tuple(old))))
+
 def _update(st:dict, key:str, c:Tensor, start:int, reduce:str, k:int, lowest:bool):
     "Merge one batch's maps `c` (m, C, *positions), examples `start`... of the loader, into layer `key`'s running top-k (and lowest-k)"
-    if not torch.isfinite(c).all(): raise ValueError(f"layer {key!r} gave NaN or infinite values on examples {start}..{start + len(c) - 1}: no ranking of them means anything")
-    val, pos, amax = (t.transpose(0, 1) for t in _reduce(c, reduce))   # channels first: (C, m), (C, m, d), (C, m)
+    val, pos, amax = (t.transpose(0, 1) for t in _reduce(c, reduce))   # channels first: (C, m) each; positions unravelled once, at the end
+    if not torch.isfinite(amax).all(): raise ValueError(f"layer {key!r} gave NaN or infinite values on examples {start}..{start + len(c) - 1}: no ranking of them means anything")
     idx = torch.arange(start, start + c.shape[0], device=c.device).expand_as(val)
-    if key not in st: st[key] = dict(top=_Running(k, True), low=_Running(k, False) if lowest else None, amax=amax.new_zeros(len(amax)))
-    s = st[key]
+    if key not in st: st[key] = dict(top=_Running(k, True), low=_Running(k, False) if lowest else None, amax=amax.new_zeros(len(amax)), shape=tuple(c.shape[2:]))
+    s, shape = st[key], tuple(c.shape[2:])
     if len(s['amax']) != len(val): raise ValueError(f"layer {key!r} gave {len(val)} channels on examples {start}.., {len(s['amax'])} before: channels must not change along the dataset")
+    if shape != s['shape']:                                            # maps of another size (images or sequences of other lengths): flat positions in a map that holds both
+        if len(shape) != len(s['shape']): raise ValueError(f"layer {key!r} gave maps of shape {shape} on examples {start}.., {s['shape']} before")
+        big = tuple(map(max, shape, s['shape']))
+        for r in (s['top'], s['low']):
+            if r is not None: r.p = _reindex(r.p, s['shape'], big)
+        pos, s['shape'] = _reindex(pos, shape, big), big
     s['top'].update(val, idx, pos)
     if lowest: s['low'].update(val, idx, pos)
     s['amax'] = torch.maximum(s['amax'], amax.amax(1))
 
-def _merged(r:_Running, offset:int):
+# %% ../nbs/16_atlas.ipynb #34db707b
+def _merged(r:_Running, offset:int, shape:tuple, big:tuple):
     "This rank's candidates with indices in the whole dataset (ranks in order), merged with every other rank's by the same rule"
-    v, i, p = r.v, r.i + offset, r.p
+    v, i, p = r.v, r.i + offset, _reindex(r.p, shape, big)
     if get_world_size() == 1: return v, i, p
     cat = lambda t: all_gather_cat(t.transpose(0, 1).contiguous()).transpose(0, 1)   # all_gather_cat joins dimension 0: candidates there
     return _select(cat(v), cat(i), cat(p), r.k, r.descending)
 
 def _result(key, s, offset, total, reduce) -> TopActivations:
-    "The merged top-k (and lowest-k) of one layer, on the CPU; a dead channel's example indices set to -1"
+    "The merged top-k (and lowest-k) of one layer, on the CPU, positions unravelled; a dead channel's example indices set to -1"
     amax = s['amax'] if get_world_size() == 1 else all_gather_cat(s['amax'][None]).amax(0)
+    big = s['shape'] if get_world_size() == 1 else tuple(map(max, *all_gather_object(s['shape'])))   # the ranks' maps may differ in size too
     dead = (amax == 0).cpu()
     def done(r):
-        v, i, p = (t.cpu() for t in _merged(r, offset))
+        v, i, p = (t.cpu() for t in _merged(r, offset, s['shape'], big))
+        p = torch.stack(torch.unravel_index(p, big), -1) if big else p.new_zeros(*p.shape, 0)   # (C, k, d)
         return v, i.masked_fill(dead[:, None], -1), p.masked_fill(dead[:, None, None], -1)
     low = done(s['low']) if s['low'] is not None else (None,) * 3
     return TopActivations(key, *done(s['top']), dead, total, reduce, *low)

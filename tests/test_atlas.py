@@ -116,6 +116,19 @@ def test_model_state_rng_and_errors():
     with pytest.raises(ValueError, match='one layer'): receptive_field(MODEL, ['conv2', 'conv3'], (0, 0), (1, 32, 32))
     assert snap.diff(m) == []
 
+def test_maps_of_other_sizes_along_the_loader():
+    "Batches of other image sizes: positions are kept as flat indices into a map that holds every size, and come out right"
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1))
+    bs = [torch.randn(4, 1, 5, 7), torch.randn(4, 1, 9, 4), torch.randn(3, 1, 6, 6)]
+    r = top_activations(m, bs, '0', k=6, lowest=True, show_progress=False)['0']
+    with torch.no_grad(): outs = [o for b in bs for o in m(b)]
+    for vals, idx, poss in [(r.values, r.indices, r.positions), (r.lowest_values, r.lowest_indices, r.lowest_positions)]:
+        for c in range(3):
+            for v, e, p in zip(vals[c], idx[c], poss[c]):
+                o = outs[e][c]
+                assert o[tuple(p.tolist())] == o.flatten()[o.flatten().argmax()] == v     # the first maximum, even for the lowest ranking
+
 # ---------------------------------------------------------------------------------------------- receptive fields
 def analytic(convs, pos, size):
     "The exact field of a chain of convolutions (kernel, stride, padding, dilation): the input indices a unit connects to, walked back layer by layer, each layer's padding dropped; its bounding box per dimension (None: padding only)"
