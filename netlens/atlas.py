@@ -20,7 +20,8 @@ from .similarity import batch_input, _layer_specs, _keys
 from .distributed import get_rank, get_world_size, all_gather_object, all_gather_cat, all_ranks, progress_main
 
 # %% auto #0
-__all__ = ['TopActivations', 'top_activations', 'receptive_field', 'feature_atlas', 'export_atlas']
+__all__ = ['TopActivations', 'top_activations', 'receptive_field', 'feature_atlas', 'export_atlas', 'TokensHTML',
+           'show_top_tokens']
 
 # %% ../nbs/16_atlas.ipynb #424e5511
 def _select(v:Tensor, i:Tensor, p:Tensor, k:int, descending=True):
@@ -37,12 +38,14 @@ class _Running:
         if self.v is not None: v, i, p = torch.cat([self.v, v], 1), torch.cat([self.i, i], 1), torch.cat([self.p, p], 1)
         self.v, self.i, self.p = _select(v, i, p, self.k, self.descending)
 
-def _reduce(t:Tensor, reduce:str):
-    "Maps (N, C, *positions) -> each example's value per channel (N, C) under `reduce`, where the channel peaks (N, C) as a flat index into the map, and its largest |value| (N, C), NaN where the map has a NaN"
+def _reduce(t:Tensor, reduce:str, keep:Tensor|None=None):
+    "Maps (N, C, *positions) -> each example's value per channel (N, C) under `reduce` over the positions `keep` (N, T) marks (all by default), where the channel peaks (N, C) as a flat index into the map, and its largest |value| (N, C), NaN where the map has a NaN"
     flat = t.flatten(2) if t.ndim > 2 else t[..., None]
-    mx, at = flat.max(2)                                              # one pass: the maximum and its first position (row-major) where several tie
-    val = mx if reduce == 'max' else flat.mean(2)
-    return val, at, torch.maximum(mx, flat.amin(2).neg())           # |value|'s maximum without a copy of the map; max, min and maximum keep NaN
+    if keep is not None: keep = keep[:, None, :]
+    mx, at = (flat if keep is None else flat.masked_fill(~keep, -torch.inf)).max(2)   # one pass: the maximum and its first position (row-major) where several tie
+    mn = (flat if keep is None else flat.masked_fill(~keep, torch.inf)).amin(2)
+    val = mx if reduce == 'max' else flat.mean(2) if keep is None else flat.masked_fill(~keep, 0).sum(2) / keep.sum(2)
+    return val, at, torch.maximum(mx, mn.neg())                       # |value|'s maximum without a copy of the map; max, min and maximum keep NaN
 
 @dataclass
 class TopActivations:
@@ -70,9 +73,18 @@ def _reindex(p:Tensor, old:tuple, new:tuple) -> Tensor:
     if tuple(old) == tuple(new) or len(new) < 2: return p
     return sum(c * int(torch.tensor(new[j + 1:]).prod()) for j, c in enumerate(torch.unravel_index(p, tuple(old))))
 
-def _update(st:dict, key:str, c:Tensor, start:int, reduce:str, k:int, lowest:bool):
-    "Merge one batch's maps `c` (m, C, *positions), examples `start`... of the loader, into layer `key`'s running top-k (and lowest-k)"
-    val, pos, amax = (t.transpose(0, 1) for t in _reduce(c, reduce))   # channels first: (C, m) each; positions unravelled once, at the end
+def _token_mask(b, mask_key, lay, c:Tensor) -> Tensor|None:
+    "The tokens of a sequence layer's maps `c` (m, C, T) that `b[mask_key]` (an attention mask, prefix tokens included) marks as real: (m, T) bool; None where there is none"
+    mask = b.get(mask_key) if isinstance(b, dict) and mask_key is not None else None
+    if mask is None or lay.kind != 'tokens' or lay.grid is not None or c.ndim != 3: return None
+    if tuple(mask.shape) != (len(c), c.shape[2] + lay.prefix): raise ValueError(f"{mask_key!r} has shape {tuple(mask.shape)}, but the layer's maps have {len(c)} examples of {c.shape[2] + lay.prefix} tokens")
+    keep = mask[:, lay.prefix:].to(c.device).bool()
+    if not keep.any(1).all(): raise ValueError(f"an example's {mask_key!r} marks no token: it has nothing to rank")
+    return keep
+
+def _update(st:dict, key:str, c:Tensor, start:int, reduce:str, k:int, lowest:bool, keep=None):
+    "Merge one batch's maps `c` (m, C, *positions), examples `start`... of the loader, into layer `key`'s running top-k (and lowest-k); only positions `keep` counts"
+    val, pos, amax = (t.transpose(0, 1) for t in _reduce(c, reduce, keep))   # channels first: (C, m) each; positions unravelled once, at the end
     if not torch.isfinite(amax).all(): raise ValueError(f"layer {key!r} gave NaN or infinite values on examples {start}..{start + len(c) - 1}: no ranking of them means anything")
     idx = torch.arange(start, start + c.shape[0], device=c.device).expand_as(val)
     if key not in st: st[key] = dict(top=_Running(k, True), low=_Running(k, False) if lowest else None, amax=amax.new_zeros(len(amax)), shape=tuple(c.shape[2:]))
@@ -113,6 +125,7 @@ def top_activations(model:nn.Module, loader, layers, k:int=9, reduce:str='max', 
                     lowest=False,        # also keep the k examples on which each channel is lowest
                     layout=None,         # where a layer's channels are (`feature_layout`): a `Layout` or 'nchw', 'nhwc', 'sequence'; None: as the model says
                     input_key=None,      # a dict batch's one positional input (as `compare_models`); None: a dict's entries but the labels are keyword inputs
+                    mask_key='attention_mask',  # in dict batches, the mask of real tokens: padding is never a sequence layer's peak nor in its mean (None: rank all)
                     show_progress=True) -> dict:
     "For each layer in `layers`, the `k` examples of `loader` (one pass) on which each channel is highest under `reduce` ('max' or 'mean' over positions): {layer: `TopActivations`}"
     model = unwrap_model(check_module(model, 'top_activations'))
@@ -129,7 +142,9 @@ def top_activations(model:nn.Module, loader, layers, k:int=9, reduce:str='max', 
             rec.reset(); call_model(model, x)
             for key in _keys(rec, specs):
                 t = rec[key]
-                _update(st, key, channels_first(t, feature_layout(model, key.rpartition(':')[0] if ':' in key else key, t, layout, n=m)), n, reduce, k, lowest)
+                lay = feature_layout(model, key.rpartition(':')[0] if ':' in key else key, t, layout, n=m)
+                c = channels_first(t, lay)
+                _update(st, key, c, n, reduce, k, lowest, _token_mask(b, mask_key, lay, c))
             n += m
     if not all_ranks(n > 0): raise ValueError("the loader gave no batches" if n == 0 else "another rank's loader gave no batch: under torch.distributed every rank needs one")
     counts = all_gather_object(n)
@@ -366,3 +381,44 @@ def export_atlas(model:nn.Module, loader, layer, path, k:int=6, *, lowest=True, 
     (out / 'index.html').write_text(f'<!doctype html><html><head><meta charset="utf-8"><title>atlas of {html.escape(top.layer)}</title></head>'
                                     f'<body><h1>{html.escape(top.layer)}</h1><p>{html.escape(about)}</p><table>{rows}</table></body></html>')
     return out / 'index.html'
+
+# %% ../nbs/16_atlas.ipynb #b1e2c3d5
+class TokensHTML(str):
+    "HTML that a notebook shows rendered (a script prints it as text)"
+    def _repr_html_(self): return str(self)
+
+def _decoder(decode):
+    if decode is None: return str
+    if hasattr(decode, 'convert_ids_to_tokens'): return lambda i: decode.convert_ids_to_tokens(int(i))
+    return decode
+
+def _sequences(loader, indices, input_key='input_ids', mask_key='attention_mask') -> dict:
+    "Token ids and masks of the examples at `indices` (loader order) of `loader`, in one pass that stops once all are found: {index: (ids, mask)}"
+    want, out, n = {int(i) for i in indices if i >= 0}, {}, 0
+    for b in loader:
+        if len(out) == len(want): break
+        ids = b[input_key] if isinstance(b, dict) else b[0] if isinstance(b, (tuple, list)) else b
+        mask = b.get(mask_key) if isinstance(b, dict) and mask_key is not None else None
+        for i in want & set(range(n, n + len(ids))): out[i] = (ids[i - n].tolist(), [1] * ids.shape[1] if mask is None else mask[i - n].tolist())
+        n += len(ids)
+    if len(out) < len(want): raise ValueError(f"the loader gave {n} examples, but the ranking names example {max(want - set(out))}: pass the loader the ranking was made on, in the same order")
+    return out
+
+def show_top_tokens(model:nn.Module, loader, layer, channel:int, k:int=5, *, top=None, decode=None, context:int|None=None,
+                    input_key='input_ids', mask_key='attention_mask', layout=None, show_progress=False) -> TokensHTML:
+    "The `k` sequences of `loader` on which `channel` of the sequence layer `layer` is highest, as HTML: each one's tokens (`decode`d), the peak marked, with its value"
+    model = unwrap_model(check_module(model, 'show_top_tokens'))
+    if top is None: top, = top_activations(model, loader, layer, k, mask_key=mask_key, layout=layout, show_progress=show_progress).values()
+    if top.positions.shape[-1] != 1: raise ValueError(f"show_top_tokens shows a sequence layer, but {top.layer!r} has maps with {top.positions.shape[-1]} position dimensions")
+    c, dec, rows = check_index(channel, len(top), 'channel', f"layer {top.layer!r}", 'channels'), _decoder(decode), []
+    seqs = _sequences(loader, top.indices[c].tolist(), input_key, mask_key)
+    for v, i, p in zip(top.values[c].tolist(), top.indices[c].tolist(), top.positions[c, :, 0].tolist()):
+        if i < 0: continue                                                # a dead channel: nothing to show
+        ids, mask = seqs[i]
+        lo, hi = (0, len(ids)) if context is None else (max(0, p - context), min(len(ids), p + context + 1))
+        toks = [f'<mark style="background:#fdae61;font-weight:bold">{html.escape(str(dec(ids[j])))}</mark>' if j == p else html.escape(str(dec(ids[j])))
+                for j in range(lo, hi) if mask[j]]
+        rows.append(f'<tr><td>{i}</td><td>{v:.3g}</td><td style="text-align:left">{" ".join(toks)}</td></tr>')
+    what = f"top {len(rows)} of {top.n} sequences" if rows else "dead: 0 on every token of every sequence"
+    return TokensHTML(f'<table><caption>{html.escape(top.layer)}, channel {c}: {what}</caption>'
+                      f'<tr><th>example</th><th>value</th><th>tokens</th></tr>{"".join(rows)}</table>')

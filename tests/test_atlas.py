@@ -4,7 +4,7 @@ import os, random, tempfile, warnings
 from pathlib import Path
 import numpy as np, pytest, torch, torch.nn as nn, torch.nn.functional as F
 import torch.distributed as dist, torch.multiprocessing as mp
-from netlens.atlas import top_activations, receptive_field, feature_atlas, export_atlas, TopActivations
+from netlens.atlas import top_activations, receptive_field, feature_atlas, export_atlas, show_top_tokens, TopActivations
 from netlens.data import digits_cnn, digits_data, digits_loader
 from netlens.distributed import shard_range
 from netlens.flat import FlatModel
@@ -128,6 +128,51 @@ def test_maps_of_other_sizes_along_the_loader():
             for v, e, p in zip(vals[c], idx[c], poss[c]):
                 o = outs[e][c]
                 assert o[tuple(p.tolist())] == o.flatten()[o.flatten().argmax()] == v     # the first maximum, even for the lowest ranking
+
+def _gpt2():
+    from transformers import GPT2Config, GPT2LMHeadModel
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=100, n_positions=16)).eval()
+
+@pytest.mark.parametrize('reduce', ['max', 'mean'])
+def test_text_model_neurons_equal_brute_force(reduce):
+    "Token batches of other lengths, padding on the right and on the left: the ranking over real tokens only, against every activation kept"
+    m, g = _gpt2(), torch.Generator().manual_seed(1)
+    batches, per = [], []                                          # per: each example's (acts (T, D) over its real tokens, their positions)
+    for n, t in [(5, 10), (7, 14), (6, 8)]:
+        ids, mask = torch.randint(0, 100, (n, t), generator=g), torch.ones(n, t, dtype=torch.long)
+        mask[1, -3:] = 0; mask[2, :2] = 0; mask[4, 1:4] = 0              # right padding, left padding, a hole
+        batches.append({'input_ids': ids, 'attention_mask': mask})
+        with FlatModel(m).record('transformer.h.1.mlp.c_fc') as rec, torch.no_grad(): m(input_ids=ids, attention_mask=mask)
+        for a, mk in zip(rec['transformer.h.1.mlp.c_fc'], mask.bool()): per.append((a[mk], mk.nonzero().flatten()))
+    for layer in ['transformer.h.1.mlp.c_fc', 'transformer.h.0']:
+        r = top_activations(m, batches, [layer], k=5, reduce=reduce, lowest=True, show_progress=False)[layer]
+        if layer != 'transformer.h.1.mlp.c_fc': assert r.values.shape == (32, 5) and r.positions.shape == (32, 5, 1); continue
+        v = torch.stack([a.amax(0) if reduce == 'max' else a.mean(0) for a, _ in per], 1)        # (C, N)
+        at = torch.stack([p[a.argmax(0)] for a, p in per], 1)                                       # the first peak, in the padded sequence
+        for desc, (vals, idx, pos) in [(True, (r.values, r.indices, r.positions)), (False, (r.lowest_values, r.lowest_indices, r.lowest_positions))]:
+            o = v.sort(dim=1, descending=desc, stable=True).indices[:, :5]
+            torch.testing.assert_close(vals, v.gather(1, o), rtol=1e-5, atol=1e-6)
+            assert torch.equal(idx, o) and torch.equal(pos[..., 0], at.gather(1, o))
+    unmasked = top_activations(m, batches, 'transformer.h.1.mlp.c_fc', k=5, reduce=reduce, mask_key=None, show_progress=False)['transformer.h.1.mlp.c_fc']
+    assert not torch.equal(unmasked.values, r.values)               # padding changes the ranking when it is not masked
+    assert hook_count(m) == 0
+
+def test_show_top_tokens():
+    m = _gpt2()
+    ids = torch.randint(0, 100, (12, 9), generator=torch.Generator().manual_seed(2)); mask = torch.ones_like(ids); mask[::2, 6:] = 0
+    batches = [{'input_ids': ids[i:i + 5], 'attention_mask': mask[i:i + 5]} for i in range(0, 12, 5)]
+    class Tok:                                                      # a tokenizer as Hugging Face's: convert_ids_to_tokens
+        def convert_ids_to_tokens(self, i): return f"<w{i}>"
+    top = top_activations(m, batches, 'transformer.h.1.mlp.c_fc', k=3, show_progress=False)['transformer.h.1.mlp.c_fc']
+    page = show_top_tokens(m, batches, 'transformer.h.1.mlp.c_fc', 11, k=3, decode=Tok())
+    assert page._repr_html_() == page and page.count('<mark') == 3 and '&lt;w' in page and '<w' not in page.replace('<wbr', '')
+    for j, row in enumerate(page.split('<tr>')[2:]):
+        i, p = int(top.indices[11, j]), int(top.positions[11, j, 0])
+        assert row.startswith(f'<td>{i}</td><td>{top.values[11, j].item():.3g}</td>')
+        assert f'font-weight:bold">&lt;w{int(ids[i, p])}&gt;</mark>' in row and row.count('&lt;w') == int(mask[i].sum())   # padding is not shown
+    with pytest.raises(ValueError, match='sequence layer'): show_top_tokens(MODEL, BATCHES, 'conv3', 0, k=2)
+    with pytest.raises(IndexError, match='channel'): show_top_tokens(m, batches, 'transformer.h.1.mlp.c_fc', 128, top=top)
 
 # ---------------------------------------------------------------------------------------------- receptive fields
 def analytic(convs, pos, size):
