@@ -209,7 +209,7 @@ EXEMPT = {  # public names that take no user data to check, with the reason
         'unwrap_model', 'to_model_input', 'to_model_images', 'keeps_rng', 'training_modules', 'warn_if_training', 'progress', 'check_layers',
         'check_inputs', 'check_call', 'check_result', 'main_tensor']},
     **{n: 'a plot, figure or static site of a result (takes what the functions above return)' for n in
-       ['plot_patch_sweep', 'feature_atlas', 'export_atlas']},
+       ['plot_patch_sweep', 'feature_atlas', 'export_atlas', 'show_top_tokens']},
     **{n: 'a file reader: refusals (pickled objects, other files, versions) tested in tests/test_trace_keep.py' for n in ['load_log']},
     **{n: 'a lock: tested in nbs/02_hooks.ipynb (another thread waits, the same thread nests)' for n in ['model_lock']},
     **{n: 'a plot of a result (takes what the functions above return)' for n in
