@@ -20,8 +20,7 @@ from .similarity import batch_input, _layer_specs, _keys
 from .distributed import get_rank, get_world_size, all_gather_object, all_gather_cat, all_ranks, progress_main
 
 # %% auto #0
-__all__ = ['TopActivations', 'top_activations', 'receptive_field', 'feature_atlas', 'export_atlas', 'TokensHTML',
-           'show_top_tokens']
+__all__ = ['TopActivations', 'top_activations', 'receptive_field', 'feature_atlas', 'export_atlas', 'show_top_tokens']
 
 # %% ../nbs/16_atlas.ipynb #424e5511
 def _select(v:Tensor, i:Tensor, p:Tensor, k:int, descending=True):
@@ -383,7 +382,7 @@ def export_atlas(model:nn.Module, loader, layer, path, k:int=6, *, lowest=True, 
     return out / 'index.html'
 
 # %% ../nbs/16_atlas.ipynb #b1e2c3d5
-class TokensHTML(str):
+class _TokensHTML(str):
     "HTML that a notebook shows rendered (a script prints it as text)"
     def _repr_html_(self): return str(self)
 
@@ -405,7 +404,7 @@ def _sequences(loader, indices, input_key='input_ids', mask_key='attention_mask'
     return out
 
 def show_top_tokens(model:nn.Module, loader, layer, channel:int, k:int=5, *, top=None, decode=None, context:int|None=None,
-                    input_key='input_ids', mask_key='attention_mask', layout=None, show_progress=False) -> TokensHTML:
+                    input_key='input_ids', mask_key='attention_mask', layout=None, show_progress=False) -> _TokensHTML:
     "The `k` sequences of `loader` on which `channel` of the sequence layer `layer` is highest, as HTML: each one's tokens (`decode`d), the peak marked, with its value"
     model = unwrap_model(check_module(model, 'show_top_tokens'))
     if top is None: top, = top_activations(model, loader, layer, k, mask_key=mask_key, layout=layout, show_progress=show_progress).values()
@@ -420,5 +419,5 @@ def show_top_tokens(model:nn.Module, loader, layer, channel:int, k:int=5, *, top
                 for j in range(lo, hi) if mask[j]]
         rows.append(f'<tr><td>{i}</td><td>{v:.3g}</td><td style="text-align:left">{" ".join(toks)}</td></tr>')
     what = f"top {len(rows)} of {top.n} sequences" if rows else "dead: 0 on every token of every sequence"
-    return TokensHTML(f'<table><caption>{html.escape(top.layer)}, channel {c}: {what}</caption>'
+    return _TokensHTML(f'<table><caption>{html.escape(top.layer)}, channel {c}: {what}</caption>'
                       f'<tr><th>example</th><th>value</th><th>tokens</th></tr>{"".join(rows)}</table>')
