@@ -183,6 +183,20 @@ def _arg(op, i, name, default=None):
     return a[i] if i is not None and len(a) > i else kw.get(name, default)
 def _dims(v, n): v = tuple(v) if isinstance(v, (tuple, list)) else (v,); return v * n if len(v) == 1 else v
 
+def _interp(op, box, shp):
+    "`interpolate`: output `o` reads the input index its source coordinate floors to ('nearest') or the two it falls between (linear modes), in torch's float32 arithmetic; None for other modes"
+    mode, ac, sf, rc = _arg(op, 3, 'mode', 'nearest'), _arg(op, 4, 'align_corners'), _arg(op, 2, 'scale_factor'), _arg(op, 5, 'recompute_scale_factor')
+    if mode not in ('nearest', 'linear', 'bilinear', 'trilinear') or _arg(op, 6, 'antialias', False): return None
+    out, sp = [], len(shp) - 2
+    for j in range(sp):
+        I, O, o = shp[2 + j], op.shape[2 + j], torch.tensor(sorted(box[2 + j]), dtype=torch.float32)
+        scale = torch.tensor(((I - 1) / (O - 1) if O > 1 else 0) if ac else 1 / _dims(sf, sp)[j] if sf is not None and not rc else I / O, dtype=torch.float32)
+        if mode == 'nearest': out.append(set(torch.floor(o * scale).clamp(max=I - 1).long().tolist())); continue
+        src = scale * o if ac else (scale * (o + 0.5) - 0.5).clamp(min=0)
+        i0 = src.floor().clamp(max=I - 1)
+        out.append(set(i0.long().tolist()) | set((i0 + 1)[(src > i0) & (i0 < I - 1)].long().tolist()))   # a neighbour of weight 0 is not read
+    return box[:2] + out
+
 def _window(op, box, shp, log):
     "A conv or pool: outputs `o` along a spatial dimension read inputs `s*o - p + d*t`, t < k (stride, padding, dilation, kernel)"
     sp, (si, pi, di) = len(shp) - 2, _WINDOWS[op.func_name]
@@ -205,6 +219,9 @@ def _through(op, box, log, n):
         if op.func_name in _WINDOWS: b = _window(op, box, shp, log)
         else: b = box[:2] + [{i for o in bx for i in range(o * I // O, -(-(o + 1) * I // O))} for bx, I, O in zip(box[2:], shp[2:], op.shape[2:])]   # adaptive: rows floor(oI/O)..ceil((o+1)I/O)
         return [(data.index, b)] + [(p.index, [range(s) for s in p.shape]) for p in ps if p.index != data.index]   # a computed weight: all of it
+    if name == 'interpolate':
+        b = _interp(op, box, log.entries[data.index].shape) if isinstance(data, _Ref) else None
+        return None if b is None else [(data.index, b)]
     if name in ('cat', 'concat', 'concatenate'):                       # each part's share of the joined dimension, shifted
         out, off, dim = [], 0, _arg(op, 1, 'dim', 0) % len(op.shape)
         for t in _arg(op, 0, 'tensors'):

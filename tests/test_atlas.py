@@ -274,6 +274,19 @@ def test_graph_field_cat_adaptive_and_fallback():
     assert f == receptive_field(up, '2', (4, 4), (1, 24, 24), method='gradient')
     with pytest.raises(ValueError, match='method'): receptive_field(up, '2', (4, 4), (1, 24, 24), method='exact')
 
+@pytest.mark.parametrize('mode,ac', [('nearest', None), ('bilinear', None), ('bilinear', True)])
+def test_graph_field_through_interpolation(mode, ac):
+    "nn.Upsample by integer and fractional factors and to sizes: the graph's field equals the gradient's support (a neighbour of weight 0 is not read)"
+    for i, up in enumerate([dict(scale_factor=2), dict(scale_factor=3), dict(scale_factor=1.5), dict(size=(13, 9)), dict(size=(5, 4))]):
+        torch.manual_seed(i)
+        m = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Upsample(mode=mode, align_corners=ac, **up), nn.Conv2d(2, 2, 3))
+        with torch.no_grad(): h, w = m(torch.zeros(1, 1, 11, 10)).shape[2:]
+        for pos in {(0, 0), (h // 2, w // 3), (h - 1, w - 1), (min(1, h - 1), min(2, w - 1))}:
+            with warnings.catch_warnings():
+                warnings.simplefilter('error')
+                f = receptive_field(m, '2', pos, (1, 11, 10))
+            assert f == receptive_field(m, '2', pos, (1, 11, 10), method='gradient', n=4), (up, pos)
+
 # ---------------------------------------------------------------------------------------------- figures and the static atlas
 def test_feature_atlas_and_export():
     import matplotlib; matplotlib.use('Agg')
