@@ -33,7 +33,7 @@ def _scrubbers():
     subs = [(re.escape(str(ROOT)) + '/?', ''), (r' at 0x[0-9a-fA-F]+>', '>')]
     subs += [(re.escape(s) + '/?', '') for s in site]
     subs += [(r'/tmp/[\w./-]+', '<tmp>'), (re.escape(str(Path.home())) + '/?', '~/')]
-    subs += [(r'(time: )\d[\d.]*( m?s\b| µs\b)', r'\1…\2')]                      # an op's measured time in a trace summary
+    subs += [(r'((?:time|forward pass): )\d[\d.]*( m?s\b| µs\b)', r'\1…\2')]      # measured times in a trace's summaries
     return [(re.compile(p), r) for p, r in subs]
 
 def _is_progress(o) -> bool:
