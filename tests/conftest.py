@@ -1,4 +1,5 @@
 "Shared fixtures: non-degenerate random-init torchvision models and the oracles the tests compare against"
+import re
 from copy import deepcopy
 from functools import lru_cache
 import pytest, torch, torch.nn as nn, torchvision
@@ -73,3 +74,18 @@ def _detach(o):
     if isinstance(o, torch.Tensor): return o.detach().clone()
     if isinstance(o, (tuple, list)): return type(o)(_detach(v) for v in o)
     return o
+
+def raises(exc, contains):
+    "pytest.raises for an error whose message contains `contains` literally"
+    return pytest.raises(exc, match=re.escape(contains))
+
+@pytest.fixture(scope='module')
+def digits_kept():
+    "The digits CNN for a module of bad-input tests: when they are done, every refused call has left it as it was, with no hook"
+    from netlens.data import digits_cnn
+    from netlens.hooks import ModelSnapshot, hook_count
+    m = digits_cnn()
+    snap = ModelSnapshot(m)
+    yield m
+    assert snap.diff(m) == []
+    assert hook_count(m) == 0

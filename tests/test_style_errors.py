@@ -1,11 +1,11 @@
 "Bad input to netlens.style, refused with a message that says what to fix (moved from nbs/09_style.ipynb, which keeps one example)"
-import re, pytest, torch, torch.nn as nn, torchvision
+import pytest, torch, torch.nn as nn, torchvision
 from copy import deepcopy
 from netlens.data import sample_images
 from netlens.hooks import ModelSnapshot, hook_count
 from netlens.style import gram, style_loss, style_transfer
 
-def raises(exc, contains): return pytest.raises(exc, match=re.escape(contains))
+from conftest import raises
 
 def test_losses_refuse_mismatched_features():
     f = torch.randn(1, 4, 8, 8)
