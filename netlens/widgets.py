@@ -22,6 +22,7 @@ from .optvis import render, Objective, input_channels, blank_input, _hw, _WRAP_S
 from .attention import attention_maps, attention_rollout, token_layout, fuse_heads, FUSIONS
 from .adapters import to_model_inputs, main_input, map_batch, num_prefix_tokens, token_grid
 from .adapters import model_output
+from .atlas import top_activations, _examples, _patch, _strip
 
 # %% auto #0
 __all__ = ['LAYER_METHODS', 'CHANNEL_METHODS', 'display_scale', 'to_png', 'sign_cmap', 'overlay_map', 'colorbar_html',
@@ -459,6 +460,8 @@ class ChannelExplorer(_Live):
     def __init__(self, model:nn.Module, layers=None, size=64, channels:int|None=None, steps=64, seed=0,
                  per_page=16,   # channels rendered together (one batch) and shown in the grid
                  display=192,   # display size (px) of the enlarged channel; the grid's tiles are a third of it
+                 examples=None, # any iterable of batches (as `top_activations` takes): the chosen channel's top examples shown beside its render
+                 n_examples=6,  # how many examples that panel shows
                  background=None, **render_kwargs):
         model = unwrap_model(model)
         self.model, self.size, self.steps, self.seed, self.render_kwargs = model, _hw(size), check_count(steps, 'steps'), seed, render_kwargs
@@ -474,6 +477,7 @@ class ChannelExplorer(_Live):
                     if l not in self.n_chans: self.n_chans[l] = self.fm.n_channels(l, self._probe)
         if not every: raise ValueError("the model has no layer with a map (N, C, h, w) or attention tokens (N, T, D) output: pass layers=")
         self.main_layers, self.all_layers_list, self.cache, self._quiet = main, every, {}, False
+        self.examples, self.n_examples, self.tops, self._strips, self._fields = examples, check_count(n_examples, 'n_examples'), {}, {}, {}
         self._live_init(background)
         self.layer = W.Dropdown(options=main, value=main[0], description='layer', layout=W.Layout(width='240px'))
         self.all_layers = W.Checkbox(value=False, description='all layers', indent=False, layout=W.Layout(width='100px'), disabled=main == every)
@@ -481,8 +485,9 @@ class ChannelExplorer(_Live):
         self.channel_label = W.HTML(layout=W.Layout(width='120px'))
         self.channel_box = W.HBox([self.channel, self.channel_label], layout=W.Layout(flex='0 0 auto'))
         self.progress = W.IntProgress(min=0, max=self.steps, value=0, description='rendering', layout=W.Layout(width='260px', display='none'))
-        self.titles, self.pictures = [W.HTML(), W.HTML()], [_picture(), _picture()]
-        self.panels = _row([_titled(self.titles[0], self.pictures[0]), _titled(self.titles[1], self.pictures[1])])
+        n = 2 if examples is None else 3                # the examples' panel (picture 2) goes between the render and the grid
+        self.titles, self.pictures = [W.HTML() for _ in range(n)], [_picture() for _ in range(n)]
+        self.panels = _row([_titled(self.titles[i], self.pictures[i]) for i in ([0, 1] if n == 2 else [0, 2, 1])])
         self.layer.observe(self._changed, names='value'); self.all_layers.observe(self._changed, names='value')
         self.channel.observe(self._changed, names='value')
         self.box = W.VBox([_css(), _row([self.layer, self.all_layers, self.channel_box]), W.HBox([self.progress, self.status]), self.panels])
@@ -548,7 +553,40 @@ def draw(self:ChannelExplorer, st:dict) -> list:
     self.titles[0].value = f"<b>{html.escape(self.describe(st))}</b>"
     _set_picture(self.pictures[1], *to_png(grid_image(self.grid, ncols=4 if len(ks) <= 16 else 8, scale=display_scale(h, w, self.display // 3), chosen=j)))
     self.titles[1].value = f"{html.escape(st['layer'])} channels {ks[0]}–{ks[-1]} of {self.n_chans[st['layer']]}"
+    if self.examples is not None: self._show_examples(st)
     return []
+
+# %% ../nbs/13_widgets.ipynb #aa36cbad
+@patch
+def ranking(self:ChannelExplorer, layer:str):
+    "`top_activations` of `layer` over the explorer's `examples` (its `n_examples` best per channel): one pass per layer, then cached"
+    if layer not in self.tops:
+        res = top_activations(self.model, self.examples, layer, self.n_examples, show_progress=False)
+        self.tops[layer] = res[layer] if layer in res else next(iter(res.values()))   # a module run twice: its first call
+    return self.tops[layer]
+
+@patch
+def examples_image(self:ChannelExplorer, layer:str, c:int):
+    "Channel `c`'s top examples, each cropped to the receptive field around its peak (as `feature_atlas`), side by side: a PIL image, or None for a dead channel"
+    t = self.ranking(layer)
+    if t.dead[c]: return None
+    if (layer, c) not in self._strips:
+        ex = _examples(self.model, self.examples, t.indices[c].tolist())
+        patches = [_patch(self.model, t, ex, c, j, False, self._fields.setdefault(layer, {})) for j in range(t.values.shape[1])]
+        self._strips[layer, c] = _strip(patches, cell=self.display // 3)
+    return self._strips[layer, c]
+
+@patch
+def _show_examples(self:ChannelExplorer, st:dict):
+    "Picture 2: the chosen channel's top examples, titled; hidden, with a note in the title, for a dead channel"
+    layer, c = st['layer'], st['channel']
+    im, t = self.examples_image(layer, c), self.tops[layer]
+    self.pictures[2].layout.display = 'none' if im is None else None
+    if im is None: self.titles[2].value = f"<b>{html.escape(layer)}[{c}] is dead</b><br>0 on all {t.n} examples at every position"; return
+    _set_picture(self.pictures[2], *to_png(np.asarray(im, dtype=np.float32) / 255))
+    self.titles[2].value = (f"<b>top {t.values.shape[1]} examples of {html.escape(layer)}[{c}]</b><br>"
+                            f"of {t.n}, by {t.reduce}: {t.values[c, 0]:.3g} … {t.values[c, -1]:.3g}")
+
 
 # %% ../nbs/13_widgets.ipynb #69e8c687
 def _unit(s) -> np.ndarray:
