@@ -1,12 +1,10 @@
 """netlens.atlas against oracles: a brute-force ranking of every activation kept in memory, the classes of the digits
 model's logits, hand-computed and analytic receptive fields, and one process against two torch.distributed ranks."""
-import os, random, tempfile, warnings
+import os, random, subprocess, sys, tempfile, warnings
 from pathlib import Path
 import numpy as np, pytest, torch, torch.nn as nn, torch.nn.functional as F
-import torch.distributed as dist, torch.multiprocessing as mp
 from netlens.atlas import top_activations, receptive_field, feature_atlas, export_atlas, show_top_tokens, TopActivations
 from netlens.data import digits_cnn, digits_data, digits_loader
-from netlens.distributed import shard_range
 from netlens.flat import FlatModel
 from netlens.hooks import ModelSnapshot, hook_count
 
@@ -299,27 +297,31 @@ def test_feature_atlas_and_export():
         assert index.read_text().count('<img ') == 10
 
 # ---------------------------------------------------------------------------------------------- torch.distributed
-def _rank(r, w, path, q):
-    os.environ['OMP_NUM_THREADS'] = '1'; torch.set_num_threads(1)
-    dist.init_process_group('gloo', init_method=f'file://{path}', rank=r, world_size=w)
-    try:
-        x, _ = digits_data('test')
-        mine = x[shard_range(len(x), r, w).start:shard_range(len(x), r, w).stop]
-        res = top_activations(digits_cnn(), [mine[i:i + 50] for i in range(0, len(mine), 50)], ['conv3', 'head'], k=5, lowest=True, show_progress=False)
-        q.put((r, {l: (t.values, t.indices, t.positions, t.lowest_values, t.lowest_indices, t.n) for l, t in res.items()}))
-    finally: dist.destroy_process_group()
+RANK_SCRIPT = """
+import os, torch, torch.distributed as dist
+from netlens.atlas import top_activations
+from netlens.data import digits_cnn, digits_data
+from netlens.distributed import shard_range
+dist.init_process_group('gloo')
+r, w = dist.get_rank(), dist.get_world_size()
+x, _ = digits_data('test')
+s = shard_range(len(x), r, w)
+mine = x[s.start:s.stop]
+res = top_activations(digits_cnn(), [mine[i:i + 50] for i in range(0, len(mine), 50)], ['conv3', 'head'], k=5, lowest=True, show_progress=False)
+torch.save({l: (t.values, t.indices, t.positions, t.lowest_values, t.lowest_indices, t.n) for l, t in res.items()}, f'r{r}.pt')
+dist.destroy_process_group()
+"""
 
-def test_distributed_merge_is_exact():
+def test_distributed_merge_is_exact(tmp_path):
+    "Two gloo processes under torchrun, each streaming its shard, give every rank the one-process result (each rank writes its own file)"
     ref = top_activations(MODEL, [X[i:i + 50] for i in range(0, 360, 50)], ['conv3', 'head'], k=5, lowest=True, show_progress=False)
-    ctx = mp.get_context('spawn')
-    q = ctx.Queue()
-    with tempfile.TemporaryDirectory() as d:
-        ps = [ctx.Process(target=_rank, args=(r, 2, f'{d}/init', q)) for r in range(2)]
-        for p in ps: p.start()
-        got = dict(q.get(timeout=120) for _ in ps)
-        for p in ps: p.join(60)
-    for r in range(2):
+    (tmp_path / 'script.py').write_text(RANK_SCRIPT)
+    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', 'script.py'], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    for rank in range(2):
+        got = torch.load(tmp_path / f'r{rank}.pt', weights_only=True)
         for l, t in ref.items():
-            v, i, p, lv, li, n = got[r][l]
-            assert n == 360 and torch.equal(i, t.indices) and torch.equal(li, t.lowest_indices) and torch.equal(p, t.positions), (r, l)
+            v, i, p, lv, li, n = got[l]
+            assert n == 360 and torch.equal(i, t.indices) and torch.equal(li, t.lowest_indices) and torch.equal(p, t.positions), (rank, l)
             torch.testing.assert_close(v, t.values, rtol=1e-5, atol=1e-5); torch.testing.assert_close(lv, t.lowest_values, rtol=1e-5, atol=1e-5)
