@@ -18,13 +18,13 @@ processes x threads   rank  grid points  batches  frequencies  landscape s  laun
 landscape2d: 1.89x faster on 2 processes than on 1 (one thread each); two threads in one process oversubscribe the
 loaded cores. The launch times are dominated by start-up and by compare_models / fourier_map, which are short here.
 """
-import argparse, json, os, subprocess, sys, tempfile, time
+import argparse, atexit, json, os, subprocess, sys, tempfile, time
 from pathlib import Path
 
 def worker(a):
     import torch, torch.distributed as dist, torch.nn.functional as F
     from torch.utils.data import DataLoader, TensorDataset, DistributedSampler
-    if 'RANK' in os.environ: dist.init_process_group('gloo')
+    if 'RANK' in os.environ: dist.init_process_group('gloo'); atexit.register(dist.destroy_process_group)   # leave the group before exiting
     from netlens.data import digits_cnn, digits_data
     from netlens.distributed import get_rank, get_world_size, barrier
     from netlens.landscape import landscape2d, fourier_map

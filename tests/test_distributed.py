@@ -12,11 +12,12 @@ from netlens.similarity import compare_models
 from netlens.landscape import landscape2d, fourier_map
 
 SCRIPT = textwrap.dedent('''
-    import io, json, os, sys, time
+    import atexit, io, json, os, sys, time
     import torch, torch.distributed as dist, torch.nn.functional as F
     from torch.utils.data import DataLoader, TensorDataset
     from torch.utils.data.distributed import DistributedSampler
-    if 'RANK' in os.environ: dist.init_process_group('gloo')         # under torchrun; else one plain process
+    if 'RANK' in os.environ:                                          # under torchrun; else one plain process
+        dist.init_process_group('gloo'); atexit.register(dist.destroy_process_group)   # leave the group before exiting
     from netlens.distributed import *
     from netlens.data import digits_cnn, digits_data
     from netlens.attribution import saliency
