@@ -280,3 +280,44 @@ def test_patch_sweep_errors_and_plot():
     assert len(ax.patches) == 3
     with pytest.raises(ValueError, match='site names'): plot_patch_sweep(torch.rand(3), ['a'])
     with pytest.raises(ValueError, match='shape'): plot_patch_sweep(torch.rand(2, 3, 4))
+
+# ------------------------------------------------------------------------------------------------ resnet18 (the model)
+import torchvision
+
+def perturbed_resnet18():
+    "A random-init torchvision resnet18 in eval mode, its BatchNorm statistics and biases perturbed (a fresh one is positively homogeneous)"
+    torch.manual_seed(0)
+    m = torchvision.models.resnet18().eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, nn.BatchNorm2d):
+                mod.running_mean.copy_(torch.randn(mod.running_mean.shape, generator=g) * 0.1)
+                mod.running_var.copy_(torch.rand(mod.running_var.shape, generator=g) + 0.5)
+                mod.bias.copy_(torch.randn(mod.bias.shape, generator=g) * 0.1)
+    return m
+
+@pytest.mark.parametrize('key,call', [('maxpool', 1), ('layer1.0', 1), ('layer2.1.bn2', 1), ('layer3.0.downsample', 1), ('layer4', 1),
+                                      ('avgpool', 1), ('fc', 1), ('layer1.1.relu:1', 1), ('layer3.0.relu:2', 2)])
+def test_resnet18_module_edit_equals_forward_hook(key, call):
+    m = perturbed_resnet18()
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    module = m.get_submodule(key.split(':')[0])
+    f = lambda o: o * -0.7 + 0.1
+    n = [0]
+    def on_call(o):   # a plain forward hook fires at every call of the module: replace only the asked-for one
+        n[0] += 1
+        return f(o) if n[0] == call else o
+    with torch.no_grad(): plain = m(x)
+    snap, rng = ModelSnapshot(m), torch.get_rng_state()
+    with torch.no_grad(): got = intervene(m, x, {key: f})
+    assert torch.equal(torch.get_rng_state(), rng)
+    clean_state(m, snap); assert not m.training
+    with torch.no_grad(): want = hooked(m, module, on_call, x)
+    assert n[0] >= call and not torch.allclose(want, plain)   # the edit changes the output
+    assert_close(got, want, rtol=0, atol=0)
+    # a replacement tensor (the hook's value at that call) gives the same output as the function
+    with torch.no_grad():
+        log = log_forward_pass(m, x, layers_to_save=[key])
+        assert_close(intervene(m, x, {key: f(log[key].tensor)}), want, rtol=0, atol=0)
+    clean_state(m, snap)

@@ -234,3 +234,24 @@ def test_summary_lists_every_op_with_totals():
     assert '589,824' in s   # the stem's convolution: 2 * (2*16*32*32) * (1*3*3)
     short = log.summary(max_rows=5)
     assert len(short.splitlines()) == 5 + 3 and f"{len(log) - 5} more ops" in short
+
+@pytest.mark.parametrize('name', ['resnet18', 'vit_b_16'])
+def test_summary_flops_equal_torch_flop_counter_on_torchvision(name):
+    "224 px, batch 1 (the models' own size); the summary's total is FlopCounterMode's count of the same forward"
+    import torchvision
+    from torch.nn.attention import sdpa_kernel, SDPBackend
+    torch.manual_seed(0)
+    m = getattr(torchvision.models, name)().eval()
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    log = log_forward_pass(m, x, layers_to_save=None)
+    # The pass netlens logs runs nn.MultiheadAttention's decomposed path (a TorchFunctionMode turns its fused fast path off), so the
+    # counter runs it too. On CPU, FlopCounterMode has no formula for SDPA's CPU kernel (it counts it as 0): the math backend runs the
+    # same attention as the matmuls the counter does count.
+    fast = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with sdpa_kernel(SDPBackend.MATH): want = counted(m, x)
+    finally: torch.backends.mha.set_fastpath_enabled(fast)
+    assert log.flops == want > 0
+    assert f"{want:,} FLOPs" in log.summary(max_rows=0).splitlines()[-1]
+    if name == 'vit_b_16': assert sum(op.layer_type == 'scaleddotproductattention' for op in log) == 12
