@@ -22,8 +22,9 @@ __all__ = ['LABEL_KEYS', 'check_tensor', 'check_finite', 'check_batch', 'as_imag
            'check_scores', 'check_index', 'check_module', 'unwrap_model', 'to_model_input', 'to_model_images',
            'model_output', 'call_model', 'model_scores', 'main_input', 'batch_len', 'map_batch', 'expand_batch',
            'with_main_input', 'split_labels', 'to_model_inputs', 'embedding_name', 'Layout', 'num_prefix_tokens',
-           'token_grid', 'feature_layout', 'channels_first', 'as_maps', 'keeps_rng', 'training_modules',
-           'warn_if_training', 'progress', 'main_tensor', 'check_inputs', 'check_call', 'check_result']
+           'token_grid', 'declared_grids', 'feature_layout', 'channels_first', 'as_maps', 'keeps_rng',
+           'training_modules', 'warn_if_training', 'progress', 'main_tensor', 'check_inputs', 'check_call',
+           'check_result']
 
 # %% ../nbs/00a_adapters.ipynb #9ee2a020
 def check_tensor(x, name='x') -> Tensor:
@@ -233,7 +234,8 @@ def to_model_inputs(x, model, name='x'):
 def embedding_name(model) -> str|None:
     "The name of `model`'s input embedding (the layer to attribute token ids through): Hugging Face's `get_input_embeddings()`, else the first `nn.Embedding`"
     m = unwrap_model(model)
-    emb = m.get_input_embeddings() if callable(getattr(m, 'get_input_embeddings', None)) else None
+    try: emb = m.get_input_embeddings() if callable(getattr(m, 'get_input_embeddings', None)) else None
+    except NotImplementedError: emb = None      # transformers' image models (ConvNext) have no input embedding and say so by raising
     return next((n for n, e in m.named_modules() if (e is emb if emb is not None else isinstance(e, (nn.Embedding, nn.EmbeddingBag)))), None)
 
 # %% ../nbs/00a_adapters.ipynb #e3850e47
@@ -259,6 +261,9 @@ def num_prefix_tokens(model) -> int|None:
     kind = getattr(cfg, 'model_type', None)
     if kind in _HF_PREFIX: return _HF_PREFIX[kind] + (getattr(cfg, 'num_register_tokens', 0) or 0)
     if type(m).__module__.startswith('torchvision.models.vision_transformer'): return 1
+    if type(m).__module__.startswith('timm.'):       # timm keeps class, distillation and register tokens in these parameters
+        toks = [getattr(m, a, None) for a in ('cls_token', 'dist_token', 'reg_token')]
+        return sum(t.shape[1] for t in toks if isinstance(t, Tensor) and t.ndim == 3)
     return None
 
 # %% ../nbs/00a_adapters.ipynb #aeff5a92
@@ -275,6 +280,23 @@ def token_grid(model) -> tuple|None:
         return ih // ph, iw // pw
     if type(m).__module__.startswith('torchvision.models.vision_transformer'): return m.image_size // m.patch_size, m.image_size // m.patch_size
     return None
+
+def _grid_of(v) -> tuple|None:
+    "`v` as a grid (h, w) of positive integers, or None"
+    v = tuple(v) if isinstance(v, (tuple, list)) else None
+    return v if v is not None and len(v) == 2 and all(isinstance(i, int) and not isinstance(i, bool) and i > 0 for i in v) else None
+
+def declared_grids(model) -> list:
+    "Every token grid (h, w) `model` declares: its patch grid (`token_grid`), then the `grid_size`, `feat_size`, `resolution` or `input_resolution` of its modules (timm's Mixer stem, LeViT's stages, Swin's stages)"
+    m = unwrap_model(model)
+    gs = [token_grid(m)] + [_grid_of(getattr(l, a, None)) for l in m.modules() for a in ('grid_size', 'feat_size', 'resolution', 'input_resolution')]
+    return list(dict.fromkeys(g for g in gs if g is not None))
+
+def _downsampled(g, steps=6) -> list:
+    "`g` and its grids after stride-2 stages (patch merging, pooling): each side halved, rounded up"
+    out = [g]
+    for _ in range(steps): out.append(tuple(-(-v // 2) for v in out[-1]))
+    return out
 
 def _declares_nhwc(model) -> bool:
     m = unwrap_model(model)
@@ -329,8 +351,12 @@ def _tokens(model, name, T) -> Layout:
     g = token_grid(model)
     if g is not None and p + g[0] * g[1] == T: return Layout('tokens', p, g)
     if g is not None and g[0] * g[1] == T: return Layout('tokens', 0, g)            # patches before the prefix tokens join them
+    grids = declared_grids(m := unwrap_model(model))
+    fits = list(dict.fromkeys(c for d in grids for c in _downsampled(d) if c[0] * c[1] == T - p))   # a declared grid, or one after stride-2 stages
+    if len(fits) == 1: return Layout('tokens', p, fits[0])
+    if len(fits) > 1: raise ValueError(f"layer {name!r} outputs {T - p} patch tokens, which fit several grids the model declares ({', '.join(map(str, fits))}): pass layout=Layout('tokens', prefix={p}, grid=(h, w))")
     s = math.isqrt(max(T - p, 0))
-    if g is None and s * s == T - p and s > 0: return Layout('tokens', p, (s, s))   # patches on a square grid
+    if not grids and s * s == T - p and s > 0: return Layout('tokens', p, (s, s))   # patches on a square grid
     raise ValueError(f"layer {name!r} outputs {T} tokens: {p} prefix tokens and {T - p} that lie on no known grid: pass layout=Layout('tokens', prefix={p}, grid=(h, w)), or layout='sequence'")
 
 # %% ../nbs/00a_adapters.ipynb #2f8c1ef0
