@@ -6,7 +6,7 @@ Docs: https://netlens.github.io/netlens/hooks.html.md"""
 
 # %% ../nbs/02_hooks.ipynb #e97a31b4
 from __future__ import annotations
-import threading, weakref
+import threading, traceback, weakref
 from functools import partial
 from fastcore.basics import patch
 import torch, torch.nn as nn
@@ -181,29 +181,18 @@ class annotate_errors:
     def __init__(self, model:nn.Module):
         check_module(model, 'annotate_errors')
         self.lock = model_lock(model)
-        self.names = {m: n or type(model).__name__ for n, m in model.named_modules()}
-        self.stack, self.handles = [], []
+        self.names = {id(m): (n or type(model).__name__, m) for n, m in model.named_modules()}
 
-    def __enter__(self):
-        self.lock.acquire()
-        try:
-            for m in self.names:
-                self.handles.append(m.register_forward_pre_hook(self._push))
-                self.handles.append(m.register_forward_hook(self._pop))
-        except BaseException: self._remove(); self.lock.release(); raise
-        return self
+    def __enter__(self): self.lock.acquire(); return self
 
-    def _push(self, m, inp): self.stack.append(m)
-    def _pop(self, m, inp, out):
-        if self.stack: self.stack.pop()
-    def _remove(self):
-        for h in self.handles: h.remove()
-        self.handles = []
+    def innermost(self, tb) -> tuple|None:
+        "(name, module) of the innermost module of the model with code on the traceback `tb`: its `forward`, its hooks or `Module.__call__`"
+        found = None
+        for frame, _ in traceback.walk_tb(tb):
+            found = self.names.get(id(frame.f_locals.get('self')), found)
+        return found
 
     def __exit__(self, typ, exc, tb):
-        self._remove()
         self.lock.release()
-        if exc is not None and self.stack and hasattr(exc, 'add_note'):
-            m = self.stack[-1]
-            exc.add_note(f"netlens: raised in layer {self.names[m]!r} ({type(m).__name__})")
-        self.stack = []
+        found = self.innermost(tb) if exc is not None and hasattr(exc, 'add_note') else None
+        if found is not None: exc.add_note(f"netlens: raised in layer {found[0]!r} ({type(found[1]).__name__})")

@@ -20,3 +20,24 @@ def test_a_non_module_model_is_named(f):
 
 def test_diff_against_a_non_module(model):
     with pytest.raises(TypeError, match='got Tensor'): ModelSnapshot(model).diff(torch.ones(3))
+
+def note_of(model, f):
+    from netlens.hooks import annotate_errors
+    try:
+        with annotate_errors(model): f()
+    except Exception as e: return getattr(e, '__notes__', [])
+    raise AssertionError('no error was raised')
+
+def test_annotate_errors_names_the_innermost_module_from_the_traceback(model):
+    # the layer is read from the traceback: a layer's forward, a hook on it, a layer called twice, and nothing added to the model
+    from netlens.hooks import annotate_errors
+    with annotate_errors(model): assert hook_count(model) == 0
+    assert note_of(model, lambda: model(torch.rand(2, 3, 28, 28))) == ["netlens: raised in layer 'stem.0' (Conv2d)"]
+    def bad(m, i, o): raise ValueError('hook failed')
+    h = model.res.bn2.register_forward_hook(bad)
+    try: assert note_of(model, lambda: model(torch.rand(2, 1, 28, 28))) == ["netlens: raised in layer 'res.bn2' (BatchNorm2d)"]
+    finally: h.remove()
+    twice = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    assert note_of(twice, lambda: twice(torch.rand(2, 4))) == ["netlens: raised in layer '2' (Linear)"]
+    assert note_of(twice, lambda: 1 / 0) == []          # raised outside the model: no note
+    assert hook_count(model) == 0 and hook_count(twice) == 0
