@@ -527,6 +527,11 @@ def _batch_features(s1, s2, x1, x2, n1, n2, one_pass, reduce, size, layout):
     return [feats[k] for k in s1.keys], [feats[k] for k in s2.keys]
 
 # %% ../nbs/10_similarity.ipynb #48cf4aa5
+def _check_loader(loader, name):
+    "A `TypeError` when `loader` is one tensor: iterating it gives single examples, not batches"
+    if isinstance(loader, Tensor):
+        raise TypeError(f"{name} is a tensor of shape {tuple(loader.shape)}, but compare_models wants batches: pass a DataLoader or a list of batches, e.g. [x] for one batch, or list(x.split(64))")
+
 def compare_models(model1:nn.Module, model2:nn.Module=None, loader=None, layers1=None, layers2=None, measure='cka',
                    loader2=None, reduce='flatten', size=None, store='cpu',
                    input_key=None, # a dict batch's one positional input (the model is called as model(batch[input_key]))
@@ -536,6 +541,7 @@ def compare_models(model1:nn.Module, model2:nn.Module=None, loader=None, layers1
                   ) -> SimilarityResult:
     "Similarity of every layer in `layers1` of `model1` with every layer in `layers2` of `model2` over `loader` (model 2 over `loader2` if given)"
     if loader is None: raise ValueError("pass a loader (any iterable of batches)")
+    for nm, l in (('loader', loader), ('loader2', loader2)): _check_loader(l, nm)
     model1 = unwrap_model(model1); model2 = model1 if model2 is None else unwrap_model(model2)   # hooks on the modules behind wrappers
     fm1, fm2 = FlatModel(model1), FlatModel(model2)
     s1, s2 = _Side(model1, fm1, layers1, 'model 1'), _Side(model2, fm2, layers2, 'model 2')
