@@ -144,6 +144,15 @@ class _Live:
         self._lock, self._pending, self._worker = threading.Lock(), None, None
         self.renders, self.error, self.seconds, self.shown = 0, None, None, None
         self.status = W.HTML('', layout=W.Layout(min_height='1.5em'))
+        self._quiet = False
+
+    def _changed(self, change):
+        "A control changed: let the explorer update the others (`_react`, whose own changes are ignored), then draw"
+        if self._quiet: return
+        self._quiet = True
+        try: self._react(change['owner'])
+        finally: self._quiet = False
+        self.request()
 
     def request(self):
         "Draw the controls' current state (on the worker in a kernel)"
@@ -287,7 +296,6 @@ class AttributionExplorer(_Live):
         self.main_layers, self.all_layers_list = main, every
         c, h, w = self.x.shape[1:]
         self.occlusion_window = occlusion_window or (c, max(1, h // 8), max(1, w // 8))
-        self._quiet = False
         self._live_init(background)
         self._controls(target, method)
 
@@ -359,20 +367,15 @@ def _show_preds(self:AttributionExplorer):
 
 # %% ../nbs/13_widgets.ipynb #4320d8f8
 @patch
-def _changed(self:AttributionExplorer, change):
-    if self._quiet: return
-    self._quiet = True
-    try:
-        o = change['owner']
-        if o is self.pick: self.target.value = self._predicted(self.pick.value)
-        if o is self.all_layers:
-            opts = self.all_layers_list if self.all_layers.value else self.main_layers
-            _set_options(self.layer, opts, opts[-1])
-        if o in (self.layer, self.all_layers) and self.n_chans[self.layer.value] - 1 != self.channel.max: self._new_channel_slider()
-        self._sync_controls()
-        if o in (self.pick, self.target): self._show_preds()
-    finally: self._quiet = False
-    self.request()
+def _react(self:AttributionExplorer, o):
+    "Control `o` changed: a new image predicts its class, a new layer list or layer its channel slider"
+    if o is self.pick: self.target.value = self._predicted(self.pick.value)
+    if o is self.all_layers:
+        opts = self.all_layers_list if self.all_layers.value else self.main_layers
+        _set_options(self.layer, opts, opts[-1])
+    if o in (self.layer, self.all_layers) and self.n_chans[self.layer.value] - 1 != self.channel.max: self._new_channel_slider()
+    self._sync_controls()
+    if o in (self.pick, self.target): self._show_preds()
 
 @patch
 def state(self:AttributionExplorer) -> dict:
@@ -476,7 +479,7 @@ class ChannelExplorer(_Live):
                 for l in every:
                     if l not in self.n_chans: self.n_chans[l] = self.fm.n_channels(l, self._probe)
         if not every: raise ValueError("the model has no layer with a map (N, C, h, w) or attention tokens (N, T, D) output: pass layers=")
-        self.main_layers, self.all_layers_list, self.cache, self._quiet = main, every, {}, False
+        self.main_layers, self.all_layers_list, self.cache = main, every, {}
         self.examples, self.n_examples, self.tops, self._strips, self._fields = examples, check_count(n_examples, 'n_examples'), {}, {}, {}
         self._live_init(background)
         self.layer = W.Dropdown(options=main, value=main[0], description='layer', layout=W.Layout(width='240px'))
@@ -499,18 +502,14 @@ class ChannelExplorer(_Live):
 def _label(self:ChannelExplorer): self.channel_label.value = f'of {self.n_chans[self.layer.value]}: <b>{self.channel.value}</b>'
 
 @patch
-def _changed(self:ChannelExplorer, change):
-    if self._quiet: return
-    self._quiet = True
-    try:
-        if change['owner'] is self.all_layers:
-            opts = self.all_layers_list if self.all_layers.value else self.main_layers
-            _set_options(self.layer, opts, opts[0])
-        if change['owner'] is not self.channel and self.n_chans[self.layer.value] - 1 != self.channel.max:
-            self._swap_slider('channel', self.channel_box, self.n_chans[self.layer.value], 0, 'channel')
-        self._label()
-    finally: self._quiet = False
-    self.request()
+def _react(self:ChannelExplorer, o):
+    "Control `o` changed: a new layer list or layer gets its channel slider"
+    if o is self.all_layers:
+        opts = self.all_layers_list if self.all_layers.value else self.main_layers
+        _set_options(self.layer, opts, opts[0])
+    if o is not self.channel and self.n_chans[self.layer.value] - 1 != self.channel.max:
+        self._swap_slider('channel', self.channel_box, self.n_chans[self.layer.value], 0, 'channel')
+    self._label()
 
 @patch
 def state(self:ChannelExplorer) -> dict: return dict(layer=self.layer.value, channel=self.channel.value)
@@ -640,6 +639,12 @@ def _text_tokens(tokens, ids:torch.Tensor) -> list:
 # %% ../nbs/13_widgets.ipynb #5629dc2d
 class AttentionExplorer(_Live):
     "Explore a transformer's attention on `x` (images (N, C, H, W) in [0, 1], or text: a dict of keyword inputs or ids (N, T)): example, layer, head, query token; the query's attention over the image (or the tokens), the layer's T x T map, and the rollout through the layer"
+    def __new__(cls, model=None, x=None, *args, **kwargs):
+        if cls is AttentionExplorer:   # the input says which explorer: images, or text (ids or keyword inputs)
+            is_image = isinstance(x, torch.Tensor) and x.ndim in (3, 4) and (x.is_floating_point() or x.dtype == torch.uint8)
+            cls = _ImageAttention if is_image else _TextAttention
+        return super().__new__(cls)
+
     def __init__(self, model:nn.Module, x,
                  tokens=None,     # text: the tokens' strings, a list per example (default: the ids)
                  layers=None,     # the attention layers offered (default: every one `attention_maps` finds)
@@ -650,33 +655,25 @@ class AttentionExplorer(_Live):
                  denorm=False, background=None):
         model = unwrap_model(model)
         self.model, self.size, self.denorm, self.layers_asked = model, check_count(size, 'size'), denorm, layers
-        self.is_image = isinstance(x, torch.Tensor) and x.ndim in (3, 4) and (x.is_floating_point() or x.dtype == torch.uint8)   # else text: ids or keyword inputs
-        if self.is_image:
-            self.x = _explorer_input(x, model, denorm)
-            self.prefix = (num_prefix_tokens(model) or 0) if prefix is None else check_count(prefix, 'prefix', 0)
-            self.grid = token_grid(model) if grid is None else tuple(grid)
-            if self.grid is None: raise ValueError(f"{type(model).__name__} does not say its patch grid: pass grid=(rows, columns) and prefix= (its class and register tokens)")
-            n = len(self.x)
-        else:
-            self.x = to_model_inputs(x, model, 'x')
-            ids = self.x[main_input(model, self.x)] if isinstance(self.x, dict) else self.x
-            n, self.tokens = len(ids), _text_tokens(tokens, ids)
-        self.cache, self.runs, self._quiet = {}, 0, False
+        n = self._take_input(x, tokens, prefix, grid)
+        self.cache, self.runs = {}, 0
         with model_lock(model): m0 = self.maps(0)
         self.layer_names = list(m0)
-        if self.is_image and not any(a.shape[-1] == self.prefix + self.grid[0] * self.grid[1] for a in m0.values()):
-            raise ValueError(f"grid={self.grid} and prefix={self.prefix} make {self.prefix + self.grid[0] * self.grid[1]} tokens, the attention layers have {sorted({a.shape[-1] for a in m0.values()})}: pass grid= and prefix= that fit")
+        self._check_tokens(m0)
         T = m0[self.layer_names[-1]].shape[-2]
-        q = (0 if self.is_image else T - 1) if query is None else check_index(query, T, 'query', 'the last layer', 'tokens')
+        q = self.first_query(T) if query is None else check_index(query, T, 'query', 'the last layer', 'tokens')
         self._live_init(background)
         self._controls(n, T, q, head)
+
+    def _check_tokens(self, maps): pass
+
 
 # %% ../nbs/13_widgets.ipynb #985b3010
 @patch
 def _controls(self:AttentionExplorer, n:int, T:int, q:int, head):
     "Build the controls (`n` examples, `T` query tokens, first query `q` and `head`) and the panels, wire them, and draw the first picture"
     lw = W.Layout(width='240px')
-    self.pick = W.IntSlider(min=0, max=n - 1, value=0, description='image' if self.is_image else 'example', continuous_update=False, disabled=n == 1, layout=lw)
+    self.pick = W.IntSlider(min=0, max=n - 1, value=0, description=self.what, continuous_update=False, disabled=n == 1, layout=lw)
     self.layer = W.Dropdown(options=self.layer_names, value=self.layer_names[-1], description='layer', layout=W.Layout(width='320px'))
     if head not in self._heads(self.layer.value): raise ValueError(f"head must be a head index 0..{len(self._heads(self.layer.value)) - 4} or one of {FUSIONS}, got {head!r}")
     self.head = W.Dropdown(options=self._heads(self.layer.value), value=head, description='head', layout=W.Layout(width='160px'))
@@ -686,7 +683,7 @@ def _controls(self:AttentionExplorer, n:int, T:int, q:int, head):
     self.fusion = W.Dropdown(options=FUSIONS, value='mean', description='rollout', layout=W.Layout(width='180px'))
     self.residual = W.Checkbox(value=True, description='residual', indent=False, layout=W.Layout(width='100px'))
     self.titles = [W.HTML(layout=W.Layout(min_height='80px')) for _ in range(3)]   # up to four lines: the pictures stay aligned
-    self.pictures = [_picture() for _ in range(3)] if self.is_image else [W.HTML(), _picture(), W.HTML()]
+    self.pictures = self._pictures()
     self.panels = _row([_titled(t, p) for t, p in zip(self.titles, self.pictures)])
     for wdg in (self.pick, self.layer, self.head, self.query, self.fusion, self.residual): wdg.observe(self._changed, names='value')
     self.box = W.VBox([_css(), _row([self.pick, self.layer, self.head]), _row([self.query_box, self.fusion, self.residual]), self.status, self.panels])
@@ -698,8 +695,7 @@ def _controls(self:AttentionExplorer, n:int, T:int, q:int, head):
 def maps(self:AttentionExplorer, i:int) -> dict:
     "`attention_maps` of example `i`, {layer: (1, heads, T, S)}: run once per example, then cached"
     if i not in self.cache:
-        xi = self.x[i:i + 1] if self.is_image else map_batch(lambda t: t[i:i + 1], self.x, self.model)
-        self.cache[i] = attention_maps(self.model, xi, self.layers_asked)
+        self.cache[i] = attention_maps(self.model, self.example(i), self.layers_asked)
         self.runs += 1
     return self.cache[i]
 
@@ -708,30 +704,17 @@ def _heads(self:AttentionExplorer, layer) -> list:
     return [*FUSIONS, *range(self.cache[0][layer].shape[1])]
 
 @patch
-def describe_query(self:AttentionExplorer, q:int, i:int=0) -> str:
-    "What token `q` is: the class (or another prefix) token or a patch (row, column) for images; the token's text otherwise"
-    if not self.is_image: return f"{self.tokens[i][q]!r}"
-    if q < self.prefix: return 'the class token' if q == 0 else f'prefix token {q}'
-    r, c = divmod(q - self.prefix, self.grid[1])
-    return f'patch ({r}, {c})'
-
-@patch
 def _label(self:AttentionExplorer): self.query_label.value = f'{self.query.value}: {html.escape(self.describe_query(self.query.value, self.pick.value), quote=False)}'
 
 @patch
-def _changed(self:AttentionExplorer, change):
-    if self._quiet: return
-    self._quiet = True
-    try:
-        o = change['owner']
-        if o is self.layer:
-            a = self.cache[0][self.layer.value]
-            if self._heads(self.layer.value) != list(self.head.options): _set_options(self.head, self._heads(self.layer.value), 'mean')
-            if a.shape[-2] - 1 != self.query.max:     # a new token count, a new slider (see `_int_slider`)
-                self._swap_slider('query', self.query_box, a.shape[-2], 0, 'query')
-        self._label()
-    finally: self._quiet = False
-    self.request()
+def _react(self:AttentionExplorer, o):
+    "Control `o` changed: a new layer gets its heads and, with another token count, a new query slider"
+    if o is self.layer:
+        a = self.cache[0][self.layer.value]
+        if self._heads(self.layer.value) != list(self.head.options): _set_options(self.head, self._heads(self.layer.value), 'mean')
+        if a.shape[-2] - 1 != self.query.max:     # a new token count, a new slider (see `_int_slider`)
+            self._swap_slider('query', self.query_box, a.shape[-2], 0, 'query')
+    self._label()
 
 @patch
 def state(self:AttentionExplorer) -> dict:
@@ -760,7 +743,36 @@ def draw(self:AttentionExplorer, st:dict) -> list:
     self.titles[2].value = wrap(f"<b>rollout through {lyr}</b><br>{st['fusion']} of heads{', residual' if st['residual'] else ''}, query {q}")
     T, S = self.map.shape
     _set_picture(self.pictures[1], *to_png(matrix_image(self.map, display_scale(T, S, self.size), q)))
-    if self.is_image:
+    self._draw_rows(i, q, notes)
+    return notes
+
+# %% ../nbs/13_widgets.ipynb #25150bd9
+class _ImageAttention(AttentionExplorer):
+    "`AttentionExplorer` on images: a patch grid under the query's row and the rollout"
+    what = 'image'
+    def _take_input(self, x, tokens, prefix, grid) -> int:
+        self.x = _explorer_input(x, self.model, self.denorm)
+        self.prefix = (num_prefix_tokens(self.model) or 0) if prefix is None else check_count(prefix, 'prefix', 0)
+        self.grid = token_grid(self.model) if grid is None else tuple(grid)
+        if self.grid is None: raise ValueError(f"{type(self.model).__name__} does not say its patch grid: pass grid=(rows, columns) and prefix= (its class and register tokens)")
+        return len(self.x)
+
+    def _check_tokens(self, maps):
+        if not any(a.shape[-1] == self.prefix + self.grid[0] * self.grid[1] for a in maps.values()):
+            raise ValueError(f"grid={self.grid} and prefix={self.prefix} make {self.prefix + self.grid[0] * self.grid[1]} tokens, the attention layers have {sorted({a.shape[-1] for a in maps.values()})}: pass grid= and prefix= that fit")
+
+    def example(self, i:int): return self.x[i:i + 1]
+    def first_query(self, T:int) -> int: return 0
+    def _pictures(self) -> list: return [_picture() for _ in range(3)]
+
+    def describe_query(self, q:int, i:int=0) -> str:
+        "What token `q` is: the class (or another prefix) token, or a patch (row, column)"
+        if q < self.prefix: return 'the class token' if q == 0 else f'prefix token {q}'
+        r, c = divmod(q - self.prefix, self.grid[1])
+        return f'patch ({r}, {c})'
+
+    def _draw_rows(self, i, q, notes):
+        "The query's row and the rollout's, each laid on the patch grid over the image (hidden where there is none)"
         img, self.patch_map = self.x[i], None
         sc = display_scale(*img.shape[-2:], self.size)
         where = None if q < self.prefix else divmod(q - self.prefix, self.grid[1])
@@ -771,8 +783,23 @@ def draw(self:AttentionExplorer, st:dict) -> list:
             if g is None: continue
             if k == 0: self.patch_map = g
             _set_picture(self.pictures[k], *to_png(patch_overlay(img, g, sc, where, denorm=self.denorm)))
-    else:
+
+# %% ../nbs/13_widgets.ipynb #02f472b4
+class _TextAttention(AttentionExplorer):
+    "`AttentionExplorer` on text: the tokens coloured by the query's row and the rollout"
+    what = 'example'
+    def _take_input(self, x, tokens, prefix, grid) -> int:
+        self.x = to_model_inputs(x, self.model, 'x')
+        ids = self.x[main_input(self.model, self.x)] if isinstance(self.x, dict) else self.x
+        self.tokens = _text_tokens(tokens, ids)
+        return len(ids)
+
+    def example(self, i:int): return map_batch(lambda t: t[i:i + 1], self.x, self.model)
+    def first_query(self, T:int) -> int: return T - 1
+    def _pictures(self) -> list: return [W.HTML(), _picture(), W.HTML()]
+    def describe_query(self, q:int, i:int=0) -> str: return f"{self.tokens[i][q]!r}"
+
+    def _draw_rows(self, i, q, notes):
         w = max(2 * self.size, 240)
         self.pictures[0].value = token_html(self.tokens[i], self.row, q, w)
         self.pictures[2].value = '' if self.rollout_row is None else token_html(self.tokens[i], self.rollout_row, q, w)
-    return notes
