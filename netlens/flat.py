@@ -103,16 +103,22 @@ class Recording(Mapping):
         if vals[k-1] is None: raise KeyError(missing)
         return vals[k-1]
 
+def _compiled(m) -> bool:
+    "Whether `m` is (or wraps, in DataParallel / DDP) a torch.compile'd module"
+    while isinstance(m, (nn.DataParallel, nn.parallel.DistributedDataParallel)): m = m.module
+    return type(m).__name__ == 'OptimizedModule'
+
 @patch
 @contextmanager
 def record(self:FlatModel, layers, grads=False, detach=True, clone=True, cpu=False):
     "Capture the outputs of `layers` (with `grads`, also their gradients) in forward passes inside the block, into a `Recording`"
     names = self.resolve(layers)
     mods = [self._modules[n] for n in names]
-    hint = '' if self.wrapper is None else (f"; the model is wrapped in {type(self.wrapper).__name__}: run FlatModel(model).model, the module behind it "
-                                            "(a torch.compile'd model does not call hooks added after compiling)")
+    compiled = _compiled(self.wrapper)
+    hint = '' if self.wrapper is None or compiled else f"; the model is wrapped in {type(self.wrapper).__name__}: run FlatModel(model).model, the module behind it"
     with ExitStack() as stack:
         stack.enter_context(annotate_errors(self.model))
+        if compiled: stack.enter_context(torch.compiler.set_stance('force_eager'))   # compiled code skips hooks added after compiling: run it eagerly in the block
         rec = Recording(names, stack.enter_context(Hooks(mods, detach=detach, clone=clone, cpu=cpu, every_call=True)), hint=hint)
         if grads: rec._grads = Recording(names, stack.enter_context(Hooks(mods, is_forward=False, every_call=True)), 'gradient', hint)
         yield rec
