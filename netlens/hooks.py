@@ -14,7 +14,8 @@ from torch import Tensor
 from .adapters import check_module
 
 # %% auto #0
-__all__ = ['Hook', 'hook_count', 'Hooks', 'hook_output', 'hook_outputs', 'ModelSnapshot', 'model_lock', 'annotate_errors']
+__all__ = ['Hook', 'hook_count', 'Capture', 'Hooks', 'hook_output', 'hook_outputs', 'ModelSnapshot', 'model_lock',
+           'annotate_errors']
 
 # %% ../nbs/02_hooks.ipynb #58d9dc0b
 def _output(m, inp, out): return out
@@ -104,6 +105,38 @@ def hook_count(model:nn.Module) -> int:
     names = '_forward_hooks', '_forward_pre_hooks', '_backward_hooks', '_backward_pre_hooks'
     check_module(model, 'hook_count')
     return sum(len(getattr(m, n, {})) for m in model.modules() for n in names)
+
+# %% ../nbs/02_hooks.ipynb #53a83c5b
+class Capture:
+    "Within the block, the output of call `call` (None: the only call) of module `m` in one forward pass is made a leaf that requires grad, `value` (made from `replace` if given); the model runs on from a copy. `n`: the batch size its first dimension must be"
+    def __init__(self, m:nn.Module, call:int|None=None, n:int|None=None, replace:Tensor|None=None, name:str|None=None):
+        check_module(m, 'Capture', 'm')
+        if replace is not None and not isinstance(replace, Tensor): raise TypeError(f"replace must be a tensor shaped like the layer's output, got {type(replace).__name__}")
+        self.m, self.call, self.n, self.replace, self.name = m, call, n, replace, name or type(m).__name__
+        self.value, self.calls = None, 0
+        self.handle = m.register_forward_hook(self._hook)
+
+    def _hook(self, m, inp, out):
+        self.calls += 1
+        if self.call is not None and self.calls != self.call: return None
+        key = self.name if self.call is None else f"{self.name}:{self.call}"
+        if self.calls > 1 and self.call is None: raise ValueError(f"layer {key!r} ran more than once in one forward pass: name the call, {key}:1, {key}:2, ...")
+        if not isinstance(out, Tensor): raise TypeError(f"layer {key!r} outputs a {type(out).__name__}, not a tensor: pick a submodule that outputs one tensor")
+        if not out.is_floating_point(): raise TypeError(f"layer {key!r} outputs {out.dtype} values, not floating-point ones: nothing has a gradient there; pick a layer after it (an embedding's output)")
+        if self.n is not None and (out.ndim == 0 or len(out) != self.n):
+            raise ValueError(f"layer {key!r} outputs shape {tuple(out.shape)} for a batch of {self.n}: its first dimension is not the examples (a table shared by the batch, or windows?): pick another layer")
+        v = out if self.replace is None else self.replace
+        if v.shape != out.shape: raise ValueError(f"the replacement for layer {key!r} has shape {tuple(v.shape)}, the layer outputs {tuple(out.shape)}")
+        self.value = v.detach().requires_grad_()
+        return self.value.clone()
+
+    def __enter__(self): return self
+    def __exit__(self, typ, *exc):
+        self.handle.remove()
+        if typ is None and self.value is None:
+            key = self.name if self.call is None else f"{self.name}:{self.call}"
+            ran = '' if self.call is None or not self.calls else f" (it ran {self.calls} time{'s' if self.calls > 1 else ''})"
+            raise ValueError(f"layer {key!r} did not run in the model's forward pass{ran}: pick a layer between the input and the output")
 
 # %% ../nbs/02_hooks.ipynb #3d53fc41
 class Hooks:
