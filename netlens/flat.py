@@ -195,6 +195,15 @@ def __repr__(self:Recording):
     desc = lambda v: tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
     return f"Recording({self.what}s: " + ', '.join(f"{k} {desc(v)}" for k, v in self.items()) + ')'
 
+# %% ../nbs/03_flat.ipynb #25bd877f
+@patch
+@contextmanager
+def capture(self:FlatModel, layer, n:int|None=None, replace:torch.Tensor|None=None):
+    "Within the block, `layer`'s output (a name, `'name:k'` for its k-th call, an ordinal or a submodule) in one forward pass as a leaf that requires grad: the yielded `Capture`'s `value` (`replace` in its place if given); `n`: the batch size its first dimension must be"
+    name = self.name_of(layer)
+    call = _split_call(layer)[1] if isinstance(layer, str) else None
+    with model_lock(self.model), Capture(self._modules[name], call, n, replace, name) as cap: yield cap
+
 # %% ../nbs/03_flat.ipynb #85ae4faf
 @dataclass(frozen=True)
 class Channel:
