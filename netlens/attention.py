@@ -35,21 +35,28 @@ def _softmax_dim(op):
     if dim is None: dim = next((a for a in op._args[1:] if isinstance(a, int) and not isinstance(a, bool)), None)
     return dim
 
-def _feeds_matmul(log, op, hops=3) -> bool:
-    "Whether `op`'s value reaches a matrix product within `hops` pass-through ops (dropout, casts)"
-    front = [op]
-    for _ in range(hops):
-        kids = [log.entries[i] for o in front for i in o.children]
-        if any(k.func_name in _MATMUL for k in kids): return True
-        front = [k for k in kids if k.func_name in _PASS]
-    return False
+_MIX = {'permute', 'linear'}   # talking-heads attention (CaiT) mixes the heads after the softmax: permute, linear, permute back
 
-def _is_attention(log, op) -> str|None:
-    "'sdpa' or 'eager' if `op` computes attention, else None"
+def _feeds_matmul(log, op, hops=6):
+    "The op whose value is the weights multiplied with the values: `op` when it reaches a matrix product through pass-through ops (dropout, casts); the head-mixed weights when it gets there through a head-mixing linear layer (of `op`'s shape); else None"
+    front = [(op, False)]
+    for _ in range(hops):
+        nxt = []
+        for o, mixed in front:
+            for k in (log.entries[i] for i in o.children):
+                if k.func_name in _MATMUL:
+                    if not mixed: return op
+                    if tuple(o.shape) == tuple(op.shape): return o
+                elif k.func_name in _PASS or k.func_name in _MIX: nxt.append((k, mixed or k.func_name == 'linear'))
+        front = nxt
+    return None
+
+def _is_attention(log, op):
+    "'sdpa' if `op` is an SDPA call; the op holding the weights (`_feeds_matmul`) if `op` is an eager attention softmax; else None"
     if op.func_name == 'scaled_dot_product_attention': return 'sdpa'
     if op.func_name in ('softmax', '_softmax') and len(op.shape) >= 3:
         dim = _softmax_dim(op)
-        if dim is not None and dim % len(op.shape) == len(op.shape) - 1 and _feeds_matmul(log, op): return 'eager'
+        if dim is not None and dim % len(op.shape) == len(op.shape) - 1: return _feeds_matmul(log, op)
     return None
 
 # %% ../nbs/12a_attention.ipynb #88adc2b2
@@ -81,12 +88,20 @@ def _heads(model, op) -> int|None:
             if isinstance(getattr(m, a, None), int): return getattr(m, a)
     return None
 
+def _windowed(model, op) -> bool:
+    "Whether `op` ran in a module that declares a `window_size` (Swin's window attention, in timm, torchvision and Hugging Face)"
+    return any(getattr(model.get_submodule(_split_call(nm)[0]), 'window_size', None) is not None for nm in op.module_path)
+
+def _per_example(w:Tensor, n:int, windowed:bool) -> Tensor:
+    "Windowed attention ((N·windows, heads, T, S), example-major as the models partition) as (N, windows, heads, T, S), also for one window"
+    return w.unflatten(0, (n, -1)) if w.ndim == 4 and (windowed or len(w) != n) and len(w) % n == 0 else w
+
 def _weights(model, log, op, kind) -> Tensor:
     value = lambda i: log.entries[i].tensor
     if kind == 'sdpa':
         a = {k: _fill(v, value) for k, v in _sdpa_args(op).items()}
         return sdpa_weights(a['query'], a['key'], a['attn_mask'], a['is_causal'], a['scale'], a['enable_gqa'])
-    w = op.tensor
+    w = log.entries[kind.index].tensor                # the weights as the model multiplies them with the values
     if w.ndim == 3:
         h = _heads(model, op)
         w = w.unflatten(0, (-1, h)) if h and len(w) % h == 0 else w[:, None]
@@ -95,7 +110,7 @@ def _weights(model, log, op, kind) -> Tensor:
 # %% ../nbs/12a_attention.ipynb #56c1d193
 @torch.no_grad()
 def attention_maps(model:nn.Module, x, layers:list[str]|None=None) -> dict[str, Tensor]:
-    "The attention weights of every attention layer of `model` on `x` (a tensor, or a dict of keyword inputs): {module: (N, heads, T, S)}"
+    "The attention weights of every attention layer of `model` on `x` (a tensor, or a dict of keyword inputs): {module: (N, heads, T, S)}; windowed attention (Swin, MaxViT) (N, windows, heads, T, S)"
     model = unwrap_model(check_module(model, 'attention_maps'), 'attention_maps')
     x = to_model_inputs(x, model)
     warn_if_training(model, 'attention maps')
@@ -107,10 +122,12 @@ def attention_maps(model:nn.Module, x, layers:list[str]|None=None) -> dict[str, 
         unknown = [l for l in layers if l not in keys]
         if unknown: raise KeyError(f"layers: {unknown} are not attention layers of this model; it has {sorted(keys)}")
         found = [(op, kind) for op, kind in found if _module_key(op) in layers]
-    save = sorted({i for op, kind in found for i in (op.parents if kind == 'sdpa' else [op.index])})
+    save = sorted({i for op, kind in found for i in (op.parents if kind == 'sdpa' else [kind.index])})
     log = log_forward_pass(model, x, layers_to_save=save)
     if [op.func_name for op in log] != [op.func_name for op in meta]: raise RuntimeError("attention_maps: the model ran different ops in two passes on the same input; put it in eval mode")
-    return {_module_key(op): _weights(model, log, log.entries[op.index], kind) for op, kind in found}
+    found = [(op, kind if kind == 'sdpa' else log.entries[kind.index]) for op, kind in found]
+    n = len(next(iter(x.values())) if isinstance(x, Mapping) else x)
+    return {_module_key(op): _per_example(_weights(model, log, log.entries[op.index], kind), n, _windowed(model, op)) for op, kind in found}
 
 def show_attention(maps, layer=0, head=0, example:int=0, tokens:list[str]|None=None, ax=None, cmap='viridis'):
     "One attention map as a heat map, queries down and keys across: `layer` a key or position of `maps`, `head` an index or a fusion ('mean', 'max', 'min')"
