@@ -1,187 +1,345 @@
-"""Attribution methods against Captum on the same models and inputs (random-init resnet18 at 64x64 and vgg11, both with
-perturbed BatchNorm statistics, and the trained digits model), plus the axioms and references Captum cannot give."""
-import warnings
-from copy import deepcopy
+"""What every method of netlens.attribution shares (nbs/06a_attribution.ipynb). The entry points are discovered from
+`netlens.attribution.__all__`, so a new method cannot be left out. Bad input to each is refused with an error that names the
+argument and the fix (the same words for the same mistake from every method), or gives the right answer; never a NaN or a
+plausible picture of nothing; the model exactly as it was, also in train mode and when the call raises.
+
+Oracles: the method's own result on the clean input (a batch of one is the first row; another memory layout, a tuple or dict
+output, keyword inputs give the same values), SmoothGrad's independence of the batch size and of the rest of the batch
+(property tests), and a Hugging Face ViT's logits read by a plain wrapper. A test of one method against its reference goes in
+that method's file (test_gradients.py, test_cam.py, test_occlusion.py)."""
+import inspect, re, warnings
 import pytest, torch, torch.nn as nn, torchvision
-from captum.attr import (Saliency, InputXGradient, IntegratedGradients, NoiseTunnel, GuidedBackprop, Deconvolution, LayerGradCam,
-                         GuidedGradCam, Occlusion, LayerAttribution)
+from hypothesis import given, settings, strategies as st, HealthCheck
+import tiny_models as tiny
 from conftest import perturbed
-from netlens.attribution import (saliency, input_x_gradient, guided_backprop, deconvolution, smooth_grad, integrated_gradients, grad_cam,
-                                 guided_grad_cam, occlusion, ig_quadrature)
+from captum_cases import case
+import netlens.attribution as A
+from netlens.attribution import saliency, integrated_gradients, grad_cam, occlusion, guided_backprop
 from netlens.data import digits_cnn, digits_data
 from netlens.hooks import ModelSnapshot
 
-def rel_close(a, b, rtol=1e-5):
-    "Agreement to a relative error `rtol` of the largest magnitude (float32 sums of many terms round at that scale)"
-    scale = b.abs().max().item()
-    err = (a - b).abs().max().item()
-    assert err <= rtol * scale, f"max abs error {err:.3g} vs scale {scale:.3g} (rel {err / scale:.3g})"
+CAMS = ('cam', 'grad_cam', 'guided_grad_cam', 'layer_acts_grads')
 
-def _digits():
+# name -> call(model, x, target, layer, batch_size); small settings, and the batched path wherever there is one
+METHODS = {
+    'saliency': lambda m, x, t, l, bs: A.saliency(m, x, t),
+    'guided_backprop': lambda m, x, t, l, bs: A.guided_backprop(m, x, t),
+    'deconvolution': lambda m, x, t, l, bs: A.deconvolution(m, x, t),
+    'input_grad': lambda m, x, t, l, bs: A.input_grad(m, x, t)[0],
+    'input_x_gradient': lambda m, x, t, l, bs: A.input_x_gradient(m, x, t),
+    'smooth_grad': lambda m, x, t, l, bs: A.smooth_grad(m, x, t, n_samples=3, seed=0, batch_size=bs),
+    'integrated_gradients': lambda m, x, t, l, bs: A.integrated_gradients(m, x, t, n_steps=3, batch_size=bs, return_delta=True)[0],
+    'cam': lambda m, x, t, l, bs: A.cam(m, x, t, l, 'gradcam++'),
+    'grad_cam': lambda m, x, t, l, bs: A.grad_cam(m, x, t, l),
+    'guided_grad_cam': lambda m, x, t, l, bs: A.guided_grad_cam(m, x, t, l),
+    'layer_acts_grads': lambda m, x, t, l, bs: A.layer_acts_grads(m, x, t, l)[1],
+    'occlusion': lambda m, x, t, l, bs: A.occlusion(m, x, t, window=(1, 8, 8), stride=(1, 8, 8), batch_size=64 if bs is None else bs),
+}
+
+BATCHED = ('smooth_grad', 'integrated_gradients', 'occlusion')
+
+def test_every_entry_point_is_covered():
+    takes_x = {n for n in A.__all__ if callable(getattr(A, n)) and list(inspect.signature(getattr(A, n)).parameters)[:3] == ['model', 'x', 'target']}
+    assert takes_x == set(METHODS)
+
+@pytest.fixture(scope='module')
+def digits():
     x, y = digits_data('test')
-    return 'digits', digits_cnn(), x[:4], y[:4], 'conv3'
+    return digits_cnn(), x[:3], y[:3]
 
-def _resnet():
-    torch.manual_seed(0)          # the same random init whatever ran before (the tolerances below hold for this model, not any)
-    return 'resnet18', perturbed(torchvision.models.resnet18()), torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)), torch.tensor([3, 817]), 'layer4'
+class Wrap(nn.Module):
+    "A module around `m` whose forward returns `out(m(x), x)`"
+    def __init__(self, m, out): super().__init__(); self.m, self.out = m, out
+    def forward(self, x): return self.out(self.m(x), x)
 
-def _vgg():
-    torch.manual_seed(0)
-    return 'vgg11', perturbed(torchvision.models.vgg11()), torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.tensor([1, 2]), 'features.18'
+def _layer(model): return 'm.conv3' if isinstance(model, Wrap) else 'conv3'
 
-CASES = {'digits': _digits, 'resnet18': _resnet, 'vgg11': _vgg}
+def call(name, model, x, t, bs=None): return METHODS[name](model, x, t, _layer(model), bs)
 
-@pytest.fixture(scope='module', params=list(CASES))
-def case(request): return CASES[request.param]()
+@pytest.fixture(params=list(METHODS))
+def name(request): return request.param
 
-def test_saliency(case):
-    name, model, x, y, _ = case
-    snap = ModelSnapshot(model)
-    for abs_ in (True, False):
-        rel_close(saliency(model, x, y, abs=abs_), Saliency(model).attribute(x.clone().requires_grad_(), target=y, abs=abs_))
-    assert snap.diff(model) == []
+# 1. NaN / Inf
 
-def test_input_x_gradient(case):
-    name, model, x, y, _ = case
-    rel_close(input_x_gradient(model, x, y), InputXGradient(model).attribute(x.clone().requires_grad_(), target=y))
+@pytest.mark.parametrize('bad', [float('nan'), float('inf'), -float('inf')])
+def test_non_finite_input_is_refused(digits, name, bad):
+    "saliency, guided_backprop and deconvolution used to return finite maps here, smooth_grad to fail inside torch.normal"
+    model, x, y = digits
+    xb = x.clone(); xb[1, 0, 7, 7] = bad
+    with pytest.raises(ValueError, match=r'x holds NaN or infinite values \(at examples \[1\]\)'): call(name, model, xb, y, bs=2)
 
-@pytest.mark.parametrize('method', ['gausslegendre', 'riemann_left', 'riemann_right', 'riemann_middle'])
-def test_integrated_gradients(case, method):
-    name, model, x, y, _ = case
-    ours, d = integrated_gradients(model, x, y, n_steps=20, method=method, return_delta=True)
-    theirs, dc = IntegratedGradients(model).attribute(x, target=y, n_steps=20, method=method, return_convergence_delta=True)
-    rel_close(ours, theirs)
-    torch.testing.assert_close(d, dc.to(d.dtype), rtol=1e-4, atol=1e-4 * theirs.abs().sum().item())
+def test_non_finite_scores_name_the_users_example(digits, name):
+    "Finite x, NaN scores for example 2 only: named as example 2 even when the copies of all examples run in chunks"
+    model, x, y = digits
+    nan_at_2 = Wrap(model, lambda s, t: torch.where((torch.arange(len(t)) % 3 == 2)[:, None], float('nan'), s))
+    with pytest.raises(ValueError, match=r'NaN or infinite for examples \[2\]'): call(name, nan_at_2, x, y, bs=2)
 
-def test_integrated_gradients_baseline_and_batching(case):
-    name, model, x, y, _ = case
-    b = torch.rand_like(x[:1]) * 0.1
-    ours = integrated_gradients(model, x, y, baseline=b, n_steps=16, batch_size=3 * len(x))
-    theirs = IntegratedGradients(model).attribute(x, baselines=b.expand_as(x), target=y, n_steps=16, internal_batch_size=5)
-    rel_close(ours, theirs)
+def test_non_finite_baseline_is_refused(digits):
+    model, x, y = digits
+    for f in (lambda b: A.integrated_gradients(model, x, y, baseline=b, n_steps=2),
+              lambda b: A.occlusion(model, x, y, window=(1, 8, 8), stride=(1, 8, 8), baseline=b)):
+        with pytest.raises(ValueError, match='baseline holds NaN'): f(float('nan'))
 
-def test_trapezoid_is_the_true_rule():
-    "Captum's riemann_trapezoid weights sum to (n-1)/n; ours integrate the straight line exactly (float64 reference)"
-    a, w = ig_quadrature(50, 'riemann_trapezoid')
-    assert abs(sum(w) - 1) < 1e-12
-    from captum.attr._utils.approximation_methods import approximation_parameters
-    step, _ = approximation_parameters('riemann_trapezoid')
-    assert abs(sum(step(50)) - 49 / 50) < 1e-12
-    # f(x) = (w·x)^2 / 2 has gradient (w·x) w: IG from 0 is exactly x * w (w·x) / 2 componentwise, and the trapezoid rule
-    # integrates the linear integrand α (w·x) w without error
-    torch.manual_seed(0)
-    lin = nn.Linear(6, 1, bias=False).double()
-    sq = lambda x: lin(x) ** 2 / 2          # a plain function works as the model too
-    x = torch.randn(3, 6, dtype=torch.float64)
-    ours = integrated_gradients(sq, x, 0, n_steps=7, method='riemann_trapezoid')
-    exact = x * lin.weight.detach() * (x @ lin.weight.detach().T) / 2
-    torch.testing.assert_close(ours, exact, rtol=1e-12, atol=1e-12)
+def test_non_finite_gradient_is_refused(digits):
+    "Finite x and scores, but a backward that is NaN (sqrt at 0): an error, not a NaN map"
+    model, x, y = digits
+    sqrt_at_0 = lambda t: model(t) + (t - t[:, :1, :1, :1]).flatten(1)[:, :1].sqrt()   # d sqrt(u)/du at u = 0 is inf
+    with pytest.raises(ValueError, match=r'the gradient is NaN or infinite for examples \[0, 1, 2\]'): A.saliency(sqrt_at_0, x, y)
 
-def test_smoothgrad_same_noise(case):
-    """Given the same noise, the statistics are Captum's: NoiseTunnel is handed netlens' draws for seed=0 (samples 0..9) in
-    place of its torch.normal call"""
-    from unittest import mock
-    from netlens.attribution.gradients import _unit_noise
-    name, model, x, y, _ = case
-    x, y = x[:1], y[:1]
-    sigma = 0.15 * (x.max() - x.min()).item()
-    unit, calls = _unit_noise(0, range(10), x.shape[1:], x.device, x.dtype), []
-    def normal(mean, std): calls.append(std.shape); return mean + std * unit
-    for kind in ('smoothgrad', 'smoothgrad_sq', 'vargrad'):
-        ours = smooth_grad(model, x, y, n_samples=10, stdev=0.15, kind=kind, seed=0)
-        with mock.patch.object(torch, 'normal', normal):
-            theirs = NoiseTunnel(Saliency(model)).attribute(x.clone().requires_grad_(), nt_type=kind, nt_samples=10, stdevs=sigma, target=y, abs=False)
-        rel_close(ours, theirs, 1e-5 if kind != 'vargrad' else 1e-4)
-    assert calls == [(10, *x.shape[1:])] * 3, 'Captum drew its noise in one call of the same shape'
+# 2. empty batches and counts
 
-def _relu_models():
-    "Captum's guided backprop hooks ReLU modules: it is defined on models whose ReLUs are all modules used once each"
-    x, y = digits_data('test')
-    vgg = perturbed(torchvision.models.vgg11())
-    for m in vgg.modules():
-        if isinstance(m, nn.ReLU): m.inplace = False
-    return [('vgg11', vgg, torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.tensor([1, 2]))]
+def test_empty_batch_is_refused(digits, name):
+    "occlusion and the batched integrated_gradients / smooth_grad used to raise ZeroDivisionError, the others return empty maps"
+    model, x, y = digits
+    with pytest.raises(ValueError, match=r'x is empty \(shape \(0, 1, 32, 32\)\): pass at least one example'): call(name, model, x[:0], y[:0], bs=4)
 
-@pytest.mark.parametrize('name,model,x,y', _relu_models())
-def test_guided_backprop_and_deconvolution_equal_captum(name, model, x, y):
-    rel_close(guided_backprop(model, x, y), GuidedBackprop(model).attribute(x.clone().requires_grad_(), target=y))
-    rel_close(deconvolution(model, x, y), Deconvolution(model).attribute(x.clone().requires_grad_(), target=y))
+@pytest.mark.parametrize('name', BATCHED)
+@pytest.mark.parametrize('bs', [0, -1, 2.5])
+def test_batch_size_must_be_a_positive_int(digits, name, bs):
+    "batch_size=0 used to fail with `range() arg 3 must not be zero` (or ZeroDivisionError)"
+    model, x, y = digits
+    with pytest.raises(ValueError, match=f'batch_size must be an integer >= 1, got {bs}'): call(name, model, x, y, bs=bs)
 
-def test_guided_backprop_densenet_functional_relu():
-    "DenseNet applies F.relu in forward: the reference replaces every ReLU, modules and functional, in a deep copy"
-    from copy import deepcopy
-    import torch.nn.functional as F
-    from netlens.attribution.gradients import _ReLURule
-    model = perturbed(torchvision.models.densenet121())
-    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    ref_model = deepcopy(model)
-    class G(nn.Module):
-        def forward(self, t): return _ReLURule.apply(t, 'guided', False)
-    for parent in ref_model.modules():
-        for n, c in parent.named_children():
-            if isinstance(c, nn.ReLU): setattr(parent, n, G())
-    def forward(t):  # DenseNet.forward with its functional relu guided
-        f = ref_model.features(t)
-        out = F.adaptive_avg_pool2d(G()(f), (1, 1))
-        return ref_model.classifier(torch.flatten(out, 1))
-    xr = x.clone().requires_grad_()
-    ref, = torch.autograd.grad(forward(xr)[0, 5], xr)
-    ours = guided_backprop(model, x, 5)
-    rel_close(ours, ref, 1e-6)
-    plain = saliency(model, x, 5, abs=False)
-    assert (ours - plain).abs().max() > 1e-3 * plain.abs().max(), 'the functional ReLU is guided too'
+def test_counts_and_steps(digits):
+    model, x, y = digits
+    with pytest.raises(ValueError, match='n_steps must be an integer >= 1, got 0'): A.integrated_gradients(model, x, y, n_steps=0)
+    with pytest.raises(ValueError, match='n_steps must be an integer >= 2, got 1'): A.integrated_gradients(model, x, y, n_steps=1, method='riemann_trapezoid')
+    with pytest.raises(ValueError, match='n_samples must be an integer >= 1, got 0'): A.smooth_grad(model, x, y, n_samples=0)
+    with pytest.raises(ValueError, match='each entry of window must be an integer >= 1, got 0'): A.occlusion(model, x, y, window=(1, 0, 8), stride=(1, 8, 8))
 
-def test_grad_cam_equals_layer_grad_cam(case):
-    name, model, x, y, layer = case
-    lgc = LayerGradCam(model, dict(model.named_modules())[layer])
-    for relu in (True, False):
-        raw = lgc.attribute(x, target=y, relu_attributions=relu)
-        rel_close(grad_cam(model, x, y, layer, interpolate=False, relu=relu), raw[:, 0])
-        up = LayerAttribution.interpolate(raw, x.shape[-2:], interpolate_mode='bilinear')
-        rel_close(grad_cam(model, x, y, layer, relu=relu), up[:, 0])
-    per_channel = lgc.attribute(x, target=y, attr_dim_summation=False)
-    rel_close(grad_cam(model, x, y, layer, channel=3, interpolate=False, relu=False), per_channel[:, 3])
+# 3. integrated_gradients(return_delta=True) in train mode
 
-def test_guided_grad_cam_equals_captum():
-    for name, model, x, y in _relu_models():
-        layer = dict(model.named_modules())['features.18']
-        for mode in ('nearest', 'bilinear'):
-            theirs = GuidedGradCam(model, layer).attribute(x.clone().requires_grad_(), target=y, interpolate_mode=mode)
-            rel_close(guided_grad_cam(model, x, y, 'features.18', mode=mode), theirs)
+def test_ig_delta_in_train_mode_keeps_the_buffers(digits):
+    "The completeness check's two forward passes used to run outside the buffer guard, moving BatchNorm's statistics"
+    model, x, y = digits
+    model.train()
+    try:
+        snap = ModelSnapshot(model)
+        with pytest.warns(UserWarning, match='train mode'): A.integrated_gradients(model, x, y, n_steps=4, return_delta=True)
+        assert snap.diff(model) == []
+    finally: model.eval()
 
-def test_occlusion_equals_captum(case):
-    """In float64: an occlusion attribution is a difference of two nearly equal scores, so float32 rounding of the scores
-    (batched differently by each library) is amplified relative to the attribution; Captum returns float32 at the end"""
-    name, model, x, y, _ = case
-    model, x = deepcopy(model).double(), x.double()
-    c = x.shape[1]
-    window, stride = (c, 7, 7), (c, 4, 4)
-    theirs = Occlusion(model).attribute(x, target=y, sliding_window_shapes=window, strides=stride, baselines=0., perturbations_per_eval=8)
-    rel_close(occlusion(model, x, y, window=window, stride=stride, batch_size=32), theirs)
-    theirs_b = Occlusion(model).attribute(x, target=y, sliding_window_shapes=(1, 9, 9), strides=(1, 5, 5), baselines=0.3)
-    rel_close(occlusion(model, x, y, window=(1, 9, 9), stride=(1, 5, 5), baseline=0.3), theirs_b)
+# 4. the train-mode warning reads each BatchNorm / dropout module's own flag, once per call
 
-def test_ig_completeness_converges_on_digits():
-    x, y = digits_data('test')
-    model = digits_cnn()
-    gaps = {}
-    for n in (50, 200, 1000):
-        _, d = integrated_gradients(model, x[:8], y[:8], n_steps=n, method='riemann_trapezoid', return_delta=True, batch_size=2000)
-        gaps[n] = d.abs().max().item()
-    print('trapezoid completeness gap', gaps)
-    assert gaps[1000] < gaps[200] < gaps[50]
-    with torch.no_grad(): rise = (model(x[:8]) - model(torch.zeros_like(x[:8])))[range(8), y[:8]].abs().min().item()
-    assert gaps[1000] < 0.01 * rise or gaps[1000] < gaps[50] / 4
+def _train_warnings(name, model, x, y):
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always'); call(name, model, x, y, bs=2)
+    return [str(m.message) for m in w if 'train mode' in str(m.message)]
 
-def test_randomisation_sanity_check():
-    "Adebayo et al. 2018: the saliency of the trained model must differ from that of a copy with random weights"
-    from scipy.stats import spearmanr
-    x, y = digits_data('test')
-    trained, rand = digits_cnn(), digits_cnn(pretrained=False)
-    a, b = saliency(trained, x[:16], y[:16]), saliency(rand, x[:16], y[:16])
-    rho = [spearmanr(u.flatten().numpy(), v.flatten().numpy())[0] for u, v in zip(a, b)]
-    print('rank correlation trained vs randomised saliency:', sum(rho) / len(rho))
-    assert sum(rho) / len(rho) < 0.5
+def test_train_mode_warning_per_module(digits, name):
+    model, x, y = digits
+    model.eval(); model.res.bn2.train()            # the model says eval, one of its BatchNorms says train: used to be silent
+    try:
+        snap = ModelSnapshot(model)
+        ws = _train_warnings(name, model, x, y)
+        assert len(ws) == 1 and ws[0].startswith('res.bn2 of the model are in train mode'), ws
+        assert snap.diff(model) == []
+    finally: model.eval()
+    wrapper = Wrap(model, lambda s, t: s).train(); model.eval()   # a train-mode wrapper around an eval-mode network: used to warn
+    assert _train_warnings(name, wrapper, x, y) == []
+
+def test_train_mode_keeps_every_buffer(digits, name):
+    model, x, y = digits
+    model.train()
+    try:
+        snap = ModelSnapshot(model)
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore'); call(name, model, x, y, bs=2)
+        assert snap.diff(model) == []
+    finally: model.eval()
+
+# 5. smooth_grad: noise independent of the batching; its own arguments
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(bs=st.integers(1, 20), kind=st.sampled_from(['smoothgrad', 'smoothgrad_sq', 'vargrad']), seed=st.integers(0, 2**32 - 1))
+def test_smooth_grad_does_not_depend_on_batch_size(digits, bs, kind, seed):
+    "Same seed, any batch_size: the same result (it used to differ by up to 1.6)"
+    model, x, y = digits
+    ref = A.smooth_grad(model, x, y, n_samples=5, kind=kind, seed=seed)
+    torch.testing.assert_close(A.smooth_grad(model, x, y, n_samples=5, kind=kind, seed=seed, batch_size=bs), ref, rtol=1e-6, atol=1e-9)
+
+def test_smooth_grad_does_not_depend_on_the_rest_of_the_batch(digits):
+    model, x, y = digits
+    ref = A.smooth_grad(model, x, y, n_samples=4, seed=3)
+    for i in range(len(x)): torch.testing.assert_close(A.smooth_grad(model, x[i:i+1], y[i:i+1], n_samples=4, seed=3), ref[i:i+1], rtol=1e-6, atol=1e-9)
+    assert not torch.equal(ref, A.smooth_grad(model, x, y, n_samples=4, seed=4)), 'another seed, other noise'
+
+def test_smooth_grad_without_seed_follows_torch(digits):
+    model, x, y = digits
+    torch.manual_seed(1); a = A.smooth_grad(model, x, y, n_samples=3)
+    torch.manual_seed(1); b = A.smooth_grad(model, x, y, n_samples=3, batch_size=3)
+    torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
+
+@pytest.mark.parametrize('stdev', [-0.1, float('nan'), float('inf'), '0.1', True])
+def test_smooth_grad_stdev(digits, stdev):
+    "A negative stdev used to reach torch.normal"
+    model, x, y = digits
+    with pytest.raises(ValueError, match='stdev must be a number >= 0'): A.smooth_grad(model, x, y, n_samples=2, stdev=stdev)
+
+def test_smooth_grad_one_example_without_its_batch_dimension(digits):
+    "(1, 32, 32) used to fail in the first conv with 'expected input[1, 4, 32, 32] to have 1 channels'"
+    model, x, y = digits
+    with pytest.raises(ValueError, match=r"'stem.0' \(Conv2d\) takes batches of 4 dimensions.*\(x has shape \(1, 32, 32\)\).*x\[None\]"):
+        A.smooth_grad(model, x[0], y[0], n_samples=4)
+
+# 6. tuple / dict outputs (one convention: netlens.adapters.model_output)
+
+@pytest.mark.parametrize('out', [lambda s, t: (s, t), lambda s, t: {'logits': s, 'x': t}], ids=['tuple', 'dict'])
+def test_tuple_and_dict_outputs(digits, name, out):
+    "Used to fail with `'tuple' object has no attribute 'ndim'`, then with a clear error: now a tuple's first element and a dict's logits are the scores"
+    model, x, y = digits
+    assert torch.equal(call(name, Wrap(model, out), x, y, bs=2), call(name, model, x, y, bs=2))
+
+@pytest.mark.parametrize('name', [n for n in METHODS if n not in CAMS])
+def test_output_selects_the_scores(digits, name):
+    "output= (a key, an index or a function) selects the scores; a dict without logits says how"
+    model, x, y = digits
+    ref = call(name, model, x, y, bs=2)
+    for out, sel in [(lambda s, t: {'scores': s}, 'scores'), (lambda s, t: (t, s), 1), (lambda s, t: (t, s), lambda o: o[1])]:
+        g = {'input_grad': lambda: A.input_grad(Wrap(model, out), x, y, output=sel)[0]}.get(name)
+        r = g() if g else _with_output(name, Wrap(model, out), x, y, sel)
+        assert torch.equal(r, ref), name
+    with pytest.raises(TypeError, match=r"a dict with keys \['scores'\] and no 'logits': choose the scores with output="): call(name, Wrap(model, lambda s, t: {'scores': s}), x, y, bs=2)
+
+class Keyword(nn.Module):
+    "The digits model taking keyword inputs, with a per-example `scale` of its scores (a stand-in for an attention mask)"
+    main_input_name = 'pixel_values'
+    def __init__(self, m): super().__init__(); self.m = m
+    def forward(self, pixel_values, scale=None): return self.m(pixel_values) * (1 if scale is None else scale[:, None])
+
+@pytest.mark.parametrize('name', [n for n in METHODS if n not in CAMS])
+def test_dict_inputs(digits, name):
+    "A dict of keyword inputs: its main input is attributed; the other per-example inputs follow their examples in every enlarged batch"
+    model, x, y = digits
+    ref = call(name, model, x, y, bs=2)
+    assert torch.equal(call(name, Keyword(model), {'pixel_values': x}, y, bs=2), ref)
+    sc = torch.tensor([2., 0.5, 3.])            # positive: every method is positively homogeneous in the score
+    torch.testing.assert_close(call(name, Keyword(model), {'scale': sc, 'pixel_values': x}, y, bs=2), ref * sc.view(-1, 1, 1, 1), rtol=1e-5, atol=1e-6)
+    with pytest.raises(TypeError, match=r"x\['pixel_values'\] must be floating point"): call(name, Keyword(model), {'pixel_values': x.long()}, y)
+    with pytest.raises(ValueError, match=r"x\['scale'\] holds NaN"): call(name, Keyword(model), {'pixel_values': x, 'scale': sc * float('nan')}, y)
+
+def _with_output(name, model, x, y, sel):
+    kw = {'smooth_grad': dict(n_samples=3, seed=0, batch_size=2), 'integrated_gradients': dict(n_steps=3, batch_size=2),
+          'occlusion': dict(window=(1, 8, 8), stride=(1, 8, 8), batch_size=2)}.get(name, {})
+    r = getattr(A, name)(model, x, y, output=sel, **kw, **({'return_delta': True} if name == 'integrated_gradients' else {}))
+    return r[0] if name == 'integrated_gradients' else r
+
+def test_scores_of_the_wrong_shape(digits):
+    model, x, y = digits
+    with pytest.raises(ValueError, match=r'must be scores \(N, classes\), got shape \(3,\)'): A.saliency(lambda t: model(t)[:, 0], x, 0)
+    with pytest.raises(ValueError, match='has 1 rows for 3 examples'): A.saliency(lambda t: model(t)[:1], x, 0)
+
+# the catalogue: rank, dtype, batch of 1, memory layout, targets, layers, input in the caller's graph
+
+def test_wrong_rank(digits, name):
+    model, x, y = digits
+    with pytest.raises(ValueError, match='x must be a batch'): call(name, model, x[0, 0, 0], 1)
+    if name == 'occlusion': return                   # its window has one entry per dimension: that error comes first
+    with pytest.raises(ValueError, match=r'takes batches of 4 dimensions.*x\[None\]'): call(name, model, x[0], y[0])
+    with pytest.raises(ValueError, match='takes batches of 4 dimensions'): call(name, model, x.flatten(1), y)
+
+@pytest.mark.parametrize('dtype', [torch.uint8, torch.int64, torch.bool])
+def test_integer_input(digits, name, dtype):
+    model, x, y = digits
+    with pytest.raises(TypeError, match=f'x must be floating point, got {dtype}'): call(name, model, x.to(dtype), y)
+
+def test_dtype_mismatch(digits, name):
+    "float64 input to a float32 model used to fail inside torch ('expected scalar type Double but found Float'); and the reverse"
+    model, x, y = digits
+    with pytest.raises(TypeError, match=r'x is torch.float64 but the model.s parameters are torch.float32: convert x'): call(name, model, x.double(), y)
+    m64 = digits_cnn().double()
+    with pytest.raises(TypeError, match=r'x is torch.float32 but the model.s parameters are torch.float64'): call(name, m64, x, y)
+    r64 = call(name, m64, x.double(), y)                          # matching dtypes work, and stay in float64
+    assert r64.dtype == torch.float64 and torch.isfinite(r64).all()
+
+def test_batch_of_one_and_memory_layout(digits, name):
+    "A batch of one is the matching row; channels-last and strided input give exactly the contiguous result (digits model)"
+    model, x, y = digits
+    ref = call(name, model, x, y)
+    atol = 1e-5 if name == 'occlusion' else 1e-6       # occlusion: a difference of two scores of order 10, each rounded at ~1e-6
+    torch.testing.assert_close(call(name, model, x[2:], y[2:]), ref[2:], rtol=1e-5, atol=atol)
+    strided = torch.stack([x, x], -1)[..., 0]
+    assert not strided.is_contiguous()
+    for xv in (x.contiguous(memory_format=torch.channels_last), strided): assert torch.equal(call(name, model, xv, y), ref)
+
+@pytest.fixture(scope='module')
+def resnet():
+    return perturbed(torchvision.models.resnet18()), torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.tensor([3, 817])
+
+@pytest.mark.parametrize('name', ['saliency', 'integrated_gradients', 'grad_cam', 'occlusion'])
+def test_channels_last_resnet(resnet, name):
+    "Channels-last input to a real network: the contiguous result, to float32 rounding (a channels-last conv sums in another order)"
+    model, x, y = resnet
+    f = {'saliency': lambda x: A.saliency(model, x, y, abs=False), 'integrated_gradients': lambda x: A.integrated_gradients(model, x, y, n_steps=4),
+         'grad_cam': lambda x: A.grad_cam(model, x, y, 'layer3', relu=False),
+         'occlusion': lambda x: A.occlusion(model, x.double(), y, window=(3, 8, 8), stride=(3, 8, 8))}[name]
+    if name == 'occlusion': model = model.double()        # a difference of two close scores: compare in float64
+    try:
+        a, b = f(x), f(x.contiguous(memory_format=torch.channels_last))
+        assert a.abs().max() > 0
+        assert (a - b).abs().max() <= 1e-5 * a.abs().max()
+    finally: model.float()
+
+def test_targets(digits, name):
+    model, x, y = digits
+    for t in (10, -1, [1, 2, 10]):
+        with pytest.raises(IndexError, match='out of range: the model has 10 outputs'): call(name, model, x, t)
+    with pytest.raises(ValueError, match=r'one per example \(3\)'): call(name, model, x, [1, 2])
+    with pytest.raises(TypeError, match='integer class indices'): call(name, model, x, 1.0)
+
+@pytest.mark.parametrize('name', CAMS)
+def test_unknown_layer(digits, name):
+    model, x, y = digits
+    with pytest.raises(KeyError, match="unknown layer 'conv4'; closest: 'conv3'"): METHODS[name](model, x, y, 'conv4', None)
+
+def test_input_in_the_callers_graph(digits, name):
+    "The result is not attached to the caller's graph, and the caller's x gets no .grad"
+    model, x, y = digits
+    xg = (x.clone().requires_grad_() * 1.0)            # a non-leaf in the caller's graph
+    r = call(name, model, xg, y)
+    assert not r.requires_grad and r.grad_fn is None
+    b = torch.zeros(1, 1, 32, 32, requires_grad=True)
+    for f in (lambda: A.integrated_gradients(model, x, y, baseline=b, n_steps=2), lambda: A.occlusion(model, x, y, (1, 8, 8), (1, 8, 8), baseline=b[0])):
+        assert not f().requires_grad                  # a baseline in the caller's graph used to pull the result into it
+    assert b.grad is None
+
+def test_model_untouched_when_refused(digits, name):
+    model, x, y = digits
+    model.train()
+    try:
+        snap = ModelSnapshot(model)
+        xb = x.clone(); xb[0, 0, 0, 0] = float('nan')
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            for bad in (lambda: call(name, model, xb, y), lambda: call(name, model, x[0], y[0]), lambda: call(name, model, x.double(), y),
+                        lambda: call(name, model, x, 10)):
+                with pytest.raises((ValueError, TypeError, IndexError)): bad()
+        assert snap.diff(model) == []
+    finally: model.eval()
+
+MODEL = digits_cnn()
+
+_x, _y = digits_data('test')
+
+X, Y = _x[:2].clone(), _y[:2].clone()
+
+ERROR_METHODS = {  # (model, x, target, layer) for each entry point, as in the notebook
+    'saliency': lambda m, x, t, l: A.saliency(m, x, t), 'guided_backprop': lambda m, x, t, l: A.guided_backprop(m, x, t),
+    'deconvolution': lambda m, x, t, l: A.deconvolution(m, x, t), 'input_grad': lambda m, x, t, l: A.input_grad(m, x, t)[0],
+    'input_x_gradient': lambda m, x, t, l: A.input_x_gradient(m, x, t),
+    'smooth_grad': lambda m, x, t, l: A.smooth_grad(m, x, t, n_samples=2, batch_size=2, seed=0),
+    'integrated_gradients': lambda m, x, t, l: A.integrated_gradients(m, x, t, n_steps=3, batch_size=2, return_delta=True)[0],
+    'cam': lambda m, x, t, l: A.cam(m, x, t, l, 'xgradcam'), 'grad_cam': lambda m, x, t, l: A.grad_cam(m, x, t, l),
+    'guided_grad_cam': lambda m, x, t, l: A.guided_grad_cam(m, x, t, l), 'layer_acts_grads': lambda m, x, t, l: A.layer_acts_grads(m, x, t, l)[1],
+    'occlusion': lambda m, x, t, l: A.occlusion(m, x, t, window=(1, 8, 8), stride=(1, 8, 8), batch_size=2)}
+
+@pytest.mark.parametrize('name', list(ERROR_METHODS))
+def test_dtype_and_target_errors(name):
+    f, snap = ERROR_METHODS[name], ModelSnapshot(MODEL)
+    with pytest.raises(TypeError, match=re.escape('x is torch.float64 but the model')): f(MODEL, X.double(), Y, 'conv3')
+    with pytest.raises(TypeError, match=re.escape('x must be floating point, got torch.uint8')): f(MODEL, (X * 255).byte(), Y, 'conv3')
+    with pytest.raises(IndexError, match=re.escape('target 10 is out of range')): f(MODEL, X, 10, 'conv3')
+    assert snap.diff(MODEL) == []
 
 def test_model_untouched_on_errors(case):
     name, model, x, y, layer = case
@@ -195,3 +353,23 @@ def test_model_untouched_on_errors(case):
             with pytest.raises((IndexError, KeyError, ValueError, RuntimeError)): f()
     assert snap.diff(model) == []
     model.eval()
+
+@pytest.fixture(scope='module')
+def hf_vit():
+    return tiny.hf_vit(), torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)), torch.tensor([1, 3])
+
+class Logits(nn.Module):
+    "The plain wrapper users used to write"
+    def __init__(self, m): super().__init__(); self.m = m
+    def forward(self, x): return self.m(x).logits
+
+@pytest.mark.parametrize('method', ['saliency', 'integrated_gradients', 'occlusion', 'smooth_grad', 'input_x_gradient'])
+def test_vit_model_output(hf_vit, method):
+    "saliency(hf_vit, x, y) used to fail with `'ImageClassifierOutput' object has no attribute 'ndim'`"
+    m, x, y = hf_vit
+    kw = {'integrated_gradients': dict(n_steps=8), 'occlusion': dict(window=(3, 8, 8), stride=(3, 8, 8)), 'smooth_grad': dict(n_samples=3, seed=0)}.get(method, {})
+    f = lambda model, v, **o: getattr(A, method)(model, v, y, **kw, **o)
+    ref = f(Logits(m), x)
+    assert ref.shape == x.shape and ref.abs().max() > 0
+    for r in (f(m, x), f(m, x, output=lambda o: o.logits), f(m, x, output='logits'), f(m, {'pixel_values': x})):
+        torch.testing.assert_close(r, ref, rtol=1e-6, atol=1e-7)

@@ -1,13 +1,38 @@
-"""GradCAM on the feature layouts users bring (issue 13): channels-last Swin stages, ViT tokens with class and register tokens,
-Hugging Face ModelOutputs and keyword inputs, BERT's word tokens. The oracle is GradCAM by hand on plain forward hooks:
-the layer's output and `torch.autograd.grad` of the target scores, permuted or reshaped to (N, C, h, w) by hand."""
-import warnings
+"""netlens.attribution.cam (nbs/05_gradcam.ipynb): CAM, GradCAM, GradCAM++, guided GradCAM, layer_acts_grads.
+
+Oracles: Captum's LayerGradCam and GuidedGradCam on the cases of captum_cases.py; GradCAM by hand on plain forward hooks (the
+layer's output and `torch.autograd.grad` of the target scores, permuted or reshaped to (N, C, h, w) by hand) on the feature
+layouts users bring: channels-last Swin stages, ViT tokens with class and register tokens, Hugging Face ModelOutputs and
+keyword inputs, BERT's word tokens. Bad input is refused with an error that names the layer, the argument or the fix, and the
+model is left as it was."""
+import re, warnings
 import pytest, torch, torch.nn as nn, torchvision
+from captum.attr import LayerGradCam, GuidedGradCam, LayerAttribution
 import tiny_models as tiny
+from captum_cases import rel_close, case, _relu_models
 import netlens.attribution as A
 from netlens.adapters import Layout
+from netlens.attribution.cam import cam, grad_cam, guided_grad_cam, layer_acts_grads, vit_reshape
 from netlens.data import digits_cnn, digits_data
 from netlens.hooks import ModelSnapshot, hook_count
+
+def test_grad_cam_equals_layer_grad_cam(case):
+    name, model, x, y, layer = case
+    lgc = LayerGradCam(model, dict(model.named_modules())[layer])
+    for relu in (True, False):
+        raw = lgc.attribute(x, target=y, relu_attributions=relu)
+        rel_close(grad_cam(model, x, y, layer, interpolate=False, relu=relu), raw[:, 0])
+        up = LayerAttribution.interpolate(raw, x.shape[-2:], interpolate_mode='bilinear')
+        rel_close(grad_cam(model, x, y, layer, relu=relu), up[:, 0])
+    per_channel = lgc.attribute(x, target=y, attr_dim_summation=False)
+    rel_close(grad_cam(model, x, y, layer, channel=3, interpolate=False, relu=False), per_channel[:, 3])
+
+def test_guided_grad_cam_equals_captum():
+    for name, model, x, y in _relu_models():
+        layer = dict(model.named_modules())['features.18']
+        for mode in ('nearest', 'bilinear'):
+            theirs = GuidedGradCam(model, layer).attribute(x.clone().requires_grad_(), target=y, interpolate_mode=mode)
+            rel_close(guided_grad_cam(model, x, y, 'features.18', mode=mode), theirs)
 
 def hand_gradcam(model, x, target, layer:str, to_maps, scores=lambda o: o):
     "GradCAM without relu from its definition: weights = gradients averaged over (h, w), map = Σ_c w_c A_c; `to_maps` lays the layer's output out as (N, C, h, w)"
@@ -41,7 +66,7 @@ def check_gradcam(model, x, y, layer, to_maps, scores=lambda o: o, **kw):
     assert snap.diff(model) == [] and hook_count(model) == 0
     return ref
 
-Y = torch.tensor([1, 4])
+TARGETS = torch.tensor([1, 4])
 
 # Swin: stages output channels-last maps (N, h, w, C)
 
@@ -53,7 +78,7 @@ def timm_swin():
 def test_timm_swin_stages_are_permuted(timm_swin, layer):
     "Used to be read as NCHW: (N, h, w, C) gave maps over the wrong dimensions, then a plausible 32x32 picture"
     model, x = timm_swin
-    ref = check_gradcam(model, x, Y, layer, lambda t: t.permute(0, 3, 1, 2))
+    ref = check_gradcam(model, x, TARGETS, layer, lambda t: t.permute(0, 3, 1, 2))
     side = {'layers.1': 4, 'layers.2': 2, 'layers.3': 1}[layer]
     assert ref.shape == (2, side, side)
 
@@ -61,7 +86,7 @@ def test_timm_swin_window_attention_is_refused(timm_swin):
     "Window attention outputs (N·windows, tokens, C): its first dimension is not the batch"
     model, x = timm_swin
     with pytest.raises(ValueError, match=r"layer 'layers.0.blocks.0.attn' outputs shape \(32, 4, 24\) for a batch of 2: its first dimension is not the examples"):
-        A.grad_cam(model, x, Y, 'layers.0.blocks.0.attn')
+        A.grad_cam(model, x, TARGETS, 'layers.0.blocks.0.attn')
     assert hook_count(model) == 0
 
 def test_torchvision_swin():
@@ -69,8 +94,8 @@ def test_torchvision_swin():
     model = torchvision.models.swin_t(num_classes=5).eval()
     x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     for layer, side in (('features.5', 4), ('features.7', 2)):
-        assert check_gradcam(model, x, Y, layer, lambda t: t.permute(0, 3, 1, 2)).shape == (2, side, side)
-    assert check_gradcam(model, x, Y, 'permute', lambda t: t).shape == (2, 2, 2)     # after its own Permute: NCHW
+        assert check_gradcam(model, x, TARGETS, layer, lambda t: t.permute(0, 3, 1, 2)).shape == (2, side, side)
+    assert check_gradcam(model, x, TARGETS, 'permute', lambda t: t).shape == (2, 2, 2)     # after its own Permute: NCHW
 
 # ViT tokens: the prefix tokens the model declares are dropped, the patches laid on the model's grid
 
@@ -86,7 +111,7 @@ def test_timm_vit_register_tokens_are_dropped(timm_vit, layer):
     "21 tokens: 1 class + 4 register tokens + a 4x4 grid (the square-grid guess refused 21 tokens, and would lay 25 tokens of 8 registers on a 5x5 grid)"
     model, x = timm_vit
     assert model.num_prefix_tokens == 5
-    assert check_gradcam(model, x, Y, layer, _grid(5, 4)).shape == (2, 4, 4)
+    assert check_gradcam(model, x, TARGETS, layer, _grid(5, 4)).shape == (2, 4, 4)
 
 def test_torchvision_vit_class_token():
     "torchvision's ViT has one class token and says so (the test the square-grid guess used to pass)"
@@ -94,7 +119,7 @@ def test_torchvision_vit_class_token():
     model = torchvision.models.vit_b_16(image_size=32).eval()
     nn.init.normal_(model.heads.head.weight, std=0.02)
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    assert check_gradcam(model, x, Y, 'encoder.layers.encoder_layer_11.ln_1', _grid(1, 2)).shape == (2, 2, 2)
+    assert check_gradcam(model, x, TARGETS, 'encoder.layers.encoder_layer_11.ln_1', _grid(1, 2)).shape == (2, 2, 2)
 
 @pytest.fixture(scope='module')
 def hf_vit():
@@ -105,21 +130,21 @@ def test_hf_vit_model_output(hf_vit, layer):
     "A ModelOutput's logits are the scores (no wrapper module, no prefixed layer names); the config's one class token is dropped; tensor or keyword input"
     model, x = hf_vit
     logits = lambda o: o.logits
-    ref = check_gradcam(model, x, Y, layer, _grid(1, 4), logits)
+    ref = check_gradcam(model, x, TARGETS, layer, _grid(1, 4), logits)
     assert ref.shape == (2, 4, 4)
-    check_gradcam(model, {'pixel_values': x}, Y, layer, _grid(1, 4), logits)
-    torch.testing.assert_close(A.grad_cam(model, x, Y, layer, relu=False, interpolate=False, output='logits'), ref)
-    torch.testing.assert_close(A.grad_cam(model, x, Y, layer, relu=False, interpolate=False, output=lambda o: o.logits * 2), 2 * ref)
+    check_gradcam(model, {'pixel_values': x}, TARGETS, layer, _grid(1, 4), logits)
+    torch.testing.assert_close(A.grad_cam(model, x, TARGETS, layer, relu=False, interpolate=False, output='logits'), ref)
+    torch.testing.assert_close(A.grad_cam(model, x, TARGETS, layer, relu=False, interpolate=False, output=lambda o: o.logits * 2), 2 * ref)
 
 def test_hf_vit_guided_grad_cam_keyword_input(hf_vit):
     "guided_grad_cam on a dict: shaped like its pixel_values, the map resized to them (GELU only: guided backprop is the gradient, with a warning)"
     model, x = hf_vit
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        ggc = A.guided_grad_cam(model, {'pixel_values': x}, Y, 'vit.layers.0')
-        g = A.saliency(model, x, Y, abs=False)
+        ggc = A.guided_grad_cam(model, {'pixel_values': x}, TARGETS, 'vit.layers.0')
+        g = A.saliency(model, x, TARGETS, abs=False)
     assert ggc.shape == x.shape
-    torch.testing.assert_close(ggc, g * A.grad_cam(model, x, Y, 'vit.layers.0')[:, None])
+    torch.testing.assert_close(ggc, g * A.grad_cam(model, x, TARGETS, 'vit.layers.0')[:, None])
 
 # word tokens have no grid
 
@@ -183,3 +208,74 @@ def test_outputs_and_keyword_inputs(digits, name):
         torch.testing.assert_close(f(Wrap(model), {'scale': sc, 'pixel_values': x}, y, 'm.conv3'), ref * k, rtol=1e-5, atol=1e-5 * (ref * k).abs().max().item())
     with pytest.raises(ValueError, match=r"x\['scale'\] holds NaN"): f(Wrap(model), {'pixel_values': x, 'scale': torch.full((3,), float('nan'))}, y, 'm.conv3')
     assert hook_count(model) == 0
+
+def fails(exc, contains): return pytest.raises(exc, match=re.escape(contains))
+
+MODEL = digits_cnn()
+
+_x, _y = digits_data('test')
+
+X, Y = _x[:4].clone(), _y[:4].clone()
+
+class Pair(nn.Module):                                   # a model that returns (scores, features)
+    def __init__(self, m): super().__init__(); self.m = m
+    def forward(self, t): return self.m(t), t
+
+@pytest.mark.parametrize('call, exc, regex', [
+    (lambda: grad_cam(MODEL, X, Y, 'res.relu'), KeyError, "ran 2 times"),
+    (lambda: grad_cam(MODEL, X, Y, 'head.2'), ValueError, "a map needs features on a 2-D grid, but 'head.2' outputs shape \\(4, 10\\): pick a layer with a grid"),
+    (lambda: grad_cam(MODEL, X, Y, 'conv3', channel=64), IndexError, 'has 64 channels'),
+    (lambda: cam(MODEL, X, Y, 'conv3', 'gradcam+'), KeyError, "closest: 'gradcam\\+\\+'"),
+    (lambda: grad_cam(MODEL, X, 11, 'conv3'), IndexError, 'out of range'),
+])
+def test_layers_channels_methods_targets(call, exc, regex):
+    snap = ModelSnapshot(MODEL)
+    with pytest.raises(exc, match=regex): call()
+    assert snap.diff(MODEL) == []
+
+@pytest.mark.parametrize('call, exc, contains', [
+    (lambda: guided_grad_cam(Pair(MODEL), X, Y, 'm.conv3', output=1), ValueError, "must be scores (N, classes), got shape (4, 1, 32, 32)"),
+    (lambda: grad_cam(MODEL, X.double(), Y, 'conv3'), TypeError, 'x is torch.float64'),
+    (lambda: grad_cam(MODEL, X[0], Y[0], 'conv3'), ValueError, 'add it with x[None]'),
+])
+def test_bad_input_and_output(call, exc, contains):
+    with fails(exc, contains): call()
+
+class NaNFor1(nn.Module):
+    def __init__(self, m): super().__init__(); self.m = m
+    def forward(self, t): return torch.where(torch.arange(len(t))[:, None] == 1, float('nan'), self.m(t))
+
+class Logits(nn.Module):
+    def __init__(self, m): super().__init__(); self.m = m
+    def forward(self, t): return {'logits': self.m(t)}
+
+class Both(nn.Module):                                   # a layer that outputs a tuple
+    def forward(self, t): return t, t
+
+class WithBoth(nn.Module):
+    def __init__(self, m): super().__init__(); self.m, self.both = m, Both()
+    def forward(self, t): return self.m(self.both(t)[0])
+
+def test_every_cam_refuses_nan_scores_and_empty_batches():
+    for f in (grad_cam, guided_grad_cam, lambda *a: cam(*a, method='gradcam++'), layer_acts_grads):
+        with fails(ValueError, "the model's output is NaN or infinite for examples [1]"): f(NaNFor1(MODEL), X, Y, 'm.conv3')
+        torch.testing.assert_close(f(Logits(MODEL), X, Y, 'm.conv3'), f(MODEL, X, Y, 'conv3'))
+        with fails(ValueError, 'x is empty'): f(MODEL, X[:0], Y[:0], 'conv3')
+
+def test_edge_cases():
+    snap = ModelSnapshot(MODEL)
+    xg = X.clone().requires_grad_()
+    assert grad_cam(MODEL, xg, Y, 'conv3').requires_grad is False and xg.grad is None
+    torch.testing.assert_close(grad_cam(MODEL, X.contiguous(memory_format=torch.channels_last), Y, 'conv3'), grad_cam(MODEL, X, Y, 'conv3'), rtol=0, atol=0)
+    with fails(TypeError, 'channel must be an int'): grad_cam(MODEL, X, Y, 'conv3', channel=2.5)
+    with fails(ValueError, 'vit_reshape takes tokens (N, T, D)'): vit_reshape(torch.zeros(2, 5), prefix=1)
+    with fails(ValueError, 'cannot lay 21 tokens less 1 prefix tokens on a square grid'): vit_reshape(torch.zeros(2, 21, 8), prefix=1)   # the old guess kept them all
+    with fails(ValueError, "reshape must return maps (N, C, h, w) for the 4 examples; for the output of layer 'conv3' it returned shape (4, 64, 64)"):
+        grad_cam(MODEL, X, Y, 'conv3', reshape=lambda t: t.flatten(2))
+    with fails(TypeError, "layer 'both' outputs a tuple, not a tensor"): grad_cam(WithBoth(MODEL), X, Y, 'both')
+    MODEL.train()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore'); cam(MODEL, X, Y, 'conv3', 'layercam')
+    finally: MODEL.eval()
+    assert snap.diff(MODEL) == []
