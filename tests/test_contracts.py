@@ -227,9 +227,9 @@ EXEMPT = {  # public names that take no user data to check, with the reason
     **{n: 'torch.distributed plumbing and the dataset runner: probed under torchrun in tests/test_distributed.py' for n in
        ['is_distributed', 'single_process', 'get_rank', 'get_world_size', 'is_main', 'shard_range', 'shard', 'all_gather_object', 'all_ranks',
         'barrier', 'all_reduce_sum', 'all_gather_cat', 'progress_main', 'attribute_loader']},
-    **{n: 'tutorial data and weights with an offline fallback: tests/test_tutorials_path.py' for n in
+    **{n: 'tutorial data and weights with an offline fallback: tests/test_data.py' for n in
        ['Tutorial', 'tutorial_setup', 'tutorial_data', 'load_pretrained', 'pretrained_categories']},
-    **{n: 'an explorer or its drawing helper: nbs/13_widgets.ipynb and the browser test (tests/test_widgets_browser.py)' for n in
+    **{n: 'an explorer or its drawing helper: nbs/13_widgets.ipynb and the browser test (tests/test_widgets.py)' for n in
        ['AttentionExplorer', 'colorbar_html', 'display_scale', 'explorer_layers', 'grid_image', 'matrix_image', 'overlay_map',
         'patch_overlay', 'sign_cmap', 'to_png', 'token_html']},
     **{n: 'a plot or summary of a result (takes what the functions above return)' for n in

@@ -4,7 +4,7 @@ decoded and no error stored, every sidebar entry has its page, and the notebook 
 import json, os, re, shutil, subprocess, sys
 from pathlib import Path
 import pytest
-from test_widgets_browser import browser, _require_browser   # the same Debian chromium + chromedriver
+from test_widgets import browser, _require_browser   # the same Debian chromium + chromedriver
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECK = [sys.executable, str(ROOT / 'tools' / 'check_notebooks.py')]

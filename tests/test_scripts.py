@@ -1,5 +1,7 @@
 """netlens in a script: long-running functions with their default progress, stdout piped to a file. Progress goes to a
-terminal's stderr or nowhere (netlens.adapters.progress), never into stdout; unsized loaders (generators) are read. The tour's command line without Graphviz says what it skipped."""
+terminal's stderr or nowhere (netlens.adapters.progress), never into stdout; unsized loaders (generators) are read; the
+optimisers of optvis, dream and style draw their bars on a terminal's stderr only. The tour's command line without Graphviz
+says what it skipped."""
 import fcntl, os, pty, shutil, struct, subprocess, sys, termios, textwrap
 import pytest
 
@@ -75,3 +77,55 @@ def test_tour_without_graphviz_says_what_it_skipped(tmp_path):
                         "Graphviz's dot is not installed: apt-get install graphviz, brew install graphviz or conda install graphviz)\n"), r.stdout
     index = (out / 'index.html').read_text()
     assert 'Skipped: the trace page (Operation graph)' in index and 'trace.png' not in index
+
+_SCRIPT = r'''
+import torch, torch.nn as nn
+from netlens.data import digits_cnn
+from netlens.optvis import render, channel, jitter
+from netlens.dream import deep_dream
+from netlens.style import style_transfer
+torch.manual_seed(0)
+net = nn.Sequential(*[m for k in range(3) for m in (nn.Conv2d(3 if k == 0 else 8, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))][:-1]).eval()
+c, s = torch.rand(3, 16, 16), torch.rand(3, 16, 16)
+for opt in ('lbfgs', 'adam'):
+    style_transfer(c, s, net, content_layers=['relu2_1'], style_layers=['relu1_1', 'relu2_1'], steps=3, optimizer=opt)
+m = digits_cnn()
+render(m, channel('conv2', 1), size=16, steps=3, transforms=[jitter(2)])
+deep_dream(m, torch.rand(1, 1, 16, 16), 'res', octaves=2, steps=2)
+'''
+
+def _run_script(stderr):
+    import subprocess, sys
+    return subprocess.run([sys.executable, '-c', _SCRIPT], stdout=subprocess.PIPE, stderr=stderr, timeout=300)
+
+def test_progress_in_a_script_with_stdout_piped():
+    "Default show_progress from a script: no exception (style_transfer's bar was updated before it started), nothing in stdout"
+    import subprocess
+    r = _run_script(subprocess.PIPE)
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    assert r.stdout == b''
+    assert r.stderr == b''                                 # stderr is a pipe too: no bar anywhere
+
+def test_progress_on_a_terminal_goes_to_stderr():
+    "With stderr a terminal the bars are drawn there, and stdout still holds nothing"
+    import os, pty, fcntl, termios, struct, threading
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack('HHHH', 24, 100, 0, 0))   # a terminal 100 columns wide (a new pty has 0)
+    chunks = []
+    def drain():                                           # read while the child writes, so a full pty buffer cannot block it
+        while True:
+            try: chunk = os.read(master, 65536)
+            except OSError: return                         # EIO: the child closed the terminal
+            if not chunk: return
+            chunks.append(chunk)
+    reader = threading.Thread(target=drain, daemon=True); reader.start()
+    try:
+        r = _run_script(slave)
+    finally:
+        os.close(slave)
+        reader.join(10)
+        os.close(master)
+    err = b''.join(chunks)
+    assert r.returncode == 0, err.decode(errors='replace')[-2000:]
+    assert r.stdout == b''
+    assert b'/3 [' in err, err[-500:]                      # style_transfer's and render's bars, 3 steps each

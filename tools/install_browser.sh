@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Debian's Chromium and its chromedriver for tests/test_widgets_browser.py (no browser can be downloaded by pip or
+# Debian's Chromium and its chromedriver for the browser test of tests/test_widgets.py (no browser can be downloaded by pip or
 # playwright here). Idempotent: a fast no-op when both are present. Needs root (CI runs as root) and apt-get.
 set -euo pipefail
 if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then exit 0; fi

@@ -1,4 +1,5 @@
-"Bad input to netlens.style, refused with a message that says what to fix (moved from nbs/09_style.ipynb, which keeps one example)"
+"""netlens.style (nbs/09_style.ipynb): style transfer lowers the style loss (Adam, the tutorial preset) and leaves a VGG as
+it was (no average pooling swapped in); bad input is refused with a message that says what to fix."""
 import pytest, torch, torch.nn as nn, torchvision
 from copy import deepcopy
 from netlens.data import sample_images
@@ -54,3 +55,11 @@ def test_nan_loss_is_refused(images, small_net):
     with torch.no_grad(): nan_net[3].bias[0] = float('nan')       # a broken model: NaN features from the second convolution on
     with raises(ValueError, 'the loss is nan at evaluation 1'): style_transfer(c16, s16, nan_net, **kw)
     assert hook_count(nan_net) == 0
+
+def test_style_transfer_adam_tutorial():
+    torch.manual_seed(0)
+    net = torchvision.models.vgg11().features.eval()
+    content, style = sample_images(['chelsea', 'rocket'], size=48, imagenet_norm=False)
+    out, hist = style_transfer(content, style, net, preset='tutorial', optimizer='adam', lr=0.02, steps=60, show_progress=False, return_history=True)
+    assert hist['style'][-1] < hist['style'][0] / 3 and out.shape == content.shape
+    assert not any(isinstance(m, nn.AvgPool2d) for m in net.modules())
