@@ -158,7 +158,9 @@ def _scan(x, producers, ins, parents):
         parents.append(i)
         return _Ref(i)
     if isinstance(x, (list, tuple)):
-        if not any(isinstance(v, (Tensor, list, tuple, dict)) for v in x): return x
+        for v in x:   # most arguments are flat: sizes, strides, numbers
+            if isinstance(v, (Tensor, list, tuple, dict)): break
+        else: return x
         vals = [_scan(v, producers, ins, parents) for v in x]
         return vals if type(x) is list else type(x)(*vals) if hasattr(x, '_fields') else type(x)(vals)
     if isinstance(x, dict): return {k: _scan(v, producers, ins, parents) for k, v in x.items()}
@@ -171,10 +173,17 @@ def _rng_state():
 
 _PASS_THROUGH = set()   # code of tracer subclasses' __torch_function__: their frames are neither the caller nor part of a composite's body
 
+_SKIP_CODE = {}   # code object -> whether `_caller` walks past its frames (asked once per code object)
+
 def _caller():
     "(file, line, function, instruction) of the nearest frame outside torch (and outside TorchLens' wrappers, which stay on torch's functions once it ran) that called the logged function"
     f = sys._getframe(3)  # 0 _caller, 1 add_op, 2 __torch_function__
-    while f is not None and (f.f_code.co_filename.startswith(_TORCH_DIR) or f.f_code in _PASS_THROUGH or f.f_globals.get('__name__', '').startswith('torchlens.')): f = f.f_back
+    while f is not None:
+        c = f.f_code
+        skip = _SKIP_CODE.get(c)
+        if skip is None: skip = _SKIP_CODE[c] = c.co_filename.startswith(_TORCH_DIR) or c in _PASS_THROUGH or f.f_globals.get('__name__', '').startswith('torchlens.')
+        if not skip: break
+        f = f.f_back
     return (f.f_code.co_filename, f.f_lineno, f.f_code.co_name, f.f_lasti) if f is not None else None
 
 def _inner_path(stop):
@@ -200,6 +209,9 @@ class _Tracer(TorchFunctionMode):
         self.producer, self.stack, self.quiet, self.halt = _Producers(), [], False, None   # halt: op -> bool, set by `_run_pass`
         self.decompose, self.bodies = frozenset(DECOMPOSE), []   # bodies: the entry frames of the composites running now
         self.layers, self.type_counts = {}, Counter()   # structural key -> (layer label, short label, type); type -> count
+        # saved values are the ops' own outputs, copied only when about to be written to (`protect`) or still held elsewhere at the end (`settle`)
+        self.lazy = not keep_grads and save_device is None and not torch.is_inference_mode_enabled() and _USE_COUNT is not None
+        self.refs, self.stale = {}, False   # refs: storage address -> {id(saved tensor): [tensor, [(op, version when saved)]]}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -210,6 +222,7 @@ class _Tracer(TorchFunctionMode):
         info = _FUNCS.get(func) or _func_info(func)
         name, skip, random_op, mutates = info
         if skip: return func(*args, **kwargs)
+        if self.refs and (mutates or (kwargs and ('out' in kwargs or kwargs.get('inplace') is True))): self.protect(args, kwargs)
         rng = _rng_state() if random_op else None
         # an in-place op on a tensor made outside the pass (a buffer's counter): keep its value before, for the replay
         before = args[0].detach().clone() if mutates and args and isinstance(args[0], Tensor) and self.producer.get(args[0]) is None else None
@@ -237,17 +250,20 @@ def add_op(self:_Tracer, func, info, args, kwargs, outs, elapsed, rng, before=No
     name = info[0]
     targs, tkwargs = _scan(args, producer, ins, parents), (_scan(kwargs, producer, ins, parents) if kwargs else kwargs)
     if len(parents) > 1: parents = list(dict.fromkeys(parents))
-    params = [(self.params[id(t)], t.shape, t.numel()) for t in ins if id(t) in self.params]
+    ps = self.params
+    params = [(ps[id(t)], t.shape, t.numel()) for t in ins if id(t) in ps]
     source = _caller() if self.source_lines or not params else None   # where it was called: for loops, and where asked
     where = None if source is None else source[:2] + source[3:] + (_inner_path(self.bodies[-1]) if self.bodies else ())
     if source is not None: source = source[:3] + (linecache.getline(source[0], source[1]).strip() if self.source_lines else '',)
     if before is not None: targs = (before,) + tuple(targs[1:])
-    path = tuple(self.stack)
+    path, entries, ltype = tuple(self.stack), log.entries, _layer_type(name)
     for j, out in enumerate(outs):
-        inplace = any(out is t for t in ins)
-        if params: key = (name, tuple(p for p, _, _ in params), j)
-        else: key = (name, tuple(m for m, _ in path), where, tuple(log.entries[i].layer_label for i in parents), j)
-        op = TensorOp(len(log.entries), name, _layer_type(name), out, parents, path, params, elapsed, source if self.source_lines else None, inplace)
+        inplace = False
+        for t in ins:
+            if out is t: inplace = True; break
+        if params: key = (name, tuple([p for p, _, _ in params]), j)
+        else: key = (name, tuple([m for m, _ in path]), where, tuple([entries[i].layer_label for i in parents]), j)
+        op = TensorOp(len(entries), name, ltype, out, parents, path, params, elapsed, source if self.source_lines else None, inplace)
         if key in self.layers:
             op.layer_label, op.short_label = self.layers[key]
             op.pass_num = log._passes[op.layer_label] = log._passes[op.layer_label] + 1
@@ -265,8 +281,9 @@ def add_op(self:_Tracer, func, info, args, kwargs, outs, elapsed, rng, before=No
         producer[out] = op.index
     if self.halt is not None and any(self.halt(op) for op in log.entries[first:]): raise _Halt()
 
-
 # %% ../nbs/12_trace.ipynb #a4691de5
+_USE_COUNT = getattr(torch._C, '_storage_Use_Count', None)   # how many references a storage has (without it, every value is copied when made)
+
 @patch
 def copy(self:_Tracer, t):
     "A copy of `t` to save: attached to the graph with `keep_grads`, on `save_device` where asked"
@@ -274,10 +291,49 @@ def copy(self:_Tracer, t):
     return t.clone() if self.save_device is None else t.to(self.save_device, copy=True)
 
 @patch
+def save(self:_Tracer, op, t):
+    "Save `t` as `op`'s value: the tensor itself where the tracer is `lazy` (copied later if need be), else a copy"
+    if self.lazy:
+        try: key, v = t.untyped_storage().data_ptr(), t._version
+        except Exception: key = None   # no storage or version counter (sparse, nested, inference tensors): copy now
+        if key is not None:
+            s = op.tensor = t.detach()   # an alias of its own: one that the model or the caller keeps counts as a holder of the storage
+            self.refs.setdefault(key, {}).setdefault(id(s), [s, []])[1].append((op, v))
+            return
+    op.tensor = self.copy(t)
+
+@patch
 def keep(self:_Tracer, op, t):
-    "Save a copy of `t` for `op` if asked, and its gradient when `keep_grads`"
-    if self.wants(op): op.tensor = self.copy(t)
+    "Save `t` for `op` if asked, and its gradient when `keep_grads`"
+    if self.wants(op): self.save(op, t)
     if self.keep_grads and t.requires_grad: t.register_hook(partial(_store_grad, weakref.ref(op)))
+
+@patch
+def materialize(self:_Tracer, entry, copy=True):
+    "Check that the saved tensors of one storage (`entry`) still hold their values (else the pass is `stale`), and replace them by copies"
+    for s, ops in entry.values():
+        c = None
+        for op, v in ops:
+            if op.tensor is not s: continue   # replaced since (by an intervention)
+            if s._version != v: self.stale = True   # written to where the mode could not see: `_run_pass` logs the pass again
+            elif copy: op.tensor = c = s.clone() if c is None else c
+
+@patch
+def protect(self:_Tracer, args, kwargs):
+    "Before an op writes into its first argument or `out=`: copy the saved values that share their storage"
+    for t in (_tensors(args[0]) if args else []) + (_tensors(kwargs.get('out')) if kwargs else []):
+        try: entry = self.refs.pop(t.untyped_storage().data_ptr(), None)
+        except Exception: continue
+        if entry: self.materialize(entry)
+
+@patch
+def settle(self:_Tracer):
+    "After the pass: copy the saved values whose storage something outside the log still holds (the output, the input, a parameter, a cache)"
+    for entry in self.refs.values():
+        s = next(iter(entry.values()))[0]
+        held = _USE_COUNT(s.untyped_storage()._cdata) - 1 > len(entry)   # 1: the storage object asked for here
+        self.materialize(entry, copy=held)
+    self.refs = {}
 
 # %% ../nbs/12_trace.ipynb #2dfbd473
 class _ModuleContext:
@@ -309,7 +365,7 @@ class _ModuleContext:
                 op = tr.log.entries[i]
                 op.output_of.append(call)
                 if op.tensor is None and (name in self.save_modules or f"{name}:{call[1]}" in self.save_modules):
-                    op.tensor = tr.copy(t)
+                    tr.save(op, t)
         finally: tr.quiet = False
         if call == self.halt_call: raise _Halt()   # the module call `halt` names has returned
 
@@ -320,10 +376,10 @@ class _ModuleContext:
 # %% ../nbs/12_trace.ipynb #83491608
 class ModelLog:
     "Every operation of one forward pass, in execution order; look up by label, short label, module name or position"
-    def __init__(self, model, modules, layers_to_save, keep_grads):
+    def __init__(self, model, modules, layers_to_save, keep_grads, n_params=None):
         self.model_name, self.layers_to_save, self.keep_grads = type(model).__name__, layers_to_save, keep_grads
         self.entries, self.output, self._n_layers, self._passes = [], None, 0, Counter()
-        self.n_params = sum(p.numel() for p in model.parameters())
+        self.n_params = sum(p.numel() for p in model.parameters()) if n_params is None else n_params
         self.module_types = {n: type(m).__name__ for n, m in modules}
         self.elapsed = 0.
 
@@ -497,24 +553,32 @@ def _run_pass(model, x, layers_to_save='all', keep_grads=False, source_lines=Fal
     if keep_grads:  # leaf copies that require grad, so the inputs get gradients too; the caller's tensors are left alone
         copy = lambda t: t.detach().requires_grad_() if isinstance(t, Tensor) and t.is_floating_point() and not t.requires_grad else t
         args, kw = tuple(map(copy, args)), {k: copy(v) for k, v in kw.items()}
-    modules = [(n, m) for n, m in model.named_modules() if n]
+    every = list(model.named_modules())   # one walk of the model: modules, and parameters by their first name (as named_parameters)
+    modules, params, n_params = [(n, m) for n, m in every if n], {}, 0
+    for n, m in every:
+        for k, p in m._parameters.items():
+            if p is not None and id(p) not in params: params[id(p)], n_params = f"{n}.{k}" if n else k, n_params + p.numel()
     names = {n for n, _ in modules}
-    rule = _save_rule(layers_to_save, names)
-    log = ModelLog(model, modules, layers_to_save, keep_grads)
-    params = {id(p): n for n, p in model.named_parameters()}
-    tracer = tracer(log, rule[0], params, keep_grads, source_lines, save_device)
-    for k, t in enumerate(_tensors(args) + _tensors(kw), 1): _add_io(log, tracer, t, 'input', k)
-    context = _ModuleContext({id(m): n for n, m in modules}, tracer, rule[2])
-    tracer.halt, context.halt_call = _halt_rule(halt, names)
-    t0, out, halted = time.perf_counter(), None, False
-    try:
-        # keep_buffers outermost: BatchNorm's statistics are restored after the tracer has stopped logging
-        with keep_buffers(model), torch.set_grad_enabled(torch.is_grad_enabled() or keep_grads), tracer: out = model(*args, **kw)
-    except _Halt: halted = True
-    finally: context.remove()
-    log.elapsed = time.perf_counter() - t0
-    return _after_pass(log, tracer, context, out, rule, halt, halted)
-
+    rule, rng = _save_rule(layers_to_save, names), _rng_state()
+    for lazy in (True, False):   # a saved value written to where the mode could not see: log again, copying every value as it is made
+        log = ModelLog(model, modules, layers_to_save, keep_grads, n_params)
+        tr = tracer(log, rule[0], params, keep_grads, source_lines, save_device)
+        tr.lazy = tr.lazy and lazy
+        for k, t in enumerate(_tensors(args) + _tensors(kw), 1): _add_io(log, tr, t, 'input', k)
+        context = _ModuleContext({id(m): n for n, m in modules}, tr, rule[2])
+        tr.halt, context.halt_call = _halt_rule(halt, names)
+        t0, out, halted = time.perf_counter(), None, False
+        try:
+            # keep_buffers outermost: BatchNorm's statistics are restored after the tracer has stopped logging
+            with keep_buffers(model), torch.set_grad_enabled(torch.is_grad_enabled() or keep_grads), tr: out = model(*args, **kw)
+        except _Halt: halted = True
+        finally: context.remove()
+        log.elapsed = time.perf_counter() - t0
+        tr.settle()
+        if not tr.stale: break
+        torch.random.set_rng_state(rng[0])   # the same random draws again
+        if rng[1] is not None: torch.cuda.set_rng_state(rng[1])
+    return _after_pass(log, tr, context, out, rule, halt, halted)
 
 # %% ../nbs/12_trace.ipynb #69a35621
 def _after_pass(log, tracer, context, out, rule, halt, halted):
@@ -793,7 +857,8 @@ def _edit_fn(rep, op, key, ref):
         new = rep(t)
         if not isinstance(new, Tensor): raise TypeError(f"{where}: the function returned {type(new).__name__}, not a tensor")
         if new.shape != t.shape: raise ValueError(f"{where}: the function returned shape {tuple(new.shape)}, not {tuple(t.shape)}")
-        return new.to(t.device, t.dtype)
+        new = new.to(t.device, t.dtype)
+        return new if new is t else new.clone()   # the model's later in-place ops write into a copy, never into the caller's tensor (or a log's)
     return f
 
 def _swaps(replace_funcs):

@@ -321,3 +321,17 @@ def test_resnet18_module_edit_equals_forward_hook(key, call):
         log = log_forward_pass(m, x, layers_to_save=[key])
         assert_close(intervene(m, x, {key: f(log[key].tensor)}), want, rtol=0, atol=0)
     clean_state(m, snap)
+
+def test_replacements_are_not_written_into_by_later_in_place_ops():
+    "resnet18's ReLU(inplace=True) after bn1 writes into whatever replaced bn1's output: never into the caller's tensor or a log's"
+    m = perturbed_resnet18()
+    x, x2 = torch.randn(2, 1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        clean = log_forward_pass(m, x)
+        saved, r = clean['bn1'].tensor.clone(), torch.randn(clean['bn1'].shape)
+        r0 = r.clone()
+        got = intervene(m, x2, {'bn1': clean}), intervene(m, x2, {'bn1': r}), intervene(m, x2, {'bn1': lambda o: r})
+        want = hooked(m, m.bn1, lambda mod_out: saved.clone(), x2), *[hooked(m, m.bn1, lambda mod_out: r0.clone(), x2)] * 2
+    assert_close(clean['bn1'].tensor, saved, rtol=0, atol=0) ; assert_close(r, r0, rtol=0, atol=0)
+    assert (saved < 0).any()   # the in-place ReLU would have changed it
+    for g, w in zip(got, want): assert_close(g, w, rtol=0, atol=0)

@@ -255,3 +255,63 @@ def test_summary_flops_equal_torch_flop_counter_on_torchvision(name):
     assert log.flops == want > 0
     assert f"{want:,} FLOPs" in log.summary(max_rows=0).splitlines()[-1]
     if name == 'vit_b_16': assert sum(op.layer_type == 'scaleddotproductattention' for op in log) == 12
+
+# ------------------------------------------------------------------------------------------------ saved values kept by reference, copied before a write
+import torchvision
+
+def hooked_outputs(m, x, names):
+    "Each module's output, cloned by a plain forward hook at the moment the module returns (the oracle)"
+    got, hs = {}, [m.get_submodule(n).register_forward_hook(lambda mod, i, o, n=n: [got.setdefault(n, o.detach().clone())] and None) for n in names]
+    try:
+        with torch.no_grad(): out = m(x)
+    finally:
+        for h in hs: h.remove()
+    return got, out
+
+def test_values_overwritten_in_place_later_are_as_they_were():
+    torch.manual_seed(0)
+    m = torchvision.models.resnet18().eval()   # ReLU(inplace=True) after every BatchNorm, and `out += identity`
+    x = torch.randn(1, 3, 64, 64)
+    names = ['bn1', 'layer1.0.bn1', 'layer1.0.bn2', 'layer2.0.downsample.1', 'layer4.1.bn2']
+    want, _ = hooked_outputs(m, x, names)
+    with torch.no_grad(): log = log_forward_pass(m, x)
+    for n in names: assert_close(log[n].tensor, want[n], rtol=0, atol=0)
+    assert not torch.equal(log['bn1'].tensor, log['relu'].tensor)   # the ReLU wrote into bn1's output after it was saved
+    # what the caller and the model keep is not the log's: writing into them afterwards leaves the log alone
+    with torch.no_grad():
+        log = log_forward_pass(m, x)
+        out, x0, first = log.output, log['input_1'].tensor.clone(), log['output_1'].tensor.clone()
+        out.mul_(0); x.add_(1)
+    assert_close(log['output_1'].tensor, first, rtol=0, atol=0) ; assert_close(log['input_1'].tensor, x0, rtol=0, atol=0)
+    assert log['output_1'].tensor.abs().sum() > 0
+
+class Cache(nn.Module):
+    "Keeps a view of a parameter and its last hidden state; writes into a logged tensor where the mode cannot see it (`unseen`)"
+    def __init__(self, unseen=False):
+        super().__init__(); self.lin, self.w, self.unseen, self.cache = nn.Linear(4, 4), nn.Parameter(torch.randn(4)), unseen, None
+    def forward(self, x):
+        h = self.lin(x)
+        v = self.w[None].expand_as(h)   # a view of the parameter
+        s = h + v
+        self.cache = s
+        if self.unseen:
+            with torch._C.DisableTorchFunction(): h.mul_(-1)   # no TorchFunctionMode sees this write; h's version counter does
+        return s * 2 + h
+
+def test_held_elsewhere_or_written_unseen_is_copied():
+    torch.manual_seed(0)
+    m, x = Cache(), torch.randn(3, 4)
+    with torch.no_grad():
+        log = log_forward_pass(m, x)
+        h, s, w = m.lin(x), m.lin(x) + m.w, m.w.clone()
+        m.w.add_(1); m.cache.mul_(0)   # the model's own state changes after the pass
+    assert_close(log['lin'].tensor, h, rtol=0, atol=0)
+    assert_close(log['expandas_1_3'].tensor, w[None].expand(3, 4), rtol=0, atol=0)
+    assert_close(log['add_1_4'].tensor, s, rtol=0, atol=0)
+    mu = Cache(unseen=True); mu.load_state_dict(m.state_dict())
+    with torch.no_grad():
+        h = mu.lin(x)
+        log = log_forward_pass(mu, x)
+        want = (h + mu.w) * 2 - h
+    assert_close(log['lin'].tensor, h, rtol=0, atol=0)   # as it was when logged, not as the unseen write left it
+    assert_close(log.output, want) ; assert_close(log['output_1'].tensor, want)
