@@ -81,9 +81,18 @@ def test_feature_inversion_matches_features(resnet):
     err = lambda x: ((feats(x) - t) ** 2).sum() / (t ** 2).sum()
     assert err(inv) < 0.25 * err(ImageParam(48, seed=0)().detach())
 
-def test_net_dreamer_shapes(resnet):
-    out = net_dreamer(resnet, 'layer1', size=40, batch=2, octaves=2, steps=2, preprocess='imagenet', seed=0, show_progress=False)
+def test_net_dreamer_is_deep_dream_from_seeded_grey_noise(resnet):
+    """net_dreamer is DeepDream from grey noise, 0.5 + noise * N(0, 1) drawn from `seed` and clamped to [0, 1]: bit for bit the
+    image deep_dream makes of that start with the same settings; and the dream raises the layer's mean square over the start"""
+    kw = dict(octaves=2, steps=2, preprocess='imagenet', seed=0, show_progress=False)
+    out = net_dreamer(resnet, 'layer1', size=40, batch=2, **kw)
     assert out.shape == (2, 3, 40, 40)
+    start = (0.5 + 0.1 * torch.randn(2, 3, 40, 40, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    torch.testing.assert_close(out, deep_dream(resnet, start, 'layer1', **kw), rtol=0, atol=0)
+    def mean_square(x):
+        with torch.no_grad(), FlatModel(resnet).record('layer1') as rec: resnet(normalize(x))
+        return (rec['layer1'] ** 2).mean().item()
+    assert mean_square(out) > mean_square(start)
 
 @pytest.mark.parametrize('name', ['timm_vit_reg', 'hf_vit'])
 def test_deep_dream_on_a_fixed_size_vit_keeps_the_size(name):

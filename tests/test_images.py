@@ -109,9 +109,15 @@ def test_8bit_and_pil_are_the_same_image(entry):
         torch.testing.assert_close(guarded(model, lambda: call(pil)).reshape(ref.shape), ref, atol=1e-6, rtol=0)
 
 @pytest.mark.parametrize('dtype', [torch.float16, torch.float64])
-def test_other_float_dtypes(entry, dtype):
+def test_other_float_dtypes(entry, dtype, request):
+    """Another float dtype is the same image: it is converted to the model's dtype (float32) at the door, so the result equals,
+    exactly, the result on the same values given in float32 (for float64: on `x` itself, which float64 holds exactly)"""
     model, call, name, x, image = entry
-    valid_output(guarded(model, lambda: call(x.to(dtype))), image)
+    if model is None and dtype == torch.float16:
+        request.applymarker(pytest.mark.xfail(strict=True, reason='ImageParam.from_image subtracts 0.5 in the image\'s dtype: '
+            'float16 rounds the pixels by up to 2**-13 (its docstring says "exactly"); cast to the parameter\'s dtype first'))
+    out = valid_output(guarded(model, lambda: call(x.to(dtype))), image)
+    torch.testing.assert_close(out, guarded(model, lambda: call(x.to(dtype).float())), rtol=0, atol=0)
 
 def test_layouts_give_the_same_result(entry):
     model, call, name, x, image = entry
@@ -129,9 +135,24 @@ def test_input_requiring_grad_is_left_alone(entry):
     assert xg.grad is None and torch.equal(xg.detach(), x)
     torch.testing.assert_close(out, guarded(model, lambda: call(x)))
 
-def test_batch_of_one(entry):
+# the batch that holds a batch of one's example as its first row, where the result's rows do not depend on the rest of the
+# batch: ImageParam.from_image treats each image on its own (the example inside `x`, exactly); deep_dream couples a batch only
+# through its step, gradient / mean |gradient| over the whole batch, which two copies of the image leave unchanged but for the
+# order of the float32 sum: at most one rounding (float32 eps) of the [0, 1] image per step, 2 octaves x 2 steps here.
+# invert_features is coupled by Adam's eps and by its objective's ratio over the batch, style_transfer takes one image, the
+# explorer shows one: for those the unbatched image is the oracle.
+IN_A_BATCH = {'ImageParam.from_image': (lambda x: x, 0.),
+              'deep_dream': (lambda x: x[:1].repeat(2, 1, 1, 1), 4 * torch.finfo(torch.float32).eps)}
+
+def test_batch_of_one(entry, request):
+    "A batch of one is the image without its batch dimension, exactly; and, where examples are independent, its row in a larger batch"
     model, call, name, x, image = entry
-    valid_output(guarded(model, lambda: call(x[:1])), image)
+    one = valid_output(guarded(model, lambda: call(x[:1])), image)
+    torch.testing.assert_close(guarded(model, lambda: call(x[0])).reshape(one.shape), one, rtol=0, atol=0)   # (C, H, W) may come back as given
+    key = request.node.callspec.params['entry']
+    if key in IN_A_BATCH:
+        batch, atol = IN_A_BATCH[key]
+        torch.testing.assert_close(guarded(model, lambda: call(batch(x)))[:1], one, rtol=0, atol=atol)
 
 def test_model_in_train_mode_is_restored(entry):
     model, call, name, x, image = entry
@@ -217,11 +238,14 @@ def test_refused_with_a_clear_error(name, f, err, words):
     lambda: channel_visualization(DIGITS, 'conv2', ks=[4], size=16, **KW),
 ], ids=['render', 'net_dreamer', 'class_visualization', 'channel_visualization'])
 def test_a_batch_of_one_and_train_mode(f):
+    "A batch of one from a model in train mode: exactly the image of the model in eval mode (the optimisers run it frozen, in eval mode)"
+    ref = valid_output(guarded(DIGITS, f))
     DIGITS.train()
     try:
         out = valid_output(guarded(DIGITS, f))
         assert out.shape[0] == 1 and 0 <= out.min() and out.max() <= 1
     finally: DIGITS.eval()
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
 
 @pytest.mark.parametrize('wrapper', [TwoHeads, DictOut], ids=['tuple', 'dict'])
 def test_tuple_and_dict_outputs_give_the_scores(wrapper):
