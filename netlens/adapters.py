@@ -252,12 +252,17 @@ class Layout:
 _HF_PREFIX = {'vit': 1, 'deit': 2, 'beit': 1, 'data2vec-vision': 1, 'dinov2': 1, 'dinov2_with_registers': 1, 'vit_mae': 1, 'vit_msn': 1,
               'dpt': 1, 'clip_vision_model': 1, 'siglip_vision_model': 0, 'swin': 0, 'swinv2': 0}
 
+def _vision_config(m):
+    "A Hugging Face model's config, or its `vision_config` where the vision tower's is nested (CLIP)"
+    cfg = getattr(m, 'config', None)
+    return getattr(cfg, 'vision_config', None) or cfg
+
 def num_prefix_tokens(model) -> int|None:
     "How many class, distillation and register tokens come before the patch tokens, as `model` says (timm, Hugging Face, torchvision); None if it does not say"
     m = unwrap_model(model)
     n = getattr(m, 'num_prefix_tokens', None)
     if isinstance(n, int) and not isinstance(n, bool): return n
-    cfg = getattr(m, 'config', None)
+    cfg = _vision_config(m)
     kind = getattr(cfg, 'model_type', None)
     if kind in _HF_PREFIX: return _HF_PREFIX[kind] + (getattr(cfg, 'num_register_tokens', 0) or 0)
     if type(m).__module__.startswith('torchvision.models.vision_transformer'): return 1
@@ -274,7 +279,7 @@ def token_grid(model) -> tuple|None:
     m = unwrap_model(model)
     g = getattr(getattr(m, 'patch_embed', None), 'grid_size', None)            # timm
     if g is not None: return tuple(int(v) for v in g)
-    cfg = getattr(m, 'config', None)
+    cfg = _vision_config(m)
     if getattr(cfg, 'model_type', None) in _HF_PREFIX and getattr(cfg, 'image_size', None) and getattr(cfg, 'patch_size', None):
         (ih, iw), (ph, pw) = _pair(cfg.image_size), _pair(cfg.patch_size)
         return ih // ph, iw // pw
