@@ -1,4 +1,4 @@
-"Bad inputs to netlens.hooks, moved from nbs/02_hooks.ipynb: each raises a clear error before anything is registered"
+"netlens.hooks (nbs/02_hooks.ipynb): bad inputs, moved from the notebook, each raise a clear error before anything is registered"
 import pytest, torch
 from netlens.data import digits_cnn
 from netlens.hooks import Hook, Hooks, ModelSnapshot, hook_count, hook_output
