@@ -118,9 +118,8 @@ class Capture:
 
     def _hook(self, m, inp, out):
         self.calls += 1
-        if self.call is not None and self.calls != self.call: return None
+        if self.calls != (self.call or 1): return None          # another call: counted, run as it is
         key = self.name if self.call is None else f"{self.name}:{self.call}"
-        if self.calls > 1 and self.call is None: raise ValueError(f"layer {key!r} ran more than once in one forward pass: name the call, {key}:1, {key}:2, ...")
         if not isinstance(out, Tensor): raise TypeError(f"layer {key!r} outputs a {type(out).__name__}, not a tensor: pick a submodule that outputs one tensor")
         if not out.is_floating_point(): raise TypeError(f"layer {key!r} outputs {out.dtype} values, not floating-point ones: nothing has a gradient there; pick a layer after it (an embedding's output)")
         if self.n is not None and (out.ndim == 0 or len(out) != self.n):
@@ -133,6 +132,8 @@ class Capture:
     def __enter__(self): return self
     def __exit__(self, typ, *exc):
         self.handle.remove()
+        if typ is None and self.call is None and self.calls > 1:
+            raise KeyError(f"layer {self.name!r} ran {self.calls} times: ask for {', '.join(repr(f'{self.name}:{i + 1}') for i in range(self.calls))}")
         if typ is None and self.value is None:
             key = self.name if self.call is None else f"{self.name}:{self.call}"
             ran = '' if self.call is None or not self.calls else f" (it ran {self.calls} time{'s' if self.calls > 1 else ''})"

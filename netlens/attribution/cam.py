@@ -11,9 +11,8 @@ from collections.abc import Mapping
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
 from ..core import *
-from ..hooks import Hook
 from ..flat import FlatModel
-from ..adapters import (check_index, main_input, batch_len, with_main_input, Layout, feature_layout, channels_first, as_maps, model_scores)
+from ..adapters import (check_index, main_input, batch_len, Layout, feature_layout, channels_first, as_maps, model_scores)
 from ..adapters import check_call, check_result
 from .gradients import target_scores, guarded, _gradient
 
@@ -33,26 +32,14 @@ def _maps(t, name:str, n:int, lay, reshape, what) -> Tensor:
 def _layer_acts_grads(model, x, target, layer, reshape=None, output=None, layout=None) -> tuple[Tensor, Tensor]:
     "`layer_acts_grads` of checked `x` (a tensor or a dict of keyword inputs)"
     fm = FlatModel(model)
-    name = fm.name_of(layer)
-    call = layer.rpartition(':')[2] if isinstance(layer, str) and ':' in layer else None
-    n = batch_len(x, model)
-    main = x[main_input(model, x)] if isinstance(x, Mapping) else x
-    with fm.record(name, grads=True) as rec, Hook(fm[name], detach=False, every_call=True) as raw, torch.enable_grad(), guarded(model, x):
-        v = main.detach().requires_grad_() if main.is_floating_point() else main     # token ids have no gradient
-        scores = target_scores(model_scores(model, with_main_input(x, v, model), output), target, n)
-        key = name if call is None else f"{name}:{call}"
-        acts = rec[key]                                          # raises clearly for an unused layer or an ambiguous call
-        if not isinstance(acts, Tensor): raise TypeError(f"layer {name!r} outputs a {type(acts).__name__}, not a tensor: a CAM needs one tensor of features; pick a submodule that outputs one")
+    name, n = fm.name_of(layer), batch_len(x, model)
+    with torch.enable_grad(), guarded(model, x):
+        with fm.capture(layer, n) as cap: scores = target_scores(model_scores(model, x, output), target, n)
+        acts = cap.value
         lay = None if reshape is not None else feature_layout(model, name, acts, layout, n=n)   # before the backward: a wrong layer fails fast
-        k = int(call) - 1 if call else 0
-        try: out = raw.stored[k]
-        except RuntimeError: out = None                          # changed in place after the layer
-        if not isinstance(out, Tensor) or not out.requires_grad: out = None
-        inputs = [out] if out is not None else [v] if v.requires_grad else [p for p in model.parameters() if p.requires_grad]
-        if not scores.requires_grad or not inputs: raise ValueError(f"the target scores do not depend on layer {name!r}: pick a layer between x and the scores")
-        torch.autograd.grad(scores.sum(), inputs, allow_unused=True)
-        grads = rec.grads[key]
-    return _maps(acts, name, n, lay, reshape, 'output'), _maps(grads, name, n, lay, reshape, 'gradient')
+        grads = torch.autograd.grad(scores.sum(), acts, allow_unused=True)[0] if scores.requires_grad else None
+    if grads is None: raise ValueError(f"the target scores do not depend on layer {name!r}: pick a layer between x and the scores")
+    return _maps(acts.detach(), name, n, lay, reshape, 'output'), _maps(grads, name, n, lay, reshape, 'gradient')
 
 def layer_acts_grads(model:nn.Module, x:Tensor, target, layer, reshape=None, *, output=None, layout=None) -> tuple[Tensor, Tensor]:
     "Activations of `layer` as maps (N, C, h, w) (`layout` as `feature_layout`) and the gradient of the summed `target` scores of `output` with respect to them"

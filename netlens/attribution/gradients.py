@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt
 from fastprogress.core import in_notebook
 from ..core import *
 from ..hooks import annotate_errors
+from ..flat import FlatModel
 from ..adapters import (check_tensor, check_finite, check_count, check_number, check_scores, check_module, keeps_rng, main_input, batch_len, call_model,
                               expand_batch, with_main_input, embedding_name, model_scores, main_tensor, check_call, check_result)
 
@@ -26,13 +27,14 @@ __all__ = ['IG_METHODS', 'guarded', 'per_example', 'target_scores', 'saliency', 
            'ig_quadrature', 'integrated_gradients', 'token_scores', 'tokens_html', 'show_tokens', 'show_attributions']
 
 # %% ../../nbs/04_gradients.ipynb #ce8d418f
-def _why(model:nn.Module, x, misfed:list):
+def _why(model:nn.Module, x, misfed):
     "The clear cause of a failed forward on `x`, if there is one: a dtype or device unlike the model's, or a convolution fed the wrong rank"
     p = next((p for p in model.parameters() if p.is_floating_point()), None)
     if x is not None and p is not None and x.is_floating_point() and x.dtype != p.dtype:
         return TypeError(f"x is {x.dtype} but the model's parameters are {p.dtype}: convert x with x.to({p.dtype}) (or the model with model.to({x.dtype}))")
     if x is not None and p is not None and x.device != p.device:
         return ValueError(f"x is on {x.device} but the model's parameters are on {p.device}: move it with x.to('{p.device}')")
+    misfed = misfed()                                        # only now: it runs the model again
     if misfed:
         m, shape, d = misfed[0]
         name = next(n for n, o in model.named_modules() if o is m) or type(model).__name__
@@ -40,25 +42,36 @@ def _why(model:nn.Module, x, misfed:list):
         fix = 'is x one example without its batch dimension? add it with x[None]' if len(shape) == d - 1 else 'give x the shape the model takes'
         return ValueError(f"layer {name!r} ({type(m).__name__}) takes batches of {d} dimensions, got an input of shape {shape}{got}: {fix}")
 
+class _Misfed(Exception): pass
+
+def _misfed(model, x) -> list:
+    "[(conv, input shape, dimensions it takes)] for the first convolution that `x` reaches with another rank: `x` run again with a check before each convolution (after a failed forward only, so a working one costs nothing)"
+    found, hs = [], []
+    def rank(m, inp):                                        # ConvNd takes batches (N, C, *spatial), or one unbatched example
+        d = len(m.kernel_size) + 2
+        if inp and isinstance(inp[0], Tensor) and inp[0].ndim != d: found.append((m, tuple(inp[0].shape), d)); raise _Misfed
+    if x is None: return []
+    try:
+        hs = [m.register_forward_pre_hook(rank) for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)]
+        if hs:
+            with torch.no_grad(), keep_buffers(model): call_model(model, x)
+    except Exception: pass
+    finally:
+        for h in hs: h.remove()
+    return found
+
 @contextmanager
 def guarded(model, x:Tensor|Mapping|None=None):
     "Run the block with `model`'s buffers kept and errors annotated with the failing layer; a forward that fails because of `x`'s (main input's) dtype, device or rank says so"
     if not isinstance(check_module(model, functions=True), nn.Module): yield; return
-    if isinstance(x, Mapping): x = main_tensor(model, x)
-    misfed, hs = [], []
-    def rank(m, inp):                                        # ConvNd takes batches (N, C, *spatial), or one unbatched example
-        d = len(m.kernel_size) + 2
-        if inp and isinstance(inp[0], Tensor) and inp[0].ndim != d and not misfed: misfed.append((m, tuple(inp[0].shape), d))
+    main = main_tensor(model, x) if isinstance(x, Mapping) else x
     try:
-        for m in model.modules():
-            if isinstance(m, nn.modules.conv._ConvNd): hs.append(m.register_forward_pre_hook(rank))
         with annotate_errors(model), keep_buffers(model): yield
     except (RuntimeError, ValueError) as e:
-        why = _why(model, x, misfed)
+        why = _why(model, main, lambda: _misfed(model, x))
         if why is None: raise
         raise why from e
-    finally:
-        for h in hs: h.remove()
+
 
 # %% ../../nbs/04_gradients.ipynb #ffb785c8
 def per_example(target, n:int, device=None) -> Tensor:
@@ -85,8 +98,8 @@ def _attr_grad(model, x, target, name="the model's output", group=None, output=N
             v = main_tensor(model, x).detach().requires_grad_()
             out = model_scores(model, with_main_input(x, v, model), output)
         else:
-            with _at_layer(model, layer, n, act) as box: out = model_scores(model, x, output)
-            v = box[0]
+            with FlatModel(model).capture(layer, n, act) as cap: out = model_scores(model, x, output)
+            v = cap.value
         scores = target_scores(out, target, n, name, group=group)
         g, = torch.autograd.grad(scores.sum(), v, allow_unused=True)
     if g is None: raise ValueError(f"the target scores do not depend on {'x' if layer is None else f'layer {layer!r}'}: there is nothing to attribute")
@@ -98,7 +111,7 @@ def _gradient(model, x, target, rule=None, output=None, layer=None) -> Tensor:
     if rule: mode.warn_if_unused(stacklevel=4)
     return check_result(g, 'the gradient')
 
-def saliency(model:nn.Module, x:Tensor, target, abs=True, sign='all', *, output=None, layer:str|None=None) -> Tensor:
+def saliency(model:nn.Module, x:Tensor, target, abs=True, sign='all', *, output=None, layer=None) -> Tensor:
     "Gradient of the target score w.r.t. `x` (or `layer`'s output): its magnitude (`abs`), the signed gradient, or one `sign` ('positive', 'negative')"
     if sign not in ('all', 'positive', 'negative'): raise ValueError(f"sign must be 'all', 'positive' or 'negative', got {sign!r}")
     model, x = check_call(model, x, ids=layer is not None)
@@ -136,46 +149,26 @@ def show_attribution(attr:Tensor, image:Tensor=None, sign='absolute', overlay=Tr
     return ax
 
 # %% ../../nbs/04_gradients.ipynb #ebb9abef
-def _layer(model, layer:str) -> nn.Module:
-    "`model`'s module named `layer`, else an error naming the closest names"
-    if not isinstance(model, nn.Module): raise TypeError(f"layer= needs the model as a torch.nn.Module (the layer is found by name in it), got {type(model).__name__}")
-    if not isinstance(layer, str): raise TypeError(f"layer must be a module name as in model.named_modules(), e.g. {embedding_name(model)!r}, got {type(layer).__name__}")
-    mods = dict(model.named_modules())
-    if not layer or layer not in mods: raise unknown_key_error(layer, [n for n in mods if n], 'layer')
-    return mods[layer]
+def _layer_model(model, layer) -> FlatModel:
+    "`FlatModel(model)` to attribute to `layer` (a name, `'name:k'`, an ordinal or a submodule), the key checked before any forward"
+    if not isinstance(model, nn.Module): raise TypeError(f"layer= needs the model as a torch.nn.Module (the layer is found in it), got {type(model).__name__}")
+    fm = FlatModel(model)
+    fm.name_of(layer)
+    return fm
 
-@contextmanager
-def _at_layer(model, layer:str, n:int, act:Tensor|None=None):
-    "Within the block, `layer`'s output (or `act` in its place) is a leaf that requires grad, put in the yielded list; an error if the layer does not run once on a batch of `n`"
-    box = []
-    def hook(m, inp, out):
-        if box: raise ValueError(f"layer {layer!r} ran twice in one forward pass: attribute to a layer that runs once")
-        if not isinstance(out, Tensor) or not out.is_floating_point():
-            what = f'a {type(out).__name__}' if not isinstance(out, Tensor) else f'{out.dtype} values'
-            raise TypeError(f"layer {layer!r} outputs {what}, not a floating-point tensor: attribute to a layer whose output is one (e.g. the embedding {embedding_name(model)!r})")
-        if out.ndim == 0 or len(out) != n: raise ValueError(f"layer {layer!r} outputs shape {tuple(out.shape)} for a batch of {n}: its first dimension is not the examples (a table shared by the batch?): pick another layer")
-        v = (out if act is None else act).detach().requires_grad_()
-        box.append(v)
-        return v.clone()                                     # the model may change its copy in place
-    h = _layer(model, layer).register_forward_hook(hook)
-    try:
-        yield box
-        if not box: raise ValueError(f"layer {layer!r} did not run in the model's forward pass: attribute to a layer between x and the scores")
-    finally: h.remove()
-
-def _layer_value(model, x, layer:str) -> Tensor:
+def _layer_value(model, x, layer) -> Tensor:
     "`layer`'s output on `x` (the whole forward runs, without gradients)"
-    with torch.no_grad(), _at_layer(model, layer, batch_len(x, model)) as box: call_model(model, x)
-    return box[0]
+    with torch.no_grad(), _layer_model(model, layer).capture(layer, batch_len(x, model)) as cap: call_model(model, x)
+    return cap.value
 
-def input_grad(model:nn.Module, x:Tensor, target, *, output=None, layer:str|None=None) -> tuple[Tensor, Tensor]:
+def input_grad(model:nn.Module, x:Tensor, target, *, output=None, layer=None) -> tuple[Tensor, Tensor]:
     "Gradient of the `target` scores of `model(x)` with respect to `x` (or to `layer`'s output), and the scores; no parameter's `.grad` changes"
     model, x = check_call(model, x, ids=layer is not None)
     with guarded(model, x): g, s, _ = _attr_grad(model, x, target, output=output, layer=layer)
     return check_result(g, 'the gradient'), s
 
 # %% ../../nbs/04_gradients.ipynb #054feadb
-def input_x_gradient(model:nn.Module, x:Tensor, target, *, output=None, layer:str|None=None) -> Tensor:
+def input_x_gradient(model:nn.Module, x:Tensor, target, *, output=None, layer=None) -> Tensor:
     "Gradient × input (Captum's `InputXGradient`), or with `layer` gradient × that layer's output (`LayerGradientXActivation`)"
     model, x = check_call(model, x, ids=layer is not None)
     with guarded(model, x): g, _, v = _attr_grad(model, x, target, output=output, layer=layer)
@@ -312,12 +305,12 @@ def _baseline(baseline, x):
 
 # %% ../../nbs/04_gradients.ipynb #c6728045
 def integrated_gradients(model:nn.Module, x:Tensor, target, baseline=None, n_steps=50, method='gausslegendre',
-                         batch_size=None, return_delta=False, *, output=None, layer:str|None=None):
+                         batch_size=None, return_delta=False, *, output=None, layer=None):
     "Integrated gradients from `baseline` to `x` (or, with `layer`, from the layer's output on the baseline to that on `x`) by the `method` quadrature; with `return_delta`, also the completeness gap"
     alphas, weights = ig_quadrature(n_steps, method)
     if batch_size is not None: batch_size = check_count(batch_size, 'batch_size')
     model, x = check_call(model, x, ids=layer is not None)
-    if layer is not None: _layer(model, layer)                         # an unknown layer is named before any forward
+    if layer is not None: _layer_model(model, layer)                   # an unknown layer is named before any forward
     xm = main_tensor(model, x)
     n, b = len(xm), _baseline(baseline, xm)
     xb = with_main_input(x, b, model)                                    # the baseline input: the other inputs (a mask) kept
