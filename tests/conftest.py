@@ -89,3 +89,7 @@ def digits_kept():
     yield m
     assert snap.diff(m) == []
     assert hook_count(m) == 0
+
+def pytest_configure(config):
+    "The `slow` mark: tests over 10 s on a shared 2-core CPU; they run by default (CI runs them), `-m 'not slow'` leaves them out"
+    config.addinivalue_line('markers', "slow: a test over 10 s on a shared 2-core CPU (deselect with -m 'not slow')")
