@@ -56,6 +56,11 @@ class FlatModel:
             raise unknown_key_error(key, self.layer_names, 'layer')
         raise TypeError(f"a layer is named by a str, an int ordinal or a submodule, not {type(key).__name__}")
 
+    def key_of(self, key) -> str:
+        "The one spelling of `key` (a name, `name:k`, an ordinal or a submodule): its layer's name, with `:k` for the k-th call"
+        name, k = self.name_of(key), _split_call(key)[1] if isinstance(key, str) else None
+        return name if k is None else f"{name}:{k}"
+
     def __getitem__(self, key) -> nn.Module:
         "The module for `key` (a name, an ordinal or `name:k`)"
         return self._modules[self.name_of(key)]
@@ -244,8 +249,7 @@ def n_channels(self:FlatModel, layer, x=None, layout=None) -> int:
 @patch
 def channel(self:FlatModel, layer, k:int, x=None, layout=None) -> Channel:
     "Channel (feature) `k` of `layer`, checked against its channel count where that is known (from its definition, or a probe on `x`); `layout` as `feature_layout`"
-    name = self.name_of(layer)
-    key = f"{name}:{_split_call(layer)[1]}" if isinstance(layer, str) and _split_call(layer)[1] else name   # keep the call: `res.relu:2`
+    key = self.key_of(layer)                             # keep the call: `res.relu:2`
     if x is None:
         try: n = self.n_channels(key, None, layout)
         except ValueError: n = None                      # known when the Channel reads a recording

@@ -289,7 +289,7 @@ class AttributionExplorer(_Live):
         target = self._predicted(0) if target is None else check_index(target, self.n_classes, 'target')
         with model_lock(model), eval_mode(model):     # another explorer's worker may be drawing with this model
             main, every, self.n_chans = explorer_layers(self.fm, self.x[:1])
-            if layers is not None: main = every = [self.fm.name_of(l) for l in layers]
+            if layers is not None: main = every = [self.fm.key_of(l) for l in layers]
             for l in every:
                 if l not in self.n_chans: self.n_chans[l] = self.fm.n_channels(l, self.x[:1])
         if not every: raise ValueError("the model has no layer with a map (N, C, h, w) or attention tokens (N, T, D) output: pass layers=")
@@ -475,7 +475,7 @@ class ChannelExplorer(_Live):
         with model_lock(model), eval_mode(model):     # another explorer's worker may be drawing with this model
             main, every, self.n_chans = explorer_layers(self.fm, self._probe)
             if layers is not None:
-                main = every = [self.fm.name_of(l) for l in layers]
+                main = every = [self.fm.key_of(l) for l in layers]
                 for l in every:
                     if l not in self.n_chans: self.n_chans[l] = self.fm.n_channels(l, self._probe)
         if not every: raise ValueError("the model has no layer with a map (N, C, h, w) or attention tokens (N, T, D) output: pass layers=")

@@ -373,3 +373,50 @@ def test_vit_model_output(hf_vit, method):
     assert ref.shape == x.shape and ref.abs().max() > 0
     for r in (f(m, x), f(m, x, output=lambda o: o.logits), f(m, x, output='logits'), f(m, {'pixel_values': x})):
         torch.testing.assert_close(r, ref, rtol=1e-6, atol=1e-7)
+
+# every layer= takes the keys of FlatModel: a name, 'name:k' (the k-th call), an ordinal, the submodule
+
+def _layer_oracle(model, x, y, name, call):
+    "(output, gradient of the summed target scores) of call `call` of layer `name`: retain_grad on an out-of-place copy of the model"
+    from conftest import out_of_place
+    ref, outs = out_of_place(model), []
+    def keep(m, i, o): o.retain_grad(); outs.append(o)
+    h = ref.get_submodule(name).register_forward_hook(keep)
+    try: ref(x).gather(1, y[:, None]).sum().backward()
+    finally: h.remove()
+    return outs[call - 1].detach(), outs[call - 1].grad
+
+def _explorer_cam(model, x, y, key):
+    "The explorer's GradCAM of each example at `key`, and its layer control's value"
+    from netlens.widgets import AttributionExplorer
+    e = AttributionExplorer(model, x, layers=[key], method='gradcam', background=False)
+    return torch.cat([e.compute({**e.state(), 'image': i, 'target': int(y[i])}) for i in range(len(x))]), e.state()['layer']
+
+LAYER_FUNCS = {
+    'saliency': (lambda m, x, y, key: A.saliency(m, x, y, layer=key), lambda a, g: g.abs()),
+    'input_x_gradient': (lambda m, x, y, key: A.input_x_gradient(m, x, y, layer=key), lambda a, g: g * a),
+    'integrated_gradients': (lambda m, x, y, key: A.integrated_gradients(m, x, y, layer=key, n_steps=4), None),
+    'grad_cam': (lambda m, x, y, key: A.grad_cam(m, x, y, key, interpolate=False), lambda a, g: (g.mean((2, 3), keepdim=True) * a).sum(1).clamp(min=0)),
+    'AttributionExplorer': (_explorer_cam, None),   # its maps: grad_cam's, resized to the image
+}
+
+@pytest.mark.parametrize('fn', list(LAYER_FUNCS))
+@pytest.mark.parametrize('layer,call', [('conv3', 1), ('res.relu', 2)])
+def test_layer_takes_every_key_form(digits, fn, layer, call):
+    model, x, y = digits
+    names = [n for n, _ in model.named_modules() if n]
+    keys = [f'{layer}:{call}', model.get_submodule(layer) if call == 1 else None, names.index(layer) if call == 1 else None, layer if call == 1 else None]
+    f, rule = LAYER_FUNCS[fn]
+    got = [f(model, x, y, k) for k in keys if k is not None]
+    if fn == 'AttributionExplorer':
+        from netlens.flat import FlatModel
+        assert [g[1] for g in got] == [FlatModel(model).key_of(k) for k in keys if k is not None]   # the layer control: the key's one spelling, its call kept
+        got = [g[0] for g in got]
+        want = torch.cat([A.grad_cam(model, x[i:i + 1], int(y[i]), f'{layer}:{call}') for i in range(len(x))])   # one image at a time, as the explorer
+        torch.testing.assert_close(got[0], want, rtol=0, atol=0)
+    for g in got[1:]: torch.testing.assert_close(g, got[0], rtol=0, atol=0)
+    if rule is not None:
+        a, g = _layer_oracle(model, x, y, layer, call)
+        torch.testing.assert_close(got[0], rule(a, g))
+    if call > 1:
+        with pytest.raises(KeyError, match=rf"layer '{layer}' ran {call} times: ask for '{layer}:1', '{layer}:2'"): f(model, x, y, layer)
