@@ -58,10 +58,17 @@ def _as_pair(X, Y, min_n=2, names=('X', 'Y')):
     dt = torch.promote_types(torch.promote_types(X.dtype, Y.dtype), torch.float32)
     return X.to(dt), Y.to(X.device, dt)
 
-def _pair(X, Y, min_n=2, names=('X', 'Y')):
-    "Both as centred features (`_as_pair`)"
+def _centred(X, unit=False):
+    "`X` minus its column means, the means and differences taken in float64 (features with large offsets lose no digits), in `X`'s dtype; `unit`: also times 2**-e, e the exponent of its largest |value| (exact; no sum of products overflows), `(X, e)`"
+    W = X.to(torch.float32 if X.device.type == 'mps' else torch.float64)   # MPS has no float64
+    W = W - W.mean(0)
+    e = int(torch.frexp(W.abs().max()).exponent) if unit else 0
+    return (W * 2.0 ** -e).to(X.dtype), e
+
+def _pair(X, Y, min_n=2, names=('X', 'Y'), unit=False):
+    "Both as centred features (`_as_pair`, `_centred`)"
     X, Y = _as_pair(X, Y, min_n, names)
-    return X - X.mean(0), Y - Y.mean(0)
+    return _centred(X, unit)[0], _centred(Y, unit)[0]
 
 # %% ../nbs/10_similarity.ipynb #a9638242
 def _no_variance(name): return ValueError(f"{name} has no variance across the examples (every row is the same): a similarity is undefined")
@@ -73,7 +80,7 @@ def _ratio(num, a, b, names=('X', 'Y')):
 
 def linear_cka(X:Tensor, Y:Tensor) -> Tensor:
     "Linear CKA of `X` (n, p) and `Y` (n, q) (Kornblith et al. 2019)"
-    X, Y = _pair(X, Y)
+    X, Y = _pair(X, Y, unit=True)                                    # CKA does not depend on the scale: each side brought to |values| < 1
     n, p, q = X.shape[0], X.shape[1], Y.shape[1]
     if p * q <= n * n: return _ratio((Y.T @ X).pow(2).sum(), (X.T @ X).pow(2).sum(), (Y.T @ Y).pow(2).sum())
     K, L = X @ X.T, Y @ Y.T
@@ -131,7 +138,7 @@ def unbiased_hsic(K:Tensor, L:Tensor) -> Tensor:
 
 def unbiased_cka(X:Tensor, Y:Tensor) -> Tensor:
     "CKA with the unbiased HSIC estimator (linear kernels; n ≥ 4)"
-    X, Y = _pair(X, Y, min_n=4)
+    X, Y = _pair(X, Y, min_n=4, unit=True)
     K, L = u_center(X @ X.T), u_center(Y @ Y.T)
     return _ratio((K * L).sum(), (K * K).sum(), (L * L).sum())
 
@@ -417,8 +424,11 @@ def _features(model, fm, rec, keys, reduce, size, what, n, layout, layouts):
 def _constant(f) -> bool: return bool((f == f[:1]).all())
 
 def _ugram(f):
-    f = torch.zeros_like(f) if _constant(f) else f - f.mean(0)   # centre before the gram: no cancellation in float32; a constant layer exactly 0
-    return u_center(f @ f.T)
+    "The U-centred gram of `f` in float64 (float32 on MPS): centred in float64 (no cancellation), the product in `f`'s dtype at |values| < 1 (no overflow), scaled back exactly"
+    if _constant(f): return u_center(torch.zeros(len(f), len(f), dtype=torch.float32 if f.device.type == 'mps' else torch.float64, device=f.device))   # a constant layer: exactly 0
+    c, e = _centred(f, unit=True)
+    g = c @ c.T
+    return u_center(g.to(torch.float32 if g.device.type == 'mps' else torch.float64) * 4.0 ** e)
 
 class _StreamedCKA:
     "Minibatch CKA (Nguyen et al. 2021): per batch, the unbiased HSIC of every layer pair as one product of stacked U-centred grams; the sums in float64"
@@ -436,7 +446,7 @@ class _StreamedCKA:
         made = {}
         G1, G2 = self._grams(f1, made), self._grams(f2, made)
         c = 1 / (m * (m - 3))                           # m = examples, or examples x positions
-        s = (G1 @ G2.T * c).double(), ((G1 * G1).sum(1) * c).double(), ((G2 * G2).sum(1) * c).double()
+        s = (G1 @ G2.T * c).double(), ((G1 * G1).sum(1) * c).double(), ((G2 * G2).sum(1) * c).double()   # the grams are float64: no overflow in the products
         self.sums = s if self.sums is None else tuple(a + b for a, b in zip(self.sums, s))
 
     def result(self):

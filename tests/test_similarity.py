@@ -197,6 +197,30 @@ def test_compare_models_equals_torch_cka_and_float64_reference():
     np.testing.assert_allclose(theirs.numpy()[:, :4], ref[:, :4], rtol=0, atol=1e-3)
     assert err_theirs.max() > 100 * err_ours.max()
 
+class _Offset(nn.Module):
+    "Features far from 0: a tiny input-dependent part on a large offset (`shift`), or huge values (`scale`); layer 'a' and 'b' two views"
+    def __init__(self, shift, scale):
+        super().__init__(); self.shift, self.scale = shift, scale
+        self.a, self.b = nn.Identity(), nn.Identity()
+    def forward(self, x):
+        return self.a(self.shift + self.scale * x), self.b(self.shift + self.scale * torch.tanh(x @ torch.ones(x.shape[1], 5, dtype=x.dtype)))
+
+@pytest.mark.parametrize('shift,scale', [(1., 1e-5), (0., 1e20)])
+def test_float32_features_far_from_zero_give_float64_cka(shift, scale):
+    "Centring in float32 loses the digits of a small variation on a large offset (1e-3 off); float32 grams of huge values overflow (NaN). Both measures equal float64 on the same float32 features"
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randn(6, 40, generator=g) for _ in range(3)]
+    m = _Offset(shift, scale)
+    feats = [[t.double().numpy() for t in m(x)] for x in batches]          # the float32 features the layers give, in float64
+    kl = sum(ref_unbiased_hsic(np_center(a) @ np_center(a).T, np_center(b) @ np_center(b).T) for a, b in feats)
+    kk = sum(ref_unbiased_hsic(np_center(a) @ np_center(a).T, np_center(a) @ np_center(a).T) for a, _ in feats)
+    ll = sum(ref_unbiased_hsic(np_center(b) @ np_center(b).T, np_center(b) @ np_center(b).T) for _, b in feats)
+    ours = compare_models(m, m, batches, ['a'], ['b'], show_progress=False).matrix[0, 0].item()
+    assert abs(ours - kl / np.sqrt(kk * ll)) < 1e-6, (ours, kl / np.sqrt(kk * ll))
+    A, B = (np.concatenate(f) for f in zip(*feats))
+    lin = compare_models(m, m, batches, ['a'], ['b'], measure='linear_cka', show_progress=False).matrix[0, 0].item()
+    assert abs(lin - ref_linear_cka(np_center(A), np_center(B))) < 1e-6, (lin, ref_linear_cka(np_center(A), np_center(B)))
+
 def test_resnet18_vs_resnet34_blocks_and_vit_tokens():
     from conftest import perturbed
     r18, r34 = perturbed(torchvision.models.resnet18(num_classes=10)), perturbed(torchvision.models.resnet34(num_classes=10), seed=1)
