@@ -6,24 +6,26 @@ Docs: https://netlens.github.io/netlens/adapters.html.md"""
 
 # %% ../nbs/00a_adapters.ipynb #7074739c
 from __future__ import annotations
-import sys, math, warnings, functools
+import sys, math, inspect, warnings, functools
 from collections.abc import Mapping
 from dataclasses import dataclass
-import numpy as np, torch, torch.nn as nn
+import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
 import PIL.Image
 from fastprogress.core import in_notebook
 from fastprogress.fastprogress import NBProgressBar
 from tqdm import tqdm
-from .core import image_to_tensor, model_device, model_dtype
+from .core import image_to_tensor, model_device, model_dtype, normalize
 
 # %% auto #0
-__all__ = ['LABEL_KEYS', 'check_tensor', 'check_finite', 'check_batch', 'as_images', 'check_count', 'check_number',
-           'check_scores', 'check_index', 'check_module', 'unwrap_model', 'to_model_input', 'to_model_images',
-           'model_output', 'call_model', 'model_scores', 'main_input', 'batch_len', 'map_batch', 'expand_batch',
-           'with_main_input', 'split_labels', 'to_model_inputs', 'embedding_name', 'Layout', 'num_prefix_tokens',
-           'token_grid', 'declared_grids', 'feature_layout', 'channels_first', 'as_maps', 'keeps_rng',
-           'training_modules', 'warn_if_training', 'progress', 'main_tensor', 'check_inputs', 'check_call',
+__all__ = ['LABEL_KEYS', 'SCORES_FIX', 'check_tensor', 'check_finite', 'check_batch', 'as_images', 'check_count', 'check_number',
+           'check_scores', 'check_index', 'check_module', 'unwrap_model', 'takes_token_ids', 'is_token_ids',
+           'to_model_input', 'to_model_images', 'model_output', 'call_model', 'model_scores', 'main_input', 'batch_len',
+           'map_batch', 'expand_batch', 'by_example', 'with_main_input', 'split_labels', 'to_model_inputs',
+           'embedding_name', 'Layout', 'num_prefix_tokens', 'token_grid', 'declared_grids', 'feature_width',
+           'split_call', 'as_layout', 'check_examples_dim', 'feature_layout', 'channels_first', 'as_maps', 'size_hw',
+           'input_channels', 'model_input_size', 'image_size', 'resize', 'as_preprocess', 'split_batch', 'as_baseline',
+           'keeps_rng', 'training_modules', 'warn_if_training', 'progress', 'main_tensor', 'check_inputs', 'check_call',
            'check_result']
 
 # %% ../nbs/00a_adapters.ipynb #9ee2a020
@@ -131,13 +133,19 @@ def unwrap_model(model:nn.Module, who:str|None=None) -> nn.Module:
     if who and compiled: warnings.warn(f"{who} runs a torch.compile'd model uncompiled (its original module): compiled graphs run no Python per op", stacklevel=3)
     return model
 
-def _takes_ids(model) -> bool: return any(isinstance(m, (nn.Embedding, nn.EmbeddingBag)) for m in model.modules())
+def takes_token_ids(model) -> bool:
+    "Whether `model` has an embedding (`nn.Embedding`), so integer inputs are token ids"
+    return isinstance(model, nn.Module) and any(isinstance(m, (nn.Embedding, nn.EmbeddingBag)) for m in model.modules())
+
+def is_token_ids(model, v:Tensor) -> bool:
+    "`v` holds token ids: integers (not uint8 images, not booleans) for a model that takes them (`takes_token_ids`)"
+    return not v.is_floating_point() and v.dtype not in (torch.uint8, torch.bool) and takes_token_ids(model)
 
 def to_model_input(x, model, name='x') -> Tensor:
     "`x` for `model`: a floating batch (`check_batch`) on its device in its dtype; integer token ids, for a model with an embedding, on its device"
     x = check_tensor(x, name)
     if not isinstance(model, nn.Module): return check_batch(x, name)      # a function of x: no device or dtype to follow
-    if not x.is_floating_point() and x.dtype != torch.uint8 and _takes_ids(model):
+    if is_token_ids(model, x):
         if x.numel() == 0: raise ValueError(f"{name} is empty (shape {tuple(x.shape)}): pass at least one example")
         return x.to(model_device(model))
     return check_batch(x, name).to(model_device(model), model_dtype(model))
@@ -200,10 +208,16 @@ def map_batch(f, x, model=None):
     n = batch_len(x, model)
     return {k: f(v) if _per_example(v, n) else v for k, v in x.items()}
 
-def expand_batch(x, k:int, example_major=False, model=None):
-    "`x` (a tensor or a dict of inputs) with each example repeated `k` times: copy-major (x0, x1, x0, x1, ...) or `example_major` (x0, x0, ..., x1, ...)"
+def expand_batch(x, k:int, example_major=False, model=None, main:Tensor|None=None):
+    "`x` (a tensor or a dict of inputs) with each example repeated `k` times: copy-major (x0, x1, x0, x1, ...) or `example_major` (x0, x0, ..., x1, ...); its main input replaced by `main` (already enlarged) if given"
     f = (lambda t: t.repeat_interleave(k, 0)) if example_major else (lambda t: t.repeat(k, *[1] * (t.ndim - 1)))
-    return map_batch(f, x, model)
+    if main is not None and not isinstance(x, Mapping): return main
+    out = map_batch(f, x, model)
+    return out if main is None else {**out, main_input(model, x): main}
+
+def by_example(n:int):
+    "For `check_scores`' `group`: the rows of a copy-major enlarged batch (copy 1 of examples 1..n, copy 2, ...) regrouped one row per example"
+    return lambda o: o.reshape(-1, n, o.shape[1]).transpose(0, 1).reshape(n, -1)
 
 def with_main_input(x, v, model=None):
     "`x` with its main input replaced by `v` (for a tensor `x`: `v`)"
@@ -249,8 +263,9 @@ class Layout:
         if self.kind not in ('nchw', 'nhwc', 'tokens'): raise ValueError(f"Layout kind must be 'nchw', 'nhwc' or 'tokens', got {self.kind!r}")
         check_count(self.prefix, 'prefix', low=0)
 
-_HF_PREFIX = {'vit': 1, 'deit': 2, 'beit': 1, 'data2vec-vision': 1, 'dinov2': 1, 'dinov2_with_registers': 1, 'vit_mae': 1, 'vit_msn': 1,
-              'dpt': 1, 'clip_vision_model': 1, 'siglip_vision_model': 0, 'swin': 0, 'swinv2': 0}
+_HF_VISION = {'vit': (1, True), 'deit': (2, True), 'beit': (1, False), 'data2vec-vision': (1, False), 'dinov2': (1, False), 'dinov2_with_registers': (1, False),
+              'vit_mae': (1, True), 'vit_msn': (1, True), 'dpt': (1, False), 'clip_vision_model': (1, True), 'siglip_vision_model': (0, True),
+              'swin': (0, False), 'swinv2': (0, False)}   # Hugging Face vision models by model_type: (class and distillation tokens, takes one image size only)
 
 def _vision_config(m):
     "A Hugging Face model's config, or its `vision_config` where the vision tower's is nested (CLIP)"
@@ -264,7 +279,7 @@ def num_prefix_tokens(model) -> int|None:
     if isinstance(n, int) and not isinstance(n, bool): return n
     cfg = _vision_config(m)
     kind = getattr(cfg, 'model_type', None)
-    if kind in _HF_PREFIX: return _HF_PREFIX[kind] + (getattr(cfg, 'num_register_tokens', 0) or 0)
+    if kind in _HF_VISION: return _HF_VISION[kind][0] + (getattr(cfg, 'num_register_tokens', 0) or 0)
     if type(m).__module__.startswith('torchvision.models.vision_transformer'): return 1
     if type(m).__module__.startswith('timm.'):       # timm keeps class, distillation and register tokens in these parameters
         toks = [getattr(m, a, None) for a in ('cls_token', 'dist_token', 'reg_token')]
@@ -280,7 +295,7 @@ def token_grid(model) -> tuple|None:
     g = getattr(getattr(m, 'patch_embed', None), 'grid_size', None)            # timm
     if g is not None: return tuple(int(v) for v in g)
     cfg = _vision_config(m)
-    if getattr(cfg, 'model_type', None) in _HF_PREFIX and getattr(cfg, 'image_size', None) and getattr(cfg, 'patch_size', None):
+    if getattr(cfg, 'model_type', None) in _HF_VISION and getattr(cfg, 'image_size', None) and getattr(cfg, 'patch_size', None):
         (ih, iw), (ph, pw) = _pair(cfg.image_size), _pair(cfg.patch_size)
         return ih // ph, iw // pw
     if type(m).__module__.startswith('torchvision.models.vision_transformer'): return m.image_size // m.patch_size, m.image_size // m.patch_size
@@ -321,8 +336,8 @@ def _kind_of_module(m) -> str|None:
     if isinstance(m, nn.Linear) or isinstance(m, nn.LayerNorm) and len(m.normalized_shape) == 1: return 'nhwc'
     return None
 
-def _width(m) -> int|None:
-    "The number of features of module `m`'s output, if `m` declares it"
+def feature_width(m) -> int|None:
+    "The number of features of module `m`'s output, if `m` declares it (`out_channels`, `out_features`, `num_features`, `num_channels`, `embedding_dim`, a LayerNorm's shape)"
     for a in ('out_channels', 'out_features', 'num_features', 'num_channels', 'embedding_dim'):
         v = getattr(m, a, None)
         if isinstance(v, int) and not isinstance(v, bool): return v
@@ -334,12 +349,18 @@ def _last_width(model, layer:nn.Module) -> int|None:
     mods, inside = list(model.modules()), list(layer.modules())
     i = next((i for i, m in enumerate(mods) if m is layer), None)
     for m in reversed(inside if i is None else mods[:i + len(inside)]):             # modules() lists a module's children right after it
-        w = _width(m)
+        w = feature_width(m)
         if w is not None: return w
     return None
 
 # %% ../nbs/00a_adapters.ipynb #a0496ab2
-def _as_layout(layout, model) -> Layout:
+def split_call(key:str) -> tuple:
+    "A layer key's name and call: 'name:k' -> ('name', k), the k-th call; 'name' -> ('name', None)"
+    name, sep, k = key.rpartition(':')
+    return (name, int(k)) if sep and k.isdigit() else (key, None)
+
+def as_layout(layout, model) -> Layout:
+    "`layout` as a `Layout`: one, or 'nchw', 'nhwc', 'sequence', or 'tokens' (the prefix and grid `model` says)"
     if isinstance(layout, Layout): return layout
     if layout in ('nchw', 'nhwc'): return Layout(layout)
     if layout == 'sequence': return Layout('tokens')
@@ -350,7 +371,7 @@ def _as_layout(layout, model) -> Layout:
     raise ValueError(f"layout must be 'nchw', 'nhwc', 'tokens', 'sequence' or a Layout, got {layout!r}")
 
 def _tokens(model, name, T) -> Layout:
-    if _takes_ids(unwrap_model(model)) and num_prefix_tokens(model) is None: return Layout('tokens')   # a language model: a sequence
+    if takes_token_ids(unwrap_model(model)) and num_prefix_tokens(model) is None: return Layout('tokens')   # a language model: a sequence
     p = num_prefix_tokens(model)
     if p is None: raise ValueError(f"layer {name!r} outputs {T} tokens and the model does not say how many are class or register tokens: pass layout=Layout('tokens', prefix=k) (k = 1 for one class token), or layout='sequence' for a sequence without a grid")
     g = token_grid(model)
@@ -365,18 +386,24 @@ def _tokens(model, name, T) -> Layout:
     raise ValueError(f"layer {name!r} outputs {T} tokens: {p} prefix tokens and {T - p} that lie on no known grid: pass layout=Layout('tokens', prefix={p}, grid=(h, w)), or layout='sequence'")
 
 # %% ../nbs/00a_adapters.ipynb #2f8c1ef0
+def check_examples_dim(t:Tensor, n:int, layer) -> Tensor:
+    "`t`, a layer's output, if its first dimension holds the `n` examples; else an error naming the layer and its shape"
+    if t.ndim == 0 or len(t) != n:
+        raise ValueError(f"layer {layer!r} outputs shape {tuple(t.shape)} for a batch of {n}: its first dimension is not the examples (windows, heads or a shared table?): pick another layer")
+    return t
+
 def feature_layout(model:nn.Module, layer:str, t:Tensor, layout=None, n:int|None=None) -> Layout:
     "The `Layout` of `t`, the output of `model`'s module `layer` (N = `n`): `layout` if given, else what the model says; a clear error where it cannot tell"
     if n is not None and (t.ndim == 0 or len(t) != n):
-        raise ValueError(f"layer {layer!r} outputs shape {tuple(t.shape)} for a batch of {n}: its first dimension is not the examples (windows, heads or a shared table?): pick another layer")
-    if layout is not None: return _as_layout(layout, model)
+        check_examples_dim(t, n, layer)
+    if layout is not None: return as_layout(layout, model)
     if t.ndim <= 2: return Layout('nchw')
     m = unwrap_model(model)
     mod = m.get_submodule(layer) if isinstance(layer, str) else layer
     kind = _kind_of_module(mod)
     if kind is None and t.ndim == 3:
         conv1d = any(isinstance(l, (nn.Conv1d, nn.BatchNorm1d, nn.MaxPool1d, nn.AvgPool1d)) for l in m.modules())
-        if conv1d and _width(mod) is None and _last_width(m, mod) == t.shape[1] != t.shape[2]: kind = 'nchw'  # e.g. an activation after a Conv1d
+        if conv1d and feature_width(mod) is None and _last_width(m, mod) == t.shape[1] != t.shape[2]: kind = 'nchw'  # e.g. an activation after a Conv1d
         else: return _tokens(m, layer, t.shape[1])
     if kind is None:
         w = _last_width(m, mod)
@@ -403,6 +430,92 @@ def as_maps(t:Tensor, layout:Layout, layer='the layer') -> Tensor:
     if c.ndim == 4: return c
     what = f"a sequence of {c.shape[-1]} tokens without a grid" if layout.kind == 'tokens' else f"shape {tuple(t.shape)}"
     raise ValueError(f"a map needs features on a 2-D grid, but {layer!r} outputs {what}: pick a layer with a grid, or pass layout= (e.g. Layout('tokens', prefix=1, grid=(h, w)) if its tokens are image patches)")
+
+# %% ../nbs/00a_adapters.ipynb #a03f5279
+def size_hw(size, name='size') -> tuple:
+    "(h, w) from `size` (an int or a pair), each a positive integer"
+    hw = (size, size) if isinstance(size, int) or not hasattr(size, '__len__') else tuple(size)
+    if len(hw) != 2: raise ValueError(f"{name} is an int or a pair (h, w), got {size!r}")
+    return tuple(check_count(v, name) for v in hw)
+
+def input_channels(model:nn.Module) -> int|None:
+    "The channel count the model's first convolution takes (`None` without one)"
+    conv = next((m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)), None)
+    return None if conv is None else conv.in_channels
+
+def model_input_size(model:nn.Module) -> tuple|None:
+    "The (h, w) image size a model takes and no other, as it says (timm's strict patch embedding, a Hugging Face ViT's config, torchvision's ViT); None if any size goes"
+    m = unwrap_model(model)
+    pe = getattr(m, 'patch_embed', None)
+    if getattr(pe, 'strict_img_size', False) and not getattr(m, 'dynamic_img_size', False) and getattr(pe, 'img_size', None) is not None:
+        return tuple(int(v) for v in pe.img_size)
+    cfg = getattr(m, 'config', None)
+    if _HF_VISION.get(getattr(cfg, 'model_type', None), (0, False))[1] and getattr(cfg, 'image_size', None): return size_hw(cfg.image_size)
+    if type(m).__module__.startswith('torchvision.models.vision_transformer'): return (m.image_size, m.image_size)
+    return None
+
+def image_size(model:nn.Module, size=None, default=128) -> tuple:
+    "(h, w) of the images to make for `model`: `size` if given, else the one size it takes (`model_input_size`), else `default`"
+    return size_hw((model_input_size(model) or default) if size is None else size)
+
+def resize(x:Tensor, size, antialias=False) -> Tensor:
+    "Images `x` (N, C, H, W) resized (bilinear) to `size` (h, w): `x` itself where it has that size, or `size` is None"
+    if size is None or tuple(x.shape[-2:]) == tuple(size): return x
+    return F.interpolate(x, size=tuple(size), mode='bilinear', align_corners=False, antialias=antialias)
+
+def as_preprocess(preprocess):
+    "The function images go through before the model: `preprocess` None (none), 'imagenet' (`normalize` with ImageNet's mean and std) or a function"
+    if preprocess is None: return lambda x: x
+    if isinstance(preprocess, str) and preprocess == 'imagenet': return normalize
+    if callable(preprocess): return preprocess
+    raise ValueError(f"preprocess is None, 'imagenet' or a function, got {preprocess!r}")
+
+# %% ../nbs/00a_adapters.ipynb #005630b3
+SCORES_FIX = "wrap the model in an nn.Module whose forward returns the scores (N, classes)"   # the fix for hooked functions, which cannot take a function of the output
+
+def _takes_keywords(model, keys) -> bool:
+    "Whether `model`'s forward takes every name in `keys` as a keyword"
+    try: ps = inspect.signature(model.forward if isinstance(model, nn.Module) else model).parameters.values()
+    except (TypeError, ValueError): return True                    # no signature to read: let the call say
+    if any(p.kind == p.VAR_KEYWORD for p in ps): return True
+    return set(keys) <= {p.name for p in ps if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+def split_batch(batch, input_key=None, inputs=None, model=None) -> tuple:
+    "(inputs, labels or None) of a batch: a tensor; `(x, y, ...)`; a dict: its `input_key` (one positional input), the keyword inputs named by `inputs`, or every entry but the labels (`split_labels`): for a `model` whose forward does not take them as keywords, its image"
+    if input_key is not None and inputs is not None: raise ValueError("pass input_key= (the one positional input) or inputs= (the keyword inputs), not both")
+    if isinstance(batch, Tensor): return batch, None
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], (Tensor, Mapping)): return batch[0], (batch[1] if len(batch) > 1 else None)
+    if not isinstance(batch, Mapping): raise TypeError(f"a batch must be a tensor, a tuple (x, y, ...) or a dict, got {type(batch).__name__}")
+    x, y = split_labels(batch)
+    if input_key is not None:
+        if input_key not in batch: raise KeyError(f"input_key={input_key!r} is not in the batch, a dict with keys {list(batch)}")
+        return batch[input_key], y
+    if inputs is not None:
+        keys = [inputs] if isinstance(inputs, str) else list(inputs)
+        missing = [k for k in keys if k not in batch]
+        if missing: raise KeyError(f"inputs= names {missing}, which the batch (a dict with keys {list(batch)}) lacks")
+        return {k: batch[k] for k in keys}, y
+    if not x: raise ValueError(f"the batch is a dict with only labels (keys {list(batch)}): it holds no model input")
+    if model is None or _takes_keywords(model, x): return x, y
+    key = next((k for k in ('x', 'input', 'image', 'pixel_values') if k in x), None)   # a model of one tensor: the batch's image
+    if key is not None: return x[key], y
+    raise TypeError(f"the batch is a dict with keys {list(batch)}, and {type(model).__name__}'s forward does not take them all as keywords: "
+                    "pass input_key='name' for its one input, or inputs=[...] naming the keyword inputs it takes")
+
+def as_baseline(baseline, x:Tensor) -> Tensor:
+    "`baseline` (None: zeros; a number; a tensor) broadcast to `x`, in its dtype, never part of the caller's graph; token ids take integer baselines only"
+    ids = not x.is_floating_point()
+    if baseline is None: return torch.zeros_like(x)
+    if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
+        if ids and float(baseline) != int(baseline): raise ValueError(f"baseline must be a token id (an integer) for token ids, got {baseline!r}")
+        b = torch.full_like(x, baseline if ids else float(baseline))
+    else:
+        b = torch.as_tensor(baseline, device=x.device).detach()
+        if ids and b.is_floating_point(): raise TypeError(f"baseline must hold token ids (integers) for token ids, got {b.dtype}")
+        b = b.to(x.dtype)
+        try: b = b.expand_as(x)
+        except RuntimeError: raise ValueError(f"baseline of shape {tuple(b.shape)} does not broadcast to x of shape {tuple(x.shape)}: use one example {tuple(x.shape[1:])}, one per example, or a number") from None
+    return check_finite(b, 'baseline')
 
 # %% ../nbs/00a_adapters.ipynb #473183e8
 def keeps_rng(f):
@@ -452,14 +565,10 @@ def main_tensor(model, x) -> Tensor:
     "The input attributed: `x` itself, or the main input (`main_input`) of a dict of keyword inputs"
     return x[main_input(model, x)] if isinstance(x, Mapping) else x
 
-def _is_ids(model, v:Tensor) -> bool:
-    "`v` holds token ids: integers (not uint8 images, not booleans) for a model with an input embedding"
-    return not v.is_floating_point() and v.dtype not in (torch.uint8, torch.bool) and isinstance(model, nn.Module) and embedding_name(model) is not None
-
 def _check_main(model, v, name:str, ids:bool, who:str|None) -> Tensor:
     "The input attributed, detached: a float batch (`check_batch`), or token ids (N, T) with `ids`; ids without `ids`: the layer to attribute through"
     v = check_tensor(v, name)
-    if not _is_ids(model, v): return check_batch(v, name).detach()
+    if not is_token_ids(model, v): return check_batch(v, name).detach()
     if not ids:
         how = 'attribute through a layer' if who is None else f"{who} has no layer=; attribute through a layer with saliency, input_x_gradient or integrated_gradients"
         raise TypeError(f"{name} holds integer token ids ({v.dtype}), which have no gradient: {how}, e.g. layer={embedding_name(model)!r}")

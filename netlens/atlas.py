@@ -13,14 +13,14 @@ import PIL.Image, torch, torch.nn as nn
 import matplotlib.pyplot as plt
 from torch import Tensor
 from .core import eval_mode, model_device, model_dtype, show_image, tensor_to_pil
-from .adapters import check_module, check_count, unwrap_model, to_model_inputs, call_model, batch_len, main_tensor, feature_layout, channels_first, check_index
+from .adapters import check_module, check_count, unwrap_model, to_model_inputs, call_model, batch_len, main_tensor, feature_layout, channels_first, check_index, split_batch, split_call
 from .flat import FlatModel
-from .trace import log_forward_pass, _Ref
-from .similarity import batch_input, _layer_specs, _keys
+from .trace import log_forward_pass, TensorRef
 from .distributed import get_rank, get_world_size, all_gather_object, all_gather_cat, all_ranks, progress_main
 
 # %% auto #0
-__all__ = ['TopActivations', 'top_activations', 'receptive_field', 'feature_atlas', 'export_atlas', 'show_top_tokens']
+__all__ = ['TopActivations', 'top_activations', 'receptive_field', 'dataset_examples', 'example_patch', 'feature_atlas',
+           'patch_strip', 'export_atlas', 'show_top_tokens']
 
 # %% ../nbs/16_atlas.ipynb #424e5511
 def _select(v:Tensor, i:Tensor, p:Tensor, k:int, descending=True):
@@ -132,16 +132,16 @@ def top_activations(model:nn.Module, loader, layers, k:int=9, reduce:str='max', 
     if reduce not in _REDUCES: raise ValueError(f"reduce must be one of {_REDUCES}, got {reduce!r}")
     if loader is None: raise ValueError("pass a loader: any iterable of batches (tensors, (x, y) tuples or dicts)")
     fm = FlatModel(model)
-    specs = _layer_specs(fm, layers)
+    specs = fm.layer_calls(layers)
     st, n = {}, 0
     with torch.no_grad(), eval_mode(model), fm.record(list(dict.fromkeys(s for s, _ in specs))) as rec:
         for b in progress_main(loader, total=_len(loader), show=show_progress):
-            x = to_model_inputs(batch_input(b, input_key, model=model), model, 'a batch of loader')
+            x = to_model_inputs(split_batch(b, input_key, model=model)[0], model, 'a batch of loader')
             m = batch_len(x, model)
             rec.reset(); call_model(model, x)
-            for key in _keys(rec, specs):
+            for key in rec.keys_for(specs):
                 t = rec[key]
-                lay = feature_layout(model, key.rpartition(':')[0] if ':' in key else key, t, layout, n=m)
+                lay = feature_layout(model, split_call(key)[0], t, layout, n=m)
                 c = channels_first(t, lay)
                 _update(st, key, c, n, reduce, k, lowest, _token_mask(b, mask_key, lay, c))
             n += m
@@ -163,7 +163,7 @@ def _gradient_field(model, fm, spec, position, size, n, seed, layout) -> tuple:
     x = torch.randn(n, *size, generator=torch.Generator().manual_seed(seed)).to(model_device(model), model_dtype(model)).requires_grad_()
     with torch.enable_grad(), eval_mode(model), fm.record(spec[0], detach=False) as rec:
         model(x)
-        key = _keys(rec, [spec])[0]
+        key = rec.keys_for([spec])[0]
         c = channels_first(rec[key], feature_layout(model, spec[0], rec[key], layout, n=n))
         pos = _position(position, c.shape[2:], key)
         g, = torch.autograd.grad(c[(slice(None), slice(None), *pos)].sum(), x, allow_unused=True)
@@ -201,7 +201,7 @@ def _window(op, box, shp, log):
     "A conv or pool: outputs `o` along a spatial dimension read inputs `s*o - p + d*t`, t < k (stride, padding, dilation, kernel)"
     sp, (si, pi, di) = len(shp) - 2, _WINDOWS[op.func_name]
     w = _arg(op, 1, 'weight' if op.func_name.startswith('conv') else 'kernel_size')
-    k = _dims(((log.entries[w.index].shape if isinstance(w, _Ref) else w.shape)[2:]) if op.func_name.startswith('conv') else w, sp)
+    k = _dims(((log.entries[w.index].shape if isinstance(w, TensorRef) else w.shape)[2:]) if op.func_name.startswith('conv') else w, sp)
     s, d = _dims(_arg(op, si, 'stride') or k, sp), _dims(_arg(op, di, 'dilation', 1), sp)
     p = _arg(op, pi, 'padding', 0)
     p = _dims(0, sp) if p == 'valid' else tuple(d_ * (k_ - 1) // 2 for d_, k_ in zip(d, k)) if p == 'same' else _dims(p, sp)
@@ -214,19 +214,19 @@ def _through(op, box, log, n):
     name, ps = op.func_name.strip('_'), [log.entries[i] for i in op.parents]
     data = _arg(op, 0, 'input')
     if op.func_name in _WINDOWS or name in ('adaptive_avg_pool1d', 'adaptive_avg_pool2d', 'adaptive_avg_pool3d', 'adaptive_max_pool1d', 'adaptive_max_pool2d', 'adaptive_max_pool3d'):
-        if not isinstance(data, _Ref): return None
+        if not isinstance(data, TensorRef): return None
         shp = log.entries[data.index].shape
         if op.func_name in _WINDOWS: b = _window(op, box, shp, log)
         else: b = box[:2] + [{i for o in bx for i in range(o * I // O, -(-(o + 1) * I // O))} for bx, I, O in zip(box[2:], shp[2:], op.shape[2:])]   # adaptive: rows floor(oI/O)..ceil((o+1)I/O)
         return [(data.index, b)] + [(p.index, [range(s) for s in p.shape]) for p in ps if p.index != data.index]   # a computed weight: all of it
     if name == 'interpolate':
-        b = _interp(op, box, log.entries[data.index].shape) if isinstance(data, _Ref) else None
+        b = _interp(op, box, log.entries[data.index].shape) if isinstance(data, TensorRef) else None
         return None if b is None else [(data.index, b)]
     if name in ('cat', 'concat', 'concatenate'):                       # each part's share of the joined dimension, shifted
         out, off, dim = [], 0, _arg(op, 1, 'dim', 0) % len(op.shape)
         for t in _arg(op, 0, 'tensors'):
-            m = (log.entries[t.index].shape if isinstance(t, _Ref) else t.shape)[dim]
-            if isinstance(t, _Ref): out.append((t.index, box[:dim] + [{o - off for o in box[dim] if off <= o < off + m}] + box[dim + 1:]))
+            m = (log.entries[t.index].shape if isinstance(t, TensorRef) else t.shape)[dim]
+            if isinstance(t, TensorRef): out.append((t.index, box[:dim] + [{o - off for o in box[dim] if off <= o < off + m}] + box[dim + 1:]))
             off += m
         return out
     if name in _SAME:
@@ -275,7 +275,7 @@ def receptive_field(model:nn.Module, layer, position, input_size, *,
     model = unwrap_model(check_module(model, 'receptive_field'))
     fm, n = FlatModel(model), check_count(n, 'n')
     if method not in _METHODS: raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
-    specs = _layer_specs(fm, layer)
+    specs = fm.layer_calls(layer)
     if len({s for s, _ in specs}) != 1: raise ValueError(f"receptive_field takes one layer, got {layer!r} naming {[s for s, _ in specs]}")
     size = tuple(input_size) if isinstance(input_size, (tuple, list, torch.Size)) else ()
     if len(size) < 2 or not all(isinstance(s, int) and s >= 1 for s in size): raise ValueError(f"input_size must be the shape of one example, (C, H, W), got {input_size!r}")
@@ -286,18 +286,18 @@ def receptive_field(model:nn.Module, layer, position, input_size, *,
     return _gradient_field(model, fm, specs[0], position, size, n, seed, layout)
 
 # %% ../nbs/16_atlas.ipynb #af8f95b1
-def _examples(model, loader, indices, input_key=None) -> dict:
+def dataset_examples(model, loader, indices, input_key=None) -> dict:
     "The main inputs of the examples at `indices` (loader order) of `loader`, in one pass that stops once all are found: {index: (C, ...) on the CPU}"
     want, out, n = {int(i) for i in indices if i >= 0}, {}, 0
     for b in loader:
         if len(out) == len(want): break
-        x = main_tensor(model, batch_input(b, input_key, model=model))
+        x = main_tensor(model, split_batch(b, input_key, model=model)[0])
         for i in want & set(range(n, n + len(x))): out[i] = x[i - n].detach().cpu()
         n += len(x)
     if len(out) < len(want): raise ValueError(f"the loader gave {n} examples, but the ranking names example {max(want - set(out))}: pass the loader the ranking was made on, in the same order")
     return out
 
-def _patch(model, top, ex, c, j, low, fields, **kw):
+def example_patch(model, top, ex, c, j, low, fields, **kw):
     "Example `j` of channel `c`'s ranking (`low`: its lowest), cropped to the receptive field of the position where the channel peaks on it"
     i, p = (top.lowest_indices, top.lowest_positions) if low else (top.indices, top.positions)
     img, pos = ex[int(i[c, j])], tuple(p[c, j].tolist())
@@ -317,7 +317,7 @@ def _draw_rows(model, top, ex, channels, renders=None, size=1.0, cmap='gray', ti
             if what == 'render': show_image(renders[r], ax=ax, title='render' if r == 0 else None, cmap=cmap); continue
             if top.dead[c]: ax.axis('off'); continue
             v = (top.lowest_values if what == 'low' else top.values)[c, j].item()
-            img = _patch(model, top, ex, c, j, what == 'low', fields)
+            img = example_patch(model, top, ex, c, j, what == 'low', fields)
             show_image(img, ax=ax, title=f"{v:.3g}", cmap=cmap, **(dict(vmin=0, vmax=1) if len(img) == 1 else {}))
         axs[r, 0].text(-0.15, 0.5, f"{c}" + (" (dead)" if top.dead[c] else ""), transform=axs[r, 0].transAxes, ha='right', va='center', fontsize=10)
     fig.suptitle(title or f"{top.layer}: top {k}" + (f" | lowest {k}" if low else "") + f" of {top.n} examples (by {top.reduce})", fontsize=11)
@@ -352,12 +352,12 @@ def feature_atlas(model:nn.Module, loader, layer, channels=None, k:int=6, *,
         top, = res.values()
     chs = _channels(top, channels)
     idx = [top.indices[chs]] + ([top.lowest_indices[chs]] if top.lowest_indices is not None else [])
-    ex = _examples(model, loader, torch.cat(idx, 1).flatten().tolist(), input_key)
+    ex = dataset_examples(model, loader, torch.cat(idx, 1).flatten().tolist(), input_key)
     renders = _renders(model, top.layer, chs, tuple(next(iter(ex.values())).shape[1:]), render_steps) if render else None
     return _draw_rows(model, top, ex, chs, renders, size, cmap)
 
 # %% ../nbs/16_atlas.ipynb #b8704291
-def _strip(patches:list, cell=64, gap=None):
+def patch_strip(patches:list, cell=64, gap=None):
     "Image patches (C, h, w) in [0, 1] side by side as one PIL image, each scaled to fit a `cell` px square (nearest: pixels stay pixels; a field clipped at the border keeps its shape); a gap before patch `gap`"
     sep = cell // 4 if gap else 0
     strip = PIL.Image.new('RGB', (cell * len(patches) + sep, cell), 'white')
@@ -387,10 +387,10 @@ def export_atlas(model:nn.Module, loader, layer, path, k:int=6, *, lowest=True, 
     out = Path(path); out.mkdir(parents=True, exist_ok=True)
     live = [c for c in range(len(top)) if not top.dead[c]]
     idx = [top.indices[live]] + ([top.lowest_indices[live]] if lowest else [])
-    ex, fields = (_examples(model, loader, torch.cat(idx, 1).flatten().tolist(), input_key) if live else {}), {}
+    ex, fields = (dataset_examples(model, loader, torch.cat(idx, 1).flatten().tolist(), input_key) if live else {}), {}
     for c in live:
-        ps = [_patch(model, top, ex, c, j, low, fields) for low in [False] + [True] * lowest for j in range(k)]
-        _strip(ps, cell, gap=k if lowest else None).save(out / f"channel_{c:04d}.png")
+        ps = [example_patch(model, top, ex, c, j, low, fields) for low in [False] + [True] * lowest for j in range(k)]
+        patch_strip(ps, cell, gap=k if lowest else None).save(out / f"channel_{c:04d}.png")
     about = (f"{len(top)} channels ({int(top.dead.sum())} dead). For each, the {k} of {top.n} examples on which it is highest by {reduce} over positions"
              + (f", then the {k} on which it is lowest" if lowest else "") + ", each cropped to the receptive field of the position where the channel peaks.")
     rows = ''.join(_row_html(top, c) for c in range(len(top)))

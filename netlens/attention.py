@@ -10,9 +10,8 @@ import math
 from collections.abc import Mapping
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
-from .trace import log_forward_pass, _fill
-from .flat import _split_call
-from .adapters import check_module, unwrap_model, to_model_inputs, num_prefix_tokens, token_grid, warn_if_training, check_tensor, check_index
+from .trace import log_forward_pass, fill_refs
+from .adapters import check_module, unwrap_model, to_model_inputs, num_prefix_tokens, token_grid, warn_if_training, check_tensor, check_index, split_call
 
 # %% auto #0
 __all__ = ['FUSIONS', 'sdpa_weights', 'fuse_heads', 'attention_maps', 'show_attention', 'attention_rollout', 'attention_flow',
@@ -83,14 +82,14 @@ def _module_key(op) -> str:
 
 def _heads(model, op) -> int|None:
     for name in reversed(op.module_path):
-        m = model.get_submodule(_split_call(name)[0])
+        m = model.get_submodule(split_call(name)[0])
         for a in ('num_heads', 'num_attention_heads', 'n_head', 'heads'):
             if isinstance(getattr(m, a, None), int): return getattr(m, a)
     return None
 
 def _windowed(model, op) -> bool:
     "Whether `op` ran in a module that declares a `window_size` (Swin's window attention, in timm, torchvision and Hugging Face)"
-    return any(getattr(model.get_submodule(_split_call(nm)[0]), 'window_size', None) is not None for nm in op.module_path)
+    return any(getattr(model.get_submodule(split_call(nm)[0]), 'window_size', None) is not None for nm in op.module_path)
 
 def _per_example(w:Tensor, n:int, windowed:bool) -> Tensor:
     "Windowed attention ((N·windows, heads, T, S), example-major as the models partition) as (N, windows, heads, T, S), also for one window"
@@ -99,7 +98,7 @@ def _per_example(w:Tensor, n:int, windowed:bool) -> Tensor:
 def _weights(model, log, op, kind) -> Tensor:
     value = lambda i: log.entries[i].tensor
     if kind == 'sdpa':
-        a = {k: _fill(v, value) for k, v in _sdpa_args(op).items()}
+        a = {k: fill_refs(v, value) for k, v in _sdpa_args(op).items()}
         return sdpa_weights(a['query'], a['key'], a['attn_mask'], a['is_causal'], a['scale'], a['enable_gqa'])
     w = log.entries[kind.index].tensor                # the weights as the model multiplies them with the values
     if w.ndim == 3:

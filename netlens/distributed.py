@@ -15,11 +15,11 @@ from torch.utils.data.distributed import DistributedSampler
 from torch import Tensor
 from .core import keep_buffers, unknown_key_error
 from . import adapters
-from .adapters import split_labels, check_module, check_scores, to_model_inputs, batch_len, model_scores
+from .adapters import split_batch, check_module, check_scores, to_model_inputs, batch_len, model_scores
 
 # %% auto #0
-__all__ = ['ATTRIBUTION_METHODS', 'shard_range', 'shard', 'is_distributed', 'single_process', 'get_rank', 'get_world_size',
-           'is_main', 'all_gather_object', 'all_ranks', 'barrier', 'all_reduce_sum', 'all_gather_cat', 'progress_main',
+__all__ = ['shard_range', 'shard', 'is_distributed', 'single_process', 'get_rank', 'get_world_size', 'is_main',
+           'all_gather_object', 'all_ranks', 'barrier', 'all_reduce_sum', 'all_gather_cat', 'progress_main',
            'attribute_loader']
 
 # %% ../nbs/14_distributed.ipynb #7a0c57ec
@@ -119,26 +119,14 @@ def progress_main(it, total:int|None=None, leave=True, show=True):
     return adapters.progress(it, total, leave, show and is_main())
 
 # %% ../nbs/14_distributed.ipynb #04d68b05
-ATTRIBUTION_METHODS = ('saliency', 'guided_backprop', 'deconvolution', 'smooth_grad', 'integrated_gradients', 'grad_cam', 'guided_grad_cam', 'cam', 'occlusion')
-
 def _method(method):
-    "The attribution function and its name: a callable `(model, x, target, **kwargs)`, or the name of one of netlens.attribution's"
+    "The attribution function and its name: a callable `(model, x, target, **kwargs)`, or a name in netlens.attribution's registry (`METHODS`)"
+    methods = importlib.import_module('netlens.attribution').METHODS   # imported when called: this module stays below the methods
     if isinstance(method, str):
-        if method not in ATTRIBUTION_METHODS: raise unknown_key_error(method, ATTRIBUTION_METHODS, 'attribution method')
-        return getattr(importlib.import_module('netlens.attribution'), method), method   # imported when called: this module stays below them
+        if method not in methods: raise unknown_key_error(method, list(methods), 'attribution method')
+        return methods[method], method
     if callable(method): return method, getattr(method, '__name__', type(method).__name__)
-    raise TypeError(f"method must be an attribution function (model, x, target, ...) or one of {ATTRIBUTION_METHODS}, got {type(method).__name__}")
-
-def _split_batch(b, input_key=None):
-    "`(x, labels or None)` of a batch: a tensor, `(x, y, ...)` (x a tensor or a dict of inputs), or a dict: its `input_key`, else the whole dict of keyword inputs (Hugging Face), labels from 'label' or 'labels'"
-    if isinstance(b, Tensor): return b, None
-    if isinstance(b, (tuple, list)) and b and isinstance(b[0], (Tensor, dict)): return b[0], (b[1] if len(b) > 1 else None)
-    if isinstance(b, dict):
-        x, y = split_labels(b)
-        if input_key is None: return x, y
-        if input_key not in b: raise unknown_key_error(input_key, list(b), 'input_key of the batch')
-        return b[input_key], y
-    raise TypeError(f"a batch of the loader must be a tensor, a tuple (x, y, ...) or a dict, got {type(b).__name__}")
+    raise TypeError(f"method must be an attribution function (model, x, target, ...) or one of {list(methods)}, got {type(method).__name__}")
 
 def _batch_targets(targets, model, x, y, i, output=None):
     "The classes to explain for batch `i`: its labels ('label'), the model's predictions ('pred', scores chosen by `output`), `targets(x, y)`, or `targets` as given"
@@ -215,7 +203,7 @@ def attribute_loader(method, model:nn.Module, loader, targets='pred', out='attri
     idx = _sampler_indices(loader)
     total = len(idx) if idx is not None else (len(loader) if hasattr(loader, '__len__') else None)
     for i, b in enumerate(progress_main(loader, total, show=show_progress)):
-        x, y = _split_batch(b, input_key)
+        x, y = split_batch(b, input_key)
         ids = idx[i] if idx is not None and i < len(idx) else None
         crc = _fingerprint(x)
         if i in done:

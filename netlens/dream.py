@@ -9,46 +9,44 @@ from __future__ import annotations
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
 from .flat import FlatModel
-from .adapters import (unwrap_model, to_model_images, check_count, check_number, check_index, check_scores, keeps_rng, progress,
+from .adapters import (input_channels, model_input_size, image_size, resize, as_preprocess, unwrap_model, to_model_images, check_count, check_number, check_index, check_scores, keeps_rng, progress,
                               model_output)
-from .optvis import (Objective, ImageParam, channel, class_logit, class_prob, tv, render, optimize, frozen, input_channels,
-                            check_layers, generator, blank_input, model_input_size, _preprocess, _Run, _hw, _scalar, _default_size, _to_size)
+from .optvis import (Objective, ImageParam, channel, class_logit, class_prob, tv, render, optimize, frozen, check_layers, generator,
+                            blank_input, Run, objective_value)
 from .optvis import layer as layer_objective
 
 # %% auto #0
 __all__ = ['deep_dream', 'net_dreamer', 'feature_distance', 'invert_features', 'class_visualization', 'channel_visualization']
 
 # %% ../nbs/08_dream.ipynb #d08e9e80
-def _resize(x, size): return x if tuple(x.shape[-2:]) == tuple(size) else F.interpolate(x, size=size, mode='bilinear', align_corners=False, antialias=True)
-
 @keeps_rng
-def deep_dream(model:nn.Module, image:Tensor, layer:str, octaves=4, octave_scale=1.4, steps=10, lr=0.01, jitter:int|None=None,
+def deep_dream(model:nn.Module, x:Tensor, layer:str, *, octaves=4, octave_scale=1.4, steps=10, lr=0.01, jitter:int|None=None,
                preprocess=None, show_progress=True, seed=None, return_norms=False):
-    "Dream `layer`'s patterns into `image` (C, H, W) or (N, C, H, W) in [0, 1] over `octaves` scales; with `return_norms` also the layer's mean square after each octave"
+    "Dream `layer`'s patterns into `x` (C, H, W) or (N, C, H, W) in [0, 1] over `octaves` scales; with `return_norms` also the layer's mean square after each octave"
     model = unwrap_model(model)
-    image = to_model_images(image, model, 'image', input_channels(model))
+    image = to_model_images(x, model, 'x', input_channels(model))
     octaves, steps = check_count(octaves, 'octaves'), check_count(steps, 'steps')
     if jitter is not None: jitter = check_count(jitter, 'jitter', 0)
     octave_scale, lr = check_number(octave_scale, 'octave_scale', 1, strict=True), check_number(lr, 'lr')
     fm = FlatModel(model)
     check_layers(fm, [layer])
-    objective, prep = layer_objective(layer, 'l2'), _preprocess(preprocess)
+    objective, prep = layer_objective(layer, 'l2'), as_preprocess(preprocess)
     H, W = image.shape[-2:]
     sizes = [(max(8, round(H / octave_scale ** i)), max(8, round(W / octave_scale ** i))) for i in reversed(range(octaves))]
     g, fixed, layouts = generator(seed), model_input_size(model), {}
-    feed = lambda x: prep(x) if fixed is None else _resize(prep(x), fixed)   # a fixed-size model sees every octave at its size
-    detail, norms = torch.zeros_like(_resize(image, sizes[0])), []
+    feed = lambda x: prep(x) if fixed is None else resize(prep(x), fixed, antialias=True)   # a fixed-size model sees every octave at its size
+    detail, norms = torch.zeros_like(resize(image, sizes[0], antialias=True)), []
     with frozen(model), fm.record([layer], detach=False, clone=True) as rec:
         for size in progress(sizes, leave=False, show=show_progress):
-            base = _resize(image, size)
-            x = (base + _resize(detail, size)).clamp(0, 1)
+            base = resize(image, size, antialias=True)
+            x = (base + resize(detail, size, antialias=True)).clamp(0, 1)
             j = jitter if jitter is not None else max(1, min(size) // 8)
             for step in range(1, steps + 1):
                 oy, ox = (int(v) for v in torch.randint(-j, j + 1, (2,), generator=g))
                 xj = torch.roll(x, (oy, ox), (-2, -1)).requires_grad_()
                 rec.reset()
-                value = objective(_Run(rec, xj, model(feed(xj)), fm, None, layouts))
-                _scalar(value, objective, step)
+                value = objective(Run(rec, xj, model(feed(xj)), fm, None, layouts))
+                objective_value(value, objective, step)
                 grad, = torch.autograd.grad(value, xj)
                 grad = torch.roll(grad, (-oy, -ox), (-2, -1))
                 x = (x + lr * grad / (grad.abs().mean() + 1e-8)).clamp(0, 1).detach()
@@ -56,9 +54,9 @@ def deep_dream(model:nn.Module, image:Tensor, layer:str, octaves=4, octave_scale
             if return_norms:
                 with torch.no_grad():
                     rec.reset()
-                    full = (image + _resize(detail, (H, W))).clamp(0, 1)
-                    norms.append(objective(_Run(rec, full, model(feed(full)), fm, None, layouts)).item() / len(full))
-    out = (image + _resize(detail, (H, W))).clamp(0, 1)
+                    full = (image + resize(detail, (H, W), antialias=True)).clamp(0, 1)
+                    norms.append(objective(Run(rec, full, model(feed(full)), fm, None, layouts)).item() / len(full))
+    out = (image + resize(detail, (H, W), antialias=True)).clamp(0, 1)
     return (out, norms) if return_norms else out
 
 # %% ../nbs/08_dream.ipynb #925c29f2
@@ -67,7 +65,7 @@ def net_dreamer(model:nn.Module, layer:str, size=None, channels:int|None=None, b
     "DeepDream from grey noise (`batch` images of `size`, the model's own or 128): the patterns `layer` makes on its own; keyword arguments go to `deep_dream`"
     model = unwrap_model(model)
     channels = check_count(channels, 'channels') if channels is not None else input_channels(model) or 3
-    (h, w), batch = _hw(_default_size(model, size)), check_count(batch, 'batch')
+    (h, w), batch = image_size(model, size), check_count(batch, 'batch')
     g = generator(seed)
     start = (0.5 + noise * torch.randn(batch, channels, h, w, generator=g)).clamp(0, 1)
     return deep_dream(model, start, layer, seed=seed, **kwargs)
@@ -82,19 +80,19 @@ def feature_distance(layer:str, target:Tensor) -> Objective:
     return Objective(f, f"feature_distance({layer!r})", [layer])
 
 @keeps_rng
-def invert_features(model:nn.Module, image:Tensor, layer:str, steps=256, lr=0.05, tv_weight=0.05, beta=2., param=None, transforms=None,
+def invert_features(model:nn.Module, x:Tensor, layer:str, *, steps=256, lr=0.05, tv_weight=0.05, beta=2., param=None, transforms=None,
                     preprocess=None, show_progress=True, seed=None):
-    "An image whose activations at `layer` match those of `image` (Mahendran & Vedaldi 2015), from noise"
+    "An image whose activations at `layer` match those of `x` (Mahendran & Vedaldi 2015), from noise"
     model = unwrap_model(model)
-    image = to_model_images(image, model, 'image', input_channels(model))
+    image = to_model_images(x, model, 'x', input_channels(model))
     fm = FlatModel(model)
     check_layers(fm, [layer])
     size = model_input_size(model)                                  # a fixed-size model sees the image at its size, as in `optimize`
-    with torch.no_grad(), frozen(model), fm.record([layer]) as rec: model(_preprocess(preprocess)(_to_size(image, size)))
+    with torch.no_grad(), frozen(model), fm.record([layer]) as rec: model(as_preprocess(preprocess)(resize(image, size)))
     target = rec[layer]
     param = param or ImageParam(tuple(image.shape[-2:]), image.shape[1], len(image), seed=seed, device=image.device).to(dtype=image.dtype)
-    return optimize(model, feature_distance(layer, target) - tv_weight * tv(beta), param, transforms, preprocess, None, lr, steps,
-                    None, show_progress, seed)
+    return optimize(model, feature_distance(layer, target) - tv_weight * tv(beta), param, transforms=transforms, preprocess=preprocess, lr=lr, steps=steps,
+                    show_progress=show_progress, seed=seed)
 
 # %% ../nbs/08_dream.ipynb #c57acd44
 def _render_each(model, objectives, size, channels, batch_size, **kwargs):

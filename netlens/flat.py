@@ -14,18 +14,13 @@ import torch, torch.nn as nn
 import matplotlib.pyplot as plt
 from .core import *
 from .hooks import *
-from .adapters import (check_module, unwrap_model, check_index, call_model, batch_len, Layout, feature_layout, channels_first,
-                              _as_layout)
+from .adapters import (feature_width, check_module, unwrap_model, check_index, call_model, batch_len, Layout, feature_layout, channels_first,
+                              as_layout, split_call)
 
 # %% auto #0
 __all__ = ['FlatModel', 'Recording', 'show_channels', 'Channel']
 
 # %% ../nbs/03_flat.ipynb #3e31c13d
-def _split_call(key:str):
-    "'name:k' -> ('name', k); 'name' -> ('name', None)"
-    name, sep, k = key.rpartition(':')
-    return (name, int(k)) if sep and k.isdigit() else (key, None)
-
 class FlatModel:
     "Every named layer of `model` (unwrapped from `torch.compile` and DataParallel) by dotted name, ordinal or type; `record` captures outputs and gradients"
     def __init__(self, model:nn.Module):
@@ -49,7 +44,7 @@ class FlatModel:
             if not -len(self) <= key < len(self): raise IndexError(f"layer ordinal {key} is out of range: the model has {len(self)} layers")
             return self.layer_names[key]
         if isinstance(key, str):
-            name, k = _split_call(key)
+            name, k = split_call(key)
             if k == 0: raise ValueError(f"layer {key!r}: calls count from 1 ({name}:1 is the first call)")
             if name in self._modules: return name
             if not self._modules: raise KeyError(f"{type(self.model).__name__} has no submodules to name: hook the model itself with netlens.hooks.hook_output(model)")
@@ -58,7 +53,7 @@ class FlatModel:
 
     def key_of(self, key) -> str:
         "The one spelling of `key` (a name, `name:k`, an ordinal or a submodule): its layer's name, with `:k` for the k-th call"
-        name, k = self.name_of(key), _split_call(key)[1] if isinstance(key, str) else None
+        name, k = self.name_of(key), split_call(key)[1] if isinstance(key, str) else None
         return name if k is None else f"{name}:{k}"
 
     def __getitem__(self, key) -> nn.Module:
@@ -72,7 +67,7 @@ class FlatModel:
         if not keys: raise ValueError("no layers given: pass a layer name, an ordinal, a type such as 'conv', or a list of them")
         names = []
         for k in keys:
-            found = self.find(k) if isinstance(k, type) or isinstance(k, str) and _split_call(k)[0] not in self._modules else None
+            found = self.find(k) if isinstance(k, type) or isinstance(k, str) and split_call(k)[0] not in self._modules else None
             if isinstance(k, type) and not found: raise KeyError(f"the model has no layer of type {k.__name__}")
             names += found or [self.name_of(k)]
         return list(dict.fromkeys(names))
@@ -94,7 +89,7 @@ class Recording(Mapping):
     def __len__(self): return sum(1 for _ in self)
 
     def __getitem__(self, key):
-        name, k = _split_call(key) if isinstance(key, str) else (key, None)
+        name, k = split_call(key) if isinstance(key, str) else (key, None)
         if name not in self._hooks: raise unknown_key_error(key, list(self._hooks), 'recorded layer')
         vals = self._calls(name)
         missing = (f"no gradient reached layer {name!r}: run backward inside the `record` block, on an output that requires grad (gradients are kept for layers that output one tensor)"
@@ -135,7 +130,7 @@ def show_channels(acts:torch.Tensor, max_channels=32, ncols=8, cmap='viridis', s
     a = acts.detach().float().cpu()
     if layout is not None:
         if a.ndim < 2 or len(a) != 1: raise ValueError(f"with layout=, pass one example's output as recorded, (1, ...), got shape {tuple(acts.shape)}: index the batch with [:1]")
-        a = channels_first(a, _as_layout(layout, None))[0]
+        a = channels_first(a, as_layout(layout, None))[0]
     elif a.ndim == 4 and a.shape[0] == 1: a = a[0]
     if a.ndim not in (2, 3): raise ValueError(f"expected one example's activation (C, H, W) or sequence (C, T), got shape {tuple(acts.shape)}: index the batch first, or pass layout= for channels-last maps or tokens")
     a = a[:max_channels]
@@ -206,8 +201,34 @@ def __repr__(self:Recording):
 def capture(self:FlatModel, layer, n:int|None=None, replace:torch.Tensor|None=None):
     "Within the block, `layer`'s output (a name, `'name:k'` for its k-th call, an ordinal or a submodule) in one forward pass as a leaf that requires grad: the yielded `Capture`'s `value` (`replace` in its place if given); `n`: the batch size its first dimension must be"
     name = self.name_of(layer)
-    call = _split_call(layer)[1] if isinstance(layer, str) else None
+    call = split_call(layer)[1] if isinstance(layer, str) else None
     with model_lock(self.model), Capture(self._modules[name], call, n, replace, name) as cap: yield cap
+
+# %% ../nbs/03_flat.ipynb #ec106259
+@patch
+def layer_calls(self:FlatModel, layers) -> list:
+    "`(name, call)` for each layer `layers` names (`resolve`): `name:k` is call k alone; a name, ordinal, module or type means every call"
+    self.resolve(layers)                                # every key checked first: unknown names get their close matches
+    keys = [layers] if isinstance(layers, (str, int, nn.Module, type)) else list(layers)
+    calls = []
+    for key in keys:
+        name, k = split_call(key) if isinstance(key, str) else (key, None)
+        calls += [(name, k)] if k is not None and name in self else [(n, None) for n in self.resolve(key)]
+    return list(dict.fromkeys(calls))
+
+@patch
+def keys_for(self:Recording, calls, every=False) -> list:
+    "The recording's keys for `calls` (`FlatModel.layer_calls`), in order: each call of a repeated module in turn, or the call asked for; a layer that did not run is an error (skipped with `every`)"
+    ks, out = list(self), []
+    for n, k in calls:
+        runs = [c for c in ks if c == n or split_call(c)[0] == n]
+        if not runs and every: continue
+        if not runs: self[n]                            # raises: the layer did not run
+        if k is None: out += runs
+        else:
+            self[f"{n}:{k}"]                             # raises when there is no call k
+            out.append(n if runs == [n] else f"{n}:{k}")
+    return list(dict.fromkeys(out))
 
 # %% ../nbs/03_flat.ipynb #85ae4faf
 @dataclass(frozen=True)
@@ -219,23 +240,19 @@ class Channel:
     model: nn.Module|None = field(default=None, compare=False, repr=False)  # the model that says where the features are; without it (and `layout`), dimension 1
     def __call__(self, acts):
         t = acts[self.layer]
-        lay = Layout('nchw') if self.model is None and self.layout is None else feature_layout(self.model, _split_call(self.layer)[0], t, self.layout)
+        lay = Layout('nchw') if self.model is None and self.layout is None else feature_layout(self.model, split_call(self.layer)[0], t, self.layout)
         c = channels_first(t, lay)
         return c[:, check_index(self.k, c.shape[1], 'k', f"layer {self.layer!r}", 'channels')]
     def __str__(self): return f"{self.layer}[{self.k}]"
 
 # %% ../nbs/03_flat.ipynb #ab76761c
-_WIDTH = ('out_channels', 'num_features', 'out_features', 'embedding_dim')
-
 @patch
 def n_channels(self:FlatModel, layer, x=None, layout=None) -> int:
     "Channels (features) of `layer`'s output, from its definition or from a probe forward on example input `x` (`layout` as `feature_layout`)"
     name = self.name_of(layer)
-    call = _split_call(layer)[1] if isinstance(layer, str) else None
+    call = split_call(layer)[1] if isinstance(layer, str) else None
     m = self._modules[name]
-    if layout is None:
-        for attr in _WIDTH:
-            if isinstance(getattr(m, attr, None), int): return getattr(m, attr)
+    if layout is None and feature_width(m) is not None: return feature_width(m)
     if x is None: raise ValueError(f"{name!r} ({type(m).__name__}) does not say how many channels it outputs: pass an example input x")
     with eval_mode(self.model), torch.no_grad(), self.record(name, clone=False) as rec: call_model(self.model, x)
     outs = [rec[f"{name}:{call}"]] if call is not None else list(rec.values())

@@ -11,7 +11,7 @@ from functools import partial
 from fastcore.basics import patch
 import torch, torch.nn as nn
 from torch import Tensor
-from .adapters import check_module
+from .adapters import check_module, check_examples_dim
 
 # %% auto #0
 __all__ = ['Hook', 'hook_count', 'Capture', 'Hooks', 'hook_output', 'hook_outputs', 'ModelSnapshot', 'model_lock',
@@ -122,8 +122,7 @@ class Capture:
         key = self.name if self.call is None else f"{self.name}:{self.call}"
         if not isinstance(out, Tensor): raise TypeError(f"layer {key!r} outputs a {type(out).__name__}, not a tensor: pick a submodule that outputs one tensor")
         if not out.is_floating_point(): raise TypeError(f"layer {key!r} outputs {out.dtype} values, not floating-point ones: nothing has a gradient there; pick a layer after it (an embedding's output)")
-        if self.n is not None and (out.ndim == 0 or len(out) != self.n):
-            raise ValueError(f"layer {key!r} outputs shape {tuple(out.shape)} for a batch of {self.n}: its first dimension is not the examples (a table shared by the batch, or windows?): pick another layer")
+        if self.n is not None: check_examples_dim(out, self.n, key)
         v = out if self.replace is None else self.replace
         if v.shape != out.shape: raise ValueError(f"the replacement for layer {key!r} has shape {tuple(v.shape)}, the layer outputs {tuple(out.shape)}")
         self.value = v.detach().requires_grad_()

@@ -13,7 +13,7 @@ import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
 import matplotlib.pyplot as plt
 from .core import *
-from .adapters import (split_labels, unwrap_model, check_batch, check_count, check_number, check_scores, check_module, to_model_inputs, keeps_rng, batch_len, main_input, model_output, model_scores)
+from .adapters import (split_batch, main_tensor, unwrap_model, check_batch, check_count, check_number, check_scores, check_module, to_model_inputs, keeps_rng, batch_len, main_input, model_output, model_scores)
 from .distributed import get_world_size, shard, all_gather_cat, all_reduce_sum, progress_main
 
 # %% auto #0
@@ -28,12 +28,10 @@ def _one_batch(data) -> bool:
             and (isinstance(data[0], Tensor) or isinstance(data[0], Mapping) and not isinstance(data[1], Mapping)))
 
 def _split(b, i):
-    "`(x, y)` of batch `i`: `(x, y, ...)`, or a dict whose 'labels' (or 'label') are `y` and whose other entries are the keyword inputs `x`"
-    if isinstance(b, Mapping):
-        x, y = split_labels(b)
-        if y is None: raise ValueError(f"data (batch {i}) is a dict with keys {list(b)} and no 'labels': put the targets under 'labels', or pass batches (x, y)")
-        return x, y
-    if isinstance(b, (tuple, list)) and len(b) >= 2: return b[0], b[1]
+    "`(x, y)` of batch `i` (`split_batch`): `(x, y, ...)`, or a dict whose 'labels' (or 'label') are `y` and whose other entries are the keyword inputs `x`"
+    x, y = split_batch(b) if isinstance(b, (Tensor, Mapping, tuple, list)) else (None, None)
+    if y is not None: return x, y
+    if isinstance(b, Mapping): raise ValueError(f"data (batch {i}) is a dict with keys {list(b)} and no 'labels': put the targets under 'labels', or pass batches (x, y)")
     raise TypeError(f"each batch must be (x, y, ...) or a dict of keyword inputs with 'labels', got {type(b).__name__}")
 
 def _batches(data, model=None):
@@ -43,7 +41,7 @@ def _batches(data, model=None):
     for i, b in enumerate(data):
         x, y = _split(b, i)
         x = to_model_inputs(x, model, f"data (batch {i}, x)")
-        dev = (x[main_input(model, x)] if isinstance(x, Mapping) else x).device
+        dev = main_tensor(model, x).device
         yield x, y.to(dev) if isinstance(y, Tensor) else y
 
 def _reusable(data):
@@ -56,7 +54,7 @@ def _cross_entropy(scores, y):
     return F.cross_entropy(scores, y)
 
 @keeps_rng
-def dataset_loss(model:nn.Module, data, loss_fn=None,
+def dataset_loss(model:nn.Module, data, loss_fn=None, *,
                  output=None, # the scores in what the model returns (`model_output`): a key, an index or a function; None: a tensor, `logits`, or a tuple's first
                 ) -> Tensor:
     "Mean of `loss_fn(scores, y)` (default: cross-entropy) over the batches of `data`, scores read from the model's output by `output`, weighted by batch size (a detached 0-dim tensor); buffers kept"
@@ -153,7 +151,7 @@ def _landscape(model, data, loss_fn, dirs, coords, train, show_progress, output)
                         else: torch.add(row[i], dirs[1][i], alpha=c[1], out=p)
                     elif c[0] == 0: p.copy_(p0)                # the centre: exactly θ0
                     else: torch.add(p0, dirs[0][i], alpha=c[0], out=p)
-                losses.append(dataset_loss(model, data, loss_fn, output))
+                losses.append(dataset_loss(model, data, loss_fn, output=output))
     finally:
         with torch.no_grad():
             for p, p0 in zip(ps, orig_p): p.copy_(p0)
@@ -162,7 +160,7 @@ def _landscape(model, data, loss_fn, dirs, coords, train, show_progress, output)
 
 # %% ../nbs/11_landscape.ipynb #209a5bd4
 @keeps_rng
-def landscape1d(model:nn.Module, data, loss_fn=None, x_range=(-1., 1.), step_size=0.1, direction=None,
+def landscape1d(model:nn.Module, data, loss_fn=None, x_range=(-1., 1.), step_size=0.1, *, direction=None,
                 normalize='filter', ignore='biasbn', seed=None, train=False, show_progress=True,
                 output=None, # the scores in what the model returns (`model_output`), as in `dataset_loss`
                ) -> tuple[Tensor, Tensor]:
@@ -173,7 +171,7 @@ def landscape1d(model:nn.Module, data, loss_fn=None, x_range=(-1., 1.), step_siz
     return xs, _landscape(model, data, loss_fn, [d], [(a,) for a in xs.tolist()], train, show_progress, output)
 
 @keeps_rng
-def landscape2d(model:nn.Module, data, loss_fn=None, x_range=(-1., 1.), y_range=(-1., 1.), step_size=0.1, directions=None,
+def landscape2d(model:nn.Module, data, loss_fn=None, x_range=(-1., 1.), y_range=(-1., 1.), step_size=0.1, *, directions=None,
                 normalize='filter', ignore='biasbn', seed=None, train=False, show_progress=True,
                 output=None, # the scores in what the model returns (`model_output`), as in `dataset_loss`
                ) -> tuple[Tensor, Tensor, Tensor]:
@@ -257,7 +255,7 @@ def _check_images(batches, metric):
 
 # %% ../nbs/11_landscape.ipynb #a70960d9
 @keeps_rng
-def fourier_map(model:nn.Module, data, metric='error', norm=4., random_sign=True, max_freq=None, batch_size=2048,
+def fourier_map(model:nn.Module, data, metric='error', *, norm=4., random_sign=True, max_freq=None, batch_size=2048,
                 seed=0, train=False, show_progress=True,
                 output=None, # the scores in what the model returns (`model_output`): a key, an index or a function
                ) -> Tensor:

@@ -13,15 +13,16 @@ import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
 from .core import *
 from .flat import FlatModel
-from .adapters import (embedding_name, unwrap_model, as_images, check_count, check_scores, check_index, keeps_rng, progress, model_output,
-                              feature_layout, channels_first, Layout, _as_layout)
+from .adapters import (input_channels, model_input_size, size_hw, image_size, resize, as_preprocess, SCORES_FIX, check_examples_dim,
+                              embedding_name, unwrap_model, as_images, check_count, check_scores, check_index, keeps_rng, progress, model_output,
+                              feature_layout, channels_first, Layout, as_layout)
 
 # %% auto #0
 __all__ = ['COLOR_CORRELATION', 'Rendered', 'decorrelate_colors', 'correlate_colors', 'ImageParam', 'pad', 'jitter',
            'random_scale', 'random_rotate', 'compose', 'resize_to', 'keep_size', 'standard_transforms', 'Objective',
            'channel', 'neuron', 'layer', 'direction', 'diversity', 'class_logit', 'class_prob', 'total_variation', 'tv',
-           'l1', 'l2', 'frozen', 'input_channels', 'model_input_size', 'generator', 'blank_input', 'check_layers',
-           'optimize', 'render']
+           'l1', 'l2', 'Run', 'frozen', 'generator', 'blank_input', 'check_layers', 'objective_value', 'optimize',
+           'render']
 
 # %% ../nbs/07_optvis.ipynb #3f7d81ee
 # square root of ImageNet's colour correlation matrix (lucid's constants), columns normalised to at most 1
@@ -42,12 +43,6 @@ def correlate_colors(x:Tensor) -> Tensor:
     x = _rgb(x)
     return torch.einsum('ij,njhw->nihw', torch.linalg.inv(COLOR_CORRELATION.double()).to(x), x)
 
-def _hw(size, name='size') -> tuple:
-    "(h, w) from `size` (an int or a pair), each a positive integer"
-    hw = (size, size) if isinstance(size, int) or not hasattr(size, '__len__') else tuple(size)
-    if len(hw) != 2: raise ValueError(f"{name} is an int or a pair (h, w), got {size!r}")
-    return tuple(check_count(v, name) for v in hw)
-
 def _spectrum_scale(h, w, decay_power):
     "1 / f^decay_power for the real FFT frequencies of an (h, w) image, with f at least 1/max(h, w)"
     f = (torch.fft.fftfreq(h)[:, None] ** 2 + torch.fft.rfftfreq(w)[None] ** 2).sqrt()
@@ -58,7 +53,7 @@ class ImageParam(nn.Module):
     "A batch of images in [0, 1] made from learnable parameters: pixels or a 1/f-scaled spectrum, with decorrelated colour"
     def __init__(self, size, channels=3, batch=1, fft=True, decorrelate=True, valid='sigmoid', sd=0.01, decay_power=1., seed=None, device=None):
         super().__init__()
-        h, w = _hw(size)
+        h, w = size_hw(size)
         channels, batch = check_count(channels, 'channels'), check_count(batch, 'batch')
         if valid not in ('sigmoid', 'clamp'): raise ValueError(f"valid must be 'sigmoid' or 'clamp', got {valid!r}")
         if decorrelate and channels != 3: decorrelate = False  # colour statistics are for RGB
@@ -148,7 +143,7 @@ def compose(*transforms):
 
 def resize_to(size=None):
     "Resize (bilinear) to `size` (h, w), or back to the size the batch had before the transforms when `size` is None (see `keep_size`)"
-    hw = None if size is None else _hw(size)
+    hw = None if size is None else size_hw(size)
     def f(x, g, to=None):
         to = hw or to
         return x if to is None or tuple(x.shape[-2:]) == tuple(to) else F.interpolate(x, size=tuple(to), mode='bilinear', align_corners=False)
@@ -203,7 +198,7 @@ def _features(run, layer, layout=None, any_order=False) -> Tensor:
     f = getattr(run, 'features', None)
     if callable(f): return f(layer, layout, any_order)
     a = run[layer]                 # a hand-made pass without a model: features first unless `layout` says otherwise
-    return a if layout is None else channels_first(a, _as_layout(layout, None))
+    return a if layout is None else channels_first(a, as_layout(layout, None))
 
 def _per_image(a): return a.reshape(len(a), -1).mean(1)
 
@@ -260,8 +255,6 @@ def diversity(layer:str, layout=None) -> Objective:
     return Objective(f, f"diversity({layer!r})", [layer])
 
 # %% ../nbs/07_optvis.ipynb #d3e03223
-_WRAP_SCORES = "wrap the model in an nn.Module whose forward returns the scores (N, classes)"
-
 def _scores(r):
     "The scores in what the model returned (`model_output`, with the `output=` the run was given)"
     s = getattr(r, 'scores', None)
@@ -303,7 +296,7 @@ def l2(constant=0.5) -> Objective:
 # %% ../nbs/07_optvis.ipynb #b22caebe
 Rendered = namedtuple('Rendered', 'images snapshots history')
 
-class _Run:
+class Run:
     "One forward pass as objectives see it: `run[layer]`, `run.features(layer)`, `run.image`, `run.output` and `run.scores()`"
     def __init__(self, rec, image, output, fm:FlatModel|None=None, output_sel=None, layouts:dict|None=None):
         self.rec, self.image, self.output, self.fm, self.output_sel = rec, image, output, fm, output_sel
@@ -318,11 +311,10 @@ class _Run:
     def features(self, layer, layout=None, any_order=False) -> Tensor:
         "`layer`'s output (N, C, *positions), features first (`feature_layout`, `channels_first`); with `any_order`, as it is where the layout is unknown"
         a, n = self[layer], len(self.image)
-        if a.ndim == 0 or len(a) != n:
-            raise ValueError(f"layer {layer!r} outputs shape {tuple(a.shape)} for a batch of {n} images: its first dimension is not the images (windows, heads or a shared table?): pick another layer")
+        check_examples_dim(a, n, layer)
         key = (layer, layout, any_order)
         if key not in self.layouts:
-            if self.fm is None: lay = Layout('nchw') if layout is None else _as_layout(layout, None)
+            if self.fm is None: lay = Layout('nchw') if layout is None else as_layout(layout, None)
             else:
                 try: lay = feature_layout(self.fm.model, self.fm.name_of(layer), a, layout)
                 except ValueError:
@@ -343,42 +335,16 @@ def frozen(model:nn.Module):
     finally:
         for p, f in flags: p.requires_grad_(f)
 
-def input_channels(model:nn.Module) -> int|None:
-    "The channel count the model's first convolution takes (`None` without one)"
-    conv = next((m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)), None)
-    return None if conv is None else conv.in_channels
-
-_FIXED_SIZE_HF = ('vit', 'deit', 'vit_msn', 'vit_mae', 'clip_vision_model', 'siglip_vision_model')   # Hugging Face models that refuse other sizes
-
-def model_input_size(model:nn.Module) -> tuple|None:
-    "The (h, w) image size a model takes and no other, as it says (timm's strict patch embedding, a Hugging Face ViT's config, torchvision's ViT); None if any size goes"
-    m = unwrap_model(model)
-    pe = getattr(m, 'patch_embed', None)
-    if getattr(pe, 'strict_img_size', False) and not getattr(m, 'dynamic_img_size', False) and getattr(pe, 'img_size', None) is not None:
-        return tuple(int(v) for v in pe.img_size)
-    cfg = getattr(m, 'config', None)
-    if getattr(cfg, 'model_type', None) in _FIXED_SIZE_HF and getattr(cfg, 'image_size', None): return _hw(cfg.image_size)
-    if type(m).__module__.startswith('torchvision.models.vision_transformer'): return (m.image_size, m.image_size)
-    return None
-
 def generator(seed=None) -> torch.Generator:
     "A CPU generator for transforms and jitter: seeded by `seed`, or by torch's global generator when `None`"
     return torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(2**62, (1,))))
 
-def _default_size(model, size): return (model_input_size(model) or 128) if size is None else size
-
 def blank_input(model:nn.Module, size=None, channels:int|None=None) -> Tensor:
     "A zero image (1, C, H, W) on the model's device and dtype, C the channels its first convolution takes, (H, W) `size` or the model's: for probing shapes"
-    h, w = _hw(_default_size(model, size))
+    h, w = image_size(model, size)
     return torch.zeros(1, channels or input_channels(model) or 3, h, w, device=model_device(model), dtype=model_dtype(model))
 
 # %% ../nbs/07_optvis.ipynb #cb804f5b
-def _preprocess(preprocess):
-    if preprocess is None: return lambda x: x
-    if preprocess == 'imagenet': return normalize
-    if callable(preprocess): return preprocess
-    raise ValueError(f"preprocess is None, 'imagenet' or a function, got {preprocess!r}")
-
 def _transforms(transforms):
     if transforms == 'standard': return standard_transforms()
     if transforms is None: return lambda x, g: x
@@ -389,10 +355,6 @@ def check_layers(fm:FlatModel, layers):
     "Raise a clear error for any of `layers` that `fm` does not have"
     for l in layers: fm.name_of(l)
 
-def _to_size(x, size):
-    "`x` resized (bilinear) to `size`, the size a fixed-size model takes (None: as it is)"
-    return x if size is None or tuple(x.shape[-2:]) == tuple(size) else F.interpolate(x, size=tuple(size), mode='bilinear', align_corners=False)
-
 def _forward(model, x, image, step):
     "`model(x)`; an error on the first step says which batch the loop fed the model"
     try: return model(x)
@@ -401,7 +363,7 @@ def _forward(model, x, image, step):
         raise
 
 # %% ../nbs/07_optvis.ipynb #3e4453c6
-def _scalar(value, objective, step) -> float:
+def objective_value(value, objective, step) -> float:
     "The objective's value as a float: one finite number, else an error naming the objective and the step"
     if not isinstance(value, Tensor) or value.numel() != 1:
         got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
@@ -420,7 +382,7 @@ def _check_takes_images(model:nn.Module):
 
 # %% ../nbs/07_optvis.ipynb #0f7f64f5
 @keeps_rng
-def optimize(model:nn.Module, objective:Objective, param:nn.Module, transforms='standard', preprocess=None, optimizer=None, lr=0.05,
+def optimize(model:nn.Module, objective:Objective, param:nn.Module, *, transforms='standard', preprocess=None, optimizer=None, lr=0.05,
              steps=512, thresholds=None, show_progress=True, seed=None, output=None):
     "Maximise `objective` over the images `param()` makes: the loop behind `render` and the dream functions; `output` selects the scores (`model_output`)"
     model = unwrap_model(model)
@@ -433,7 +395,7 @@ def optimize(model:nn.Module, objective:Objective, param:nn.Module, transforms='
     if c_in is not None and c is not None and c_in != c: raise ValueError(f"the model's first convolution takes {c_in} channels, the image has {c}: pass channels={c_in}")
     thresholds = sorted(set(thresholds or ()))
     if any(not 1 <= t <= steps for t in thresholds): raise ValueError(f"thresholds must lie in 1..steps={steps}, got {thresholds}")
-    transform, prep = _transforms(transforms), _preprocess(preprocess)
+    transform, prep = _transforms(transforms), as_preprocess(preprocess)
     opt = optimizer(param.parameters()) if optimizer is not None else torch.optim.Adam(param.parameters(), lr=lr)
     g, fixed, layouts = generator(seed), model_input_size(model), {}
     snapshots, history = {}, []
@@ -443,9 +405,9 @@ def optimize(model:nn.Module, objective:Objective, param:nn.Module, transforms='
             opt.zero_grad()
             if rec is not None: rec.reset()
             image = param()
-            out = _forward(model, prep(_to_size(transform(image, g), fixed)), image, step)
-            value = objective(_Run(rec, image, out, fm, output, layouts))
-            history.append(_scalar(value, objective, step))
+            out = _forward(model, prep(resize(transform(image, g), fixed)), image, step)
+            value = objective(Run(rec, image, out, fm, output, layouts))
+            history.append(objective_value(value, objective, step))
             (-value).backward()
             opt.step()
             if step in thresholds:
@@ -455,10 +417,11 @@ def optimize(model:nn.Module, objective:Objective, param:nn.Module, transforms='
 
 # %% ../nbs/07_optvis.ipynb #5c99d27c
 @keeps_rng
-def render(model:nn.Module, objective:Objective, param:nn.Module|None=None, size=None, channels:int|None=None, batch=1, transforms='standard',
+def render(model:nn.Module, objective:Objective, param:nn.Module|None=None, *, size=None, channels:int|None=None, batch=1, transforms='standard',
            preprocess=None, optimizer=None, lr=0.05, steps=512, thresholds=None, show_progress=True, seed=None, output=None):
     "Optimise an image batch (batch, channels, size, size) in [0, 1] that maximises `objective` for `model`; `size`: the model's own or 128; `output` selects the scores"
     model = unwrap_model(model)
     channels = check_count(channels, 'channels') if channels is not None else input_channels(model) or 3
-    if param is None: param = ImageParam(_default_size(model, size), channels, batch, seed=seed, device=model_device(model)).to(dtype=model_dtype(model))
-    return optimize(model, objective, param, transforms, preprocess, optimizer, lr, steps, thresholds, show_progress, seed, output)
+    if param is None: param = ImageParam(image_size(model, size), channels, batch, seed=seed, device=model_device(model)).to(dtype=model_dtype(model))
+    return optimize(model, objective, param, transforms=transforms, preprocess=preprocess, optimizer=optimizer, lr=lr, steps=steps, thresholds=thresholds,
+                    show_progress=show_progress, seed=seed, output=output)

@@ -14,15 +14,15 @@ import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
 import matplotlib.pyplot as plt
 from .core import *
-from .adapters import (split_labels, unwrap_model, check_tensor, check_finite, check_count, to_model_inputs, call_model, batch_len, Layout, feature_layout, channels_first, _as_layout)
+from .adapters import (split_labels, unwrap_model, check_tensor, check_finite, check_count, to_model_inputs, call_model, batch_len, Layout, feature_layout, channels_first, as_layout, split_batch, split_call)
 from .distributed import all_ranks, all_reduce_sum, all_gather_cat, progress_main
-from .flat import FlatModel, _split_call
+from .flat import FlatModel
 
 # %% auto #0
 __all__ = ['REDUCTIONS', 'MEASURES', 'DISTANCES', 'MEASURE_ALIASES', 'as_features', 'linear_cka', 'rbf_gram', 'kernel_cka',
            'u_center', 'unbiased_hsic', 'unbiased_cka', 'cca', 'svcca', 'pwcca', 'procrustes', 'angular_procrustes',
            'dcka', 'rsa', 'distance_correlation', 'mutual_knn', 'cknna', 'regression_r2', 'SimilarityResult',
-           'batch_input', 'compare_models', 'layer_similarity']
+           'compare_models', 'layer_similarity']
 
 # %% ../nbs/10_similarity.ipynb #4a4aa0af
 REDUCTIONS = ('flatten', 'avgpool', 'mean', 'positions')
@@ -37,7 +37,7 @@ def as_features(x:Tensor, reduce='flatten', size=None, name='x',
         hint = f": for one feature per example use {name}[:, None]" if name.isidentifier() else ""
         raise ValueError(f"{name} must be (n, ...) with one row per example, got shape {tuple(x.shape)}{hint}")
     if not x.is_floating_point(): x = x.float()                     # counts, token ids, bool masks: pooling and sums need floats
-    if layout is not None: x = channels_first(x, _as_layout(layout, None))   # (n, C, *positions): channels-last moved first, prefix tokens dropped
+    if layout is not None: x = channels_first(x, as_layout(layout, None))   # (n, C, *positions): channels-last moved first, prefix tokens dropped
     if x.ndim == 2: return x
     if reduce == 'flatten': return x.flatten(1)
     if reduce == 'avgpool':
@@ -338,61 +338,8 @@ class SimilarityResult:
         ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
         return ax
 
-# %% ../nbs/10_similarity.ipynb #88fa9925
-def _takes_keywords(model, keys) -> bool:
-    "Whether `model`'s forward takes every name in `keys` as a keyword"
-    try: ps = inspect.signature(model.forward if isinstance(model, nn.Module) else model).parameters.values()
-    except (TypeError, ValueError): return True                    # no signature to read: let the call say
-    if any(p.kind == p.VAR_KEYWORD for p in ps): return True
-    return set(keys) <= {p.name for p in ps if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-
-def batch_input(batch, input_key=None, inputs=None, model=None):
-    "The model input of a batch: a tensor, the first item of a tuple/list, or from a dict: `input_key` (one positional input), the keyword inputs `inputs`, or every entry but the labels"
-    if input_key is not None and inputs is not None: raise ValueError("pass input_key= (the one positional input) or inputs= (the keyword inputs), not both")
-    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], (Tensor, Mapping)): batch = batch[0]
-    if isinstance(batch, Tensor): return batch
-    if not isinstance(batch, Mapping): raise TypeError(f"a batch must be a tensor, a tuple (x, ...) or a dict, got {type(batch).__name__}")
-    if input_key is not None:
-        if input_key not in batch: raise KeyError(f"input_key={input_key!r} is not in the batch, a dict with keys {list(batch)}")
-        return batch[input_key]
-    if inputs is not None:
-        keys = [inputs] if isinstance(inputs, str) else list(inputs)
-        missing = [k for k in keys if k not in batch]
-        if missing: raise KeyError(f"inputs= names {missing}, which the batch (a dict with keys {list(batch)}) lacks")
-        return {k: batch[k] for k in keys}
-    x, _ = split_labels(batch)
-    if not x: raise ValueError(f"the batch is a dict with only labels (keys {list(batch)}): it holds no model input")
-    if model is None or _takes_keywords(model, x): return x
-    key = next((k for k in ('x', 'input', 'image', 'pixel_values') if k in x), None)   # a model of one tensor: the batch's image
-    if key is not None: return x[key]
-    raise TypeError(f"the batch is a dict with keys {list(batch)}, and {type(model).__name__}'s forward does not take them all as keywords: "
-                    "pass input_key='name' for its one input, or inputs=[...] naming the keyword inputs it takes")
-
 # %% ../nbs/10_similarity.ipynb #b285633e
 def _leaf_layers(fm): return [n for n in fm.layer_names if not any(True for _ in fm[n].children())]
-
-def _layer_specs(fm, layers) -> list:
-    "`(name, call)` for each layer that `layers` names: `name:k` is call k alone; a name, ordinal, module or type means every call"
-    fm.resolve(layers)                                  # every key checked first: unknown names get their close matches
-    keys = [layers] if isinstance(layers, (str, int, nn.Module, type)) else list(layers)
-    specs = []
-    for key in keys:
-        name, k = _split_call(key) if isinstance(key, str) else (key, None)
-        specs += [(name, k)] if k is not None and name in fm else [(n, None) for n in fm.resolve(key)]
-    return list(dict.fromkeys(specs))
-
-def _keys(rec, specs, every=False):
-    "Recording keys for `specs`, in their order: each call of a repeated module in turn, or the call asked for; a layer that did not run is an error (skipped for `every` leaf layer)"
-    ks, out = list(rec), []
-    for n, k in specs:
-        calls = [c for c in ks if c == n or c.rpartition(':')[0] == n]
-        if not calls and every: continue                # by default, the leaf layers that ran (not a dropout the model skips)
-        if not calls: rec[n]                            # raises: the layer did not run
-        if k is None: out += calls
-        else:
-            rec[f"{n}:{k}"]                             # raises when there is no call k
-            out.append(n if calls == [n] else f"{n}:{k}")
-    return list(dict.fromkeys(out))
 
 # %% ../nbs/10_similarity.ipynb #e62ca74d
 def _batch_first(model, key, a, n, what):
@@ -404,7 +351,7 @@ def _batch_first(model, key, a, n, what):
 
 def _layout_of(model, fm, key, t, layout, reduce, what):
     "How `as_features` reads layer `key`: `layout` (one for every layer, or a dict by layer name) if given, else `feature_layout`; None for 'flatten' (every value kept)"
-    name = key if key in fm else key.rpartition(':')[0]
+    name = key if key in fm else split_call(key)[0]
     lay = layout.get(key, layout.get(name)) if isinstance(layout, Mapping) else layout
     if lay is None and reduce == 'flatten': return None                # the measures do not depend on the order of the features
     try: return feature_layout(model, name, t, lay)
@@ -517,7 +464,7 @@ class _Side:
     "One model of a comparison: its `FlatModel`, the layers asked for, their recording keys (found on the first batch) and layouts"
     def __init__(self, model, fm, layers, what):
         self.model, self.fm, self.what, self.every = model, fm, what, layers is None
-        self.specs = _layer_specs(fm, layers) if layers is not None else [(n, None) for n in _leaf_layers(fm)]
+        self.specs = fm.layer_calls(layers) if layers is not None else [(n, None) for n in _leaf_layers(fm)]
         self.names, self.keys, self.layouts = list(dict.fromkeys(n for n, _ in self.specs)), None, {}
 
     def features(self, rec, keys, n, reduce, size, layout):
@@ -531,7 +478,7 @@ def _batch_features(s1, s2, x1, x2, n1, n2, one_pass, reduce, size, layout):
     else:
         with s1.fm.record(s1.names) as r1: call_model(s1.model, x1)
         with s2.fm.record(s2.names) as r2: call_model(s2.model, x2)
-    if s1.keys is None: s1.keys, s2.keys = _keys(r1, s1.specs, s1.every), _keys(r2, s2.specs, s2.every)
+    if s1.keys is None: s1.keys, s2.keys = r1.keys_for(s1.specs, s1.every), r2.keys_for(s2.specs, s2.every)
     if not one_pass: return s1.features(r1, s1.keys, n1, reduce, size, layout), s2.features(r2, s2.keys, n2, reduce, size, layout)
     feats = dict(zip(both := list(dict.fromkeys(s1.keys + s2.keys)), s1.features(r1, both, n1, reduce, size, layout)))
     return [feats[k] for k in s1.keys], [feats[k] for k in s2.keys]
@@ -564,7 +511,7 @@ def compare_models(model1:nn.Module, model2:nn.Module=None, loader=None, layers1
         for b in progress_main(batches, total=_len(loader), show=show_progress):   # torch.distributed: this rank's shard, rank 0's bar
             b1, b2 = _two_batches(b, loader2 is not None, seen)
             seen += 1
-            x1, x2 = batch_input(b1, input_key, inputs, model1), batch_input(b2, input_key, inputs, model2)
+            x1, x2 = split_batch(b1, input_key, inputs, model1)[0], split_batch(b2, input_key, inputs, model2)[0]
             n1, n2 = batch_len(x1, model1), batch_len(x2, model2)
             if n1 != n2: raise ValueError(f"the two loaders' batches differ in size ({n1} vs {n2}): use the same batch size and drop_last")
             if n1 < acc.min_n:
@@ -588,7 +535,7 @@ def compare_models(model1:nn.Module, model2:nn.Module=None, loader=None, layers1
 # %% ../nbs/10_similarity.ipynb #fd3601a2
 def _one_layer(fm, layer, arg):
     "`(name, call)` of the single layer `layer` names; a list or a type that names several is an error"
-    specs = _layer_specs(fm, layer)
+    specs = fm.layer_calls(layer)
     if len(specs) != 1:
         shown = ', '.join(n if k is None else f"{n}:{k}" for n, k in specs[:5]) + (', …' if len(specs) > 5 else '')
         raise ValueError(f"{arg} names {len(specs)} layers ({shown}): layer_similarity compares one layer with one; pass one name ('name:k' for one call of a repeated module), or use compare_models for every pair")

@@ -12,8 +12,8 @@ import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
 from .core import *
 from .flat import FlatModel
-from .adapters import unwrap_model, to_model_images, check_count, check_module, keeps_rng, progress
-from .optvis import frozen, total_variation, input_channels, _preprocess
+from .adapters import unwrap_model, to_model_images, check_count, check_module, keeps_rng, progress, input_channels, as_preprocess
+from .optvis import frozen, total_variation
 
 # %% auto #0
 __all__ = ['PRESETS', 'vgg_layer_names', 'gram', 'style_loss', 'content_loss', 'style_transfer', 'avg_pooling',
@@ -153,7 +153,7 @@ def style_transfer(content:Tensor, style:Tensor, model:nn.Module|None=None, pres
     content, style = _image(content, 'content', model), _image(style, 'style', model)
     if content.shape[1] != style.shape[1]: raise ValueError(f"content has {content.shape[1]} channels, style {style.shape[1]}: convert one")
     fm, c_names, s_names = _layer_names(model, content_layers, style_layers)
-    prep = _preprocess(preprocess)
+    prep = as_preprocess(preprocess)
     g = torch.Generator().manual_seed(seed) if seed is not None else None
     history, last = {'content': [], 'style': [], 'total': []}, {}   # `last`: the image of the last evaluation
     with frozen(model), (avg_pooling(model) if pooling == 'avg' else nullcontext()), fm.record(list(dict.fromkeys(c_names + s_names)), detach=False) as rec:

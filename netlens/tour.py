@@ -78,21 +78,18 @@ def _channels(ctx):
 def _attribution(ctx, n=4):
     "A grid of methods for a few digits: what each says drove the prediction of the true class"
     model, x, y = ctx['model'], ctx['x'][:n], ctx['y'][:n]
-    methods = {
-        'saliency': (lambda: saliency(model, x, y), 'absolute'),
-        'guided backprop': (lambda: guided_backprop(model, x, y), 'all'),
-        'SmoothGrad': (lambda: smooth_grad(model, x, y, n_samples=32, seed=0), 'all'),
-        'integrated gradients': (lambda: integrated_gradients(model, x, y, n_steps=32), 'all'),
-        "GradCAM 'res'": (lambda: grad_cam(model, x, y, 'res')[:, None], 'positive'),
-        "guided GradCAM": (lambda: guided_grad_cam(model, x, y, 'res'), 'all'),
-        'occlusion 6x6': (lambda: occlusion(model, x, y, window=(1, 6, 6), stride=(1, 2, 2)), 'all'),
-    }
-    attrs = {k: (f(), sign) for k, (f, sign) in methods.items()}
+    methods = {'saliency': ({}, 'absolute'), 'guided_backprop': ({}, 'all'), 'smooth_grad': (dict(n_samples=32, seed=0), 'all'),   # from the registry
+               'integrated_gradients': (dict(n_steps=32), 'all'), 'grad_cam': (dict(layer='res'), 'positive'), 'guided_grad_cam': (dict(layer='res'), 'all'),
+               'occlusion': (dict(window=(1, 6, 6), stride=(1, 2, 2)), 'all')}
+    attrs = {}
+    for k, (kw, sign) in methods.items():
+        a = METHODS[k](model, x, y, **kw)
+        attrs[METHODS[k].title + (f" {kw['layer']!r}" if 'layer' in kw else '')] = (a[:, None] if a.ndim == 3 else a, sign, k == 'grad_cam')
     fig, axs = plt.subplots(n, len(methods) + 1, figsize=(1.7 * (len(methods) + 1), 1.8 * n))
     for i in range(n):
         show_image(x[i], ax=axs[i, 0], title=f'digit {y[i].item()}' if i else f'input: digit {y[i].item()}')
-        for ax, (k, (a, sign)) in zip(axs[i, 1:], attrs.items()):
-            show_attribution(a[i], x[i] if k.startswith('GradCAM') else None, sign=sign, ax=ax, title=k if i == 0 else None)
+        for ax, (k, (a, sign, over)) in zip(axs[i, 1:], attrs.items()):
+            show_attribution(a[i], x[i] if over else None, sign=sign, ax=ax, title=k if i == 0 else None)
     fig.suptitle('what drove the prediction (red: raises the score, blue: lowers it)')
     fig.tight_layout()
     return fig

@@ -15,13 +15,12 @@ from torch import Tensor
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 from torch.overrides import TorchFunctionMode
 from .core import *
-from .flat import _split_call
-from .adapters import check_module, unwrap_model, keeps_rng, model_output
+from .adapters import check_module, unwrap_model, keeps_rng, model_output, split_call
 import matplotlib.pyplot as plt
 
 # %% auto #0
-__all__ = ['DECOMPOSE', 'TensorOp', 'ModelLog', 'log_forward_pass', 'ValidationReport', 'validate_saved_activations',
-           'show_model_graph', 'intervene', 'patch_sweep', 'plot_patch_sweep', 'load_log']
+__all__ = ['DECOMPOSE', 'TensorOp', 'TensorRef', 'ModelLog', 'log_forward_pass', 'fill_refs', 'ValidationReport',
+           'validate_saved_activations', 'show_model_graph', 'intervene', 'patch_sweep', 'plot_patch_sweep', 'load_log']
 
 # %% ../nbs/12_trace.ipynb #e6fb8f7d
 class TensorOp:
@@ -136,8 +135,8 @@ def _tensors(x):
     if isinstance(x, dict): return [t for v in x.values() for t in _tensors(v)]
     return []
 
-class _Ref:
-    "Placeholder for a logged tensor in a saved call (for replay)"
+class TensorRef:
+    "An op's argument that is another op's output in the log: the index of that op (the saved call keeps these, for replay and receptive fields)"
     __slots__ = 'index'
     def __init__(self, index): self.index = index
 
@@ -150,13 +149,13 @@ class _Producers:
         return e[0] if e is not None and e[1]() is t else None
 
 def _scan(x, producers, ins, parents):
-    "`x` with every logged tensor replaced by a `_Ref` to its producer; its tensors appended to `ins`, their producers to `parents`"
+    "`x` with every logged tensor replaced by a `TensorRef` to its producer; its tensors appended to `ins`, their producers to `parents`"
     if isinstance(x, Tensor):
         ins.append(x)
         i = producers.get(x)
         if i is None: return x
         parents.append(i)
-        return _Ref(i)
+        return TensorRef(i)
     if isinstance(x, (list, tuple)):
         for v in x:   # most arguments are flat: sizes, strides, numbers
             if isinstance(v, (Tensor, list, tuple, dict)): break
@@ -424,7 +423,7 @@ def __getitem__(self:ModelLog, key) -> TensorOp:
     if not isinstance(key, str): raise TypeError(f"look ops up by label, module name or position, not {type(key).__name__}")
     if key in self._by_label: return self._by_label[key]
     if key in self._by_module: return self._by_module[key]
-    base, p = _split_call(key)
+    base, p = split_call(key)
     if base in self._layers:
         ops = self._layers[base]
         if p is None and len(ops) == 1: return ops[0]
@@ -475,11 +474,11 @@ def _save_rule(layers_to_save, names):
             positions.add(int(k))
         elif isinstance(k, str):
             if not k.strip(): raise ValueError("layers_to_save: an empty label would match every op; pass 'all' to save everything")
-            if _split_call(k)[1] == 0: raise ValueError(f"layers_to_save: {k!r} asks for call 0; calls and passes count from 1 ({_split_call(k)[0]}:1)")
-            if _split_call(k)[0] in names: modules.add(k)
+            if split_call(k)[1] == 0: raise ValueError(f"layers_to_save: {k!r} asks for call 0; calls and passes count from 1 ({split_call(k)[0]}:1)")
+            if split_call(k)[0] in names: modules.add(k)
             else: labels.append(k)
         else: raise TypeError(f"layers_to_save takes 'all', None, or labels, module names and positions; got {k!r}")
-    parsed = [_split_call(k) for k in labels]
+    parsed = [split_call(k) for k in labels]
     def wants(op):
         if op.index in positions: return True
         for base, p in parsed:
@@ -493,14 +492,14 @@ def _check_saved(log, positions, modules, labels):
     for i in sorted(positions):
         if i >= len(log): raise IndexError(f"layers_to_save: position {i} is out of range: the pass logged {len(log)} ops (positions 0 to {len(log) - 1}); see log.layer_labels")
     for key in sorted(modules):
-        base, k = _split_call(key)
+        base, k = split_call(key)
         n = log.module_calls.get(base, 0)
         if n == 0: raise KeyError(f"layers_to_save: module {base!r} did not run in this forward pass, so nothing of it was saved")
         if k is not None and k > n: raise KeyError(f"layers_to_save: module {base!r} ran {n} time(s): there is no call {k} (ask for {base!r}" + (f", or one call {base}:1 ... {base}:{n})" if n > 1 else ")"))
-        if not any(_split_call(c)[0] == base and (k is None or n == 1 or c == key) for op in log for c in op.output_of):
+        if not any(split_call(c)[0] == base and (k is None or n == 1 or c == key) for op in log for c in op.output_of):
             raise KeyError(f"layers_to_save: module {base!r} ran but returned no tensor of the pass; save the op that computes it by label instead")
     for key in labels:
-        base, p = _split_call(key)
+        base, p = split_call(key)
         found = [op for op in log if base in op.layer_label or base == op.short_label]
         if not found:
             options = dict.fromkeys([op.layer_type for op in log] + [op.short_label for op in log] + log.layer_labels + list(log.module_types))
@@ -520,7 +519,7 @@ def _halt_rule(halt, names):
         if halt < 0: raise ValueError(f"halt: negative position {halt} needs the op count, unknown before the pass; log with layers_to_save=None first and use len(log) + {halt}")
         return (lambda op: op.index == halt), None
     if not isinstance(halt, str) or not halt.strip(): raise TypeError(f"halt takes a label, a module name, a position or a predicate op -> bool, not {halt!r}")
-    base, p = _split_call(halt)
+    base, p = split_call(halt)
     if p == 0: raise ValueError(f"halt: {halt!r} asks for call 0; calls and passes count from 1 ({base}:1)")
     if base in names: return None, (base, p or 1)
     return (lambda op: (base == op.layer_label or base == op.short_label) and op.pass_num == (p or 1)), None
@@ -609,17 +608,17 @@ def log_forward_pass(model:nn.Module, x, layers_to_save='all', keep_grads:bool=F
     return _run_pass(model, x, layers_to_save, keep_grads, source_lines, kwargs, save_device, halt=halt)
 
 # %% ../nbs/12_trace.ipynb #cd6a589e
-def _fill(x, value_of, copy=False):
-    "`x` with every `_Ref` replaced by `value_of(index)` (and other tensors copied, with `copy`)"
-    if isinstance(x, _Ref): return value_of(x.index)
+def fill_refs(x, value_of, copy=False):
+    "`x` with every `TensorRef` replaced by `value_of(index)` (and other tensors copied, with `copy`)"
+    if isinstance(x, TensorRef): return value_of(x.index)
     if isinstance(x, Tensor): return x.detach().clone() if copy else x
-    if isinstance(x, (list, tuple)): return type(x)(_fill(v, value_of, copy) for v in x)
-    if isinstance(x, dict): return {k: _fill(v, value_of, copy) for k, v in x.items()}
+    if isinstance(x, (list, tuple)): return type(x)(fill_refs(v, value_of, copy) for v in x)
+    if isinstance(x, dict): return {k: fill_refs(v, value_of, copy) for k, v in x.items()}
     return x
 
 def _replay(op, value_of):
     "Run `op`'s function again with its logged parents replaced by `value_of(index)`; an in-place op works on copies of the model's tensors"
-    args, kwargs = _fill(op._args, value_of, op.inplace), _fill(op._kwargs, value_of, op.inplace)
+    args, kwargs = fill_refs(op._args, value_of, op.inplace), fill_refs(op._kwargs, value_of, op.inplace)
     with torch.random.fork_rng(devices=[torch.cuda.current_device()] if op._rng and op._rng[1] is not None else []):
         if op._rng is not None:
             torch.random.set_rng_state(op._rng[0])
@@ -681,7 +680,7 @@ def _require_dot():
         raise RuntimeError("drawing needs Graphviz's `dot` program, which is not installed (the `graphviz` Python package alone is not enough): "
                            "apt-get install graphviz (Debian/Ubuntu), brew install graphviz (macOS), conda install -c conda-forge graphviz, or winget install graphviz")
 
-def _strip_call(c): return _split_call(c)[0]
+def _strip_call(c): return split_call(c)[0]
 
 def _select_ops(log, module):
     "The ops to draw (for one `module`: those that ran inside it) and, for a `module`, the ops outside it that feed it"

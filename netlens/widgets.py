@@ -15,19 +15,18 @@ from fastcore.basics import patch
 from .core import *
 from .flat import FlatModel
 from .hooks import model_lock
-from .attribution import (saliency, guided_backprop, smooth_grad, integrated_gradients, cam, guided_grad_cam,
-                                 occlusion, attribution_map)
+from .attribution import METHODS, attribution_map, sign_cmap
 from .adapters import unwrap_model, to_model_images, to_model_input, check_batch, check_count, check_index, check_scores
-from .optvis import render, Objective, input_channels, blank_input, _hw, _WRAP_SCORES
+from .optvis import render, Objective, blank_input
 from .attention import attention_maps, attention_rollout, token_layout, fuse_heads, FUSIONS
-from .adapters import to_model_inputs, main_input, map_batch, num_prefix_tokens, token_grid
-from .adapters import model_output
-from .atlas import top_activations, _examples, _patch, _strip
+from .adapters import to_model_inputs, main_tensor, map_batch, num_prefix_tokens, token_grid
+from .adapters import model_output, input_channels, size_hw, SCORES_FIX
+from .atlas import top_activations, dataset_examples, example_patch, patch_strip
 
 # %% auto #0
-__all__ = ['LAYER_METHODS', 'CHANNEL_METHODS', 'display_scale', 'to_png', 'sign_cmap', 'overlay_map', 'colorbar_html',
-           'fig_to_png', 'explorer_layers', 'AttributionExplorer', 'grid_image', 'ChannelExplorer', 'patch_overlay',
-           'matrix_image', 'token_html', 'AttentionExplorer']
+__all__ = ['LAYER_METHODS', 'CHANNEL_METHODS', 'display_scale', 'to_png', 'overlay_map', 'colorbar_html', 'fig_to_png',
+           'explorer_layers', 'AttributionExplorer', 'grid_image', 'ChannelExplorer', 'patch_overlay', 'matrix_image',
+           'token_html', 'AttentionExplorer']
 
 # %% ../nbs/13_widgets.ipynb #ce164d95
 def _rgb(a:np.ndarray) -> np.ndarray:
@@ -46,10 +45,6 @@ def to_png(a:np.ndarray, scale:int=1) -> tuple:
     if scale > 1: im = im.resize((im.width * scale, im.height * scale), PIL.Image.NEAREST)
     buf = io.BytesIO(); im.save(buf, format='png')
     return buf.getvalue(), im.width, im.height
-
-def sign_cmap(sign:str) -> str:
-    "The colour map `show_attribution` overlays for `sign`"
-    return {'all': 'bwr', 'negative': 'Blues'}.get(sign, 'jet')
 
 def overlay_map(image:torch.Tensor, attr:torch.Tensor, sign='positive', alpha=0.55, denorm=False) -> tuple:
     "One image (C,H,W) with its attribution (`attribution_map`, coloured by `sign_cmap`) laid over it: (H,W,3) floats, and the map (H,W)"
@@ -260,20 +255,20 @@ def _explorer_input(x, model, denorm) -> torch.Tensor:
 
 def _scores(out, output=None) -> torch.Tensor:
     "The scores in a model's output, chosen by `netlens.adapters.model_output`'s convention and `output`, then checked"
-    return check_scores(model_output(out, output), fix=_WRAP_SCORES)
+    return check_scores(model_output(out, output), fix=SCORES_FIX)
 
-LAYER_METHODS = ('gradcam', 'gradcam++', 'xgradcam', 'layercam', 'guided gradcam')
-CHANNEL_METHODS = LAYER_METHODS[:-1]
+LAYER_METHODS = tuple(n for n, m in METHODS.items() if m.layer)       # the registry's names (`netlens.attribution.METHODS`)
+CHANNEL_METHODS = tuple(n for n, m in METHODS.items() if m.channel)
 
 # %% ../nbs/13_widgets.ipynb #919ef16a
 class AttributionExplorer(_Live):
     "Explore attributions of a batch of images `x` (N,C,H,W) for `model`: image, method, layer, channel, class, sign, and a second method to compare"
-    methods = ('saliency', 'guided backprop', 'smoothgrad', 'integrated gradients', 'occlusion') + LAYER_METHODS
+    methods = ('saliency', 'guided_backprop', 'smooth_grad', 'integrated_gradients', 'occlusion') + LAYER_METHODS
     def __init__(self, model:nn.Module, x:torch.Tensor, target=None, layers=None, denorm=False, occlusion_window=None, n_samples=16,
                  classes=None,     # class names, for the predictions and titles
                  top_k=5,          # how many predictions to list
                  size=192,         # display size (px) of the pictures' longer side: small inputs are enlarged by a whole factor, crisp
-                 method='gradcam', background=None,
+                 method='grad_cam', background=None,
                  output=None):     # what selects the scores in the model's output (`netlens.adapters.model_output`); passed on to the methods when given
         model = unwrap_model(model)
         self.model, self.x, self.denorm, self.output = model, _explorer_input(x, model, denorm), denorm, output
@@ -308,8 +303,8 @@ def _controls(self:AttributionExplorer, target:int, method:str):
     main, every = self.main_layers, self.all_layers_list
     lw = W.Layout(width='240px')
     self.pick = W.IntSlider(min=0, max=len(self.x) - 1, value=0, description='image', continuous_update=False, disabled=len(self.x) == 1, layout=lw)
-    self.method = W.Dropdown(options=self.methods, value=method, description='method', layout=lw)
-    self.compare = W.Dropdown(options=('none',) + self.methods, value='none', description='compare', layout=lw)
+    self.method = W.Dropdown(options=[(METHODS[m].title, m) for m in self.methods], value=method, description='method', layout=lw)
+    self.compare = W.Dropdown(options=[('none', 'none')] + [(METHODS[m].title, m) for m in self.methods], value='none', description='compare', layout=lw)
     self.layer = W.Dropdown(options=main, value=main[-1], description='layer', layout=lw)
     self.all_layers = W.Checkbox(value=False, description='all layers', indent=False, layout=W.Layout(width='100px'), disabled=main == every)
     self.channel_label = W.HTML(layout=W.Layout(width='190px'))
@@ -347,7 +342,7 @@ def _sync_controls(self:AttributionExplorer):
     n = self.n_chans[self.layer.value]
     if self.channel.disabled:
         why = 'it reads no layer' if m not in LAYER_METHODS else 'it weighs the whole layer'
-        self.channel_label.value = f'<span title="{m} ignores the channel: {why}">not used by {m}</span>'
+        self.channel_label.value = f'<span title="{METHODS[m].title} ignores the channel: {why}">not used by {METHODS[m].title}</span>'
     else: self.channel_label.value = 'all channels' if self.channel.value < 0 else f'channel {self.channel.value} of {n}'
     self.compare_panel.layout.display = 'none' if self.compare.value == 'none' else 'flex'
 
@@ -389,7 +384,7 @@ def describe(self:AttributionExplorer, st:dict, method=None) -> str:
     m = method or st['method']
     where = f" at {st['layer']}" if m in LAYER_METHODS else ''
     if m in CHANNEL_METHODS: where += ', all channels' if st['channel'] < 0 else f", channel {st['channel']}"
-    return f"{m}{where}, class {self.classes[st['target']]}"
+    return f"{METHODS[m].title}{where}, class {self.classes[st['target']]}"
 
 # %% ../nbs/13_widgets.ipynb #ecd8fecf
 @patch
@@ -399,13 +394,10 @@ def compute(self:AttributionExplorer, st:dict|None=None, method=None) -> torch.T
     m, x, t, layer = method or st['method'], self.x[st['image']][None], st['target'], st['layer']
     ch = None if st['channel'] < 0 else st['channel']
     kw = {} if self.output is None else {'output': self.output}
-    if m == 'saliency': return saliency(self.model, x, t, abs=False, **kw)
-    if m == 'guided backprop': return guided_backprop(self.model, x, t, **kw)
-    if m == 'smoothgrad': return smooth_grad(self.model, x, t, n_samples=self.n_samples, seed=0, **kw)
-    if m == 'integrated gradients': return integrated_gradients(self.model, x, t, n_steps=32, **kw)
-    if m == 'occlusion': return occlusion(self.model, x, t, window=self.occlusion_window, stride=tuple(max(1, k // 2) for k in self.occlusion_window), **kw)
-    if m == 'guided gradcam': return guided_grad_cam(self.model, x, t, layer, **kw)
-    return cam(self.model, x, t, layer, m.replace(' ', ''), channel=ch, **kw)
+    settings = {'saliency': dict(sign='all'), 'smooth_grad': dict(n_samples=self.n_samples, seed=0), 'integrated_gradients': dict(n_steps=32),
+                'occlusion': dict(window=self.occlusion_window, stride=tuple(max(1, k // 2) for k in self.occlusion_window))}
+    if m in CHANNEL_METHODS: kw['channel'] = ch
+    return METHODS[m](self.model, x, t, layer if METHODS[m].layer else None, **settings.get(m, {}), **kw)
 
 @patch
 def _map(self:AttributionExplorer, st, method, pic, title) -> tuple:
@@ -467,7 +459,7 @@ class ChannelExplorer(_Live):
                  n_examples=6,  # how many examples that panel shows
                  background=None, **render_kwargs):
         model = unwrap_model(model)
-        self.model, self.size, self.steps, self.seed, self.render_kwargs = model, _hw(size), check_count(steps, 'steps'), seed, render_kwargs
+        self.model, self.size, self.steps, self.seed, self.render_kwargs = model, size_hw(size), check_count(steps, 'steps'), seed, render_kwargs
         self.per_page, self.display = check_count(per_page, 'per_page'), check_count(display, 'display')
         self.channels = check_count(channels, 'channels') if channels is not None else input_channels(model) or 3
         self.fm = FlatModel(model)
@@ -570,9 +562,9 @@ def examples_image(self:ChannelExplorer, layer:str, c:int):
     t = self.ranking(layer)
     if t.dead[c]: return None
     if (layer, c) not in self._strips:
-        ex = _examples(self.model, self.examples, t.indices[c].tolist())
-        patches = [_patch(self.model, t, ex, c, j, False, self._fields.setdefault(layer, {})) for j in range(t.values.shape[1])]
-        self._strips[layer, c] = _strip(patches, cell=self.display // 3)
+        ex = dataset_examples(self.model, self.examples, t.indices[c].tolist())
+        patches = [example_patch(self.model, t, ex, c, j, False, self._fields.setdefault(layer, {})) for j in range(t.values.shape[1])]
+        self._strips[layer, c] = patch_strip(patches, cell=self.display // 3)
     return self._strips[layer, c]
 
 @patch
@@ -790,7 +782,7 @@ class _TextAttention(AttentionExplorer):
     what = 'example'
     def _take_input(self, x, tokens, prefix, grid) -> int:
         self.x = to_model_inputs(x, self.model, 'x')
-        ids = self.x[main_input(self.model, self.x)] if isinstance(self.x, dict) else self.x
+        ids = main_tensor(self.model, self.x)
         self.tokens = _text_tokens(tokens, ids)
         return len(ids)
 

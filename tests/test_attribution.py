@@ -29,7 +29,7 @@ METHODS = {
     'input_x_gradient': lambda m, x, t, l, bs: A.input_x_gradient(m, x, t),
     'smooth_grad': lambda m, x, t, l, bs: A.smooth_grad(m, x, t, n_samples=3, seed=0, batch_size=bs),
     'integrated_gradients': lambda m, x, t, l, bs: A.integrated_gradients(m, x, t, n_steps=3, batch_size=bs, return_delta=True)[0],
-    'cam': lambda m, x, t, l, bs: A.cam(m, x, t, l, 'gradcam++'),
+    'cam': lambda m, x, t, l, bs: A.cam(m, x, t, l, 'grad_cam++'),
     'grad_cam': lambda m, x, t, l, bs: A.grad_cam(m, x, t, l),
     'guided_grad_cam': lambda m, x, t, l, bs: A.guided_grad_cam(m, x, t, l),
     'layer_acts_grads': lambda m, x, t, l, bs: A.layer_acts_grads(m, x, t, l)[1],
@@ -270,7 +270,7 @@ def resnet():
 def test_channels_last_resnet(resnet, name):
     "Channels-last input to a real network: the contiguous result, to float32 rounding (a channels-last conv sums in another order)"
     model, x, y = resnet
-    f = {'saliency': lambda x: A.saliency(model, x, y, abs=False), 'integrated_gradients': lambda x: A.integrated_gradients(model, x, y, n_steps=4),
+    f = {'saliency': lambda x: A.saliency(model, x, y, sign='all'), 'integrated_gradients': lambda x: A.integrated_gradients(model, x, y, n_steps=4),
          'grad_cam': lambda x: A.grad_cam(model, x, y, 'layer3', relu=False),
          'occlusion': lambda x: A.occlusion(model, x.double(), y, window=(3, 8, 8), stride=(3, 8, 8))}[name]
     if name == 'occlusion': model = model.double()        # a difference of two close scores: compare in float64
@@ -329,7 +329,7 @@ ERROR_METHODS = {  # (model, x, target, layer) for each entry point, as in the n
     'input_x_gradient': lambda m, x, t, l: A.input_x_gradient(m, x, t),
     'smooth_grad': lambda m, x, t, l: A.smooth_grad(m, x, t, n_samples=2, batch_size=2, seed=0),
     'integrated_gradients': lambda m, x, t, l: A.integrated_gradients(m, x, t, n_steps=3, batch_size=2, return_delta=True)[0],
-    'cam': lambda m, x, t, l: A.cam(m, x, t, l, 'xgradcam'), 'grad_cam': lambda m, x, t, l: A.grad_cam(m, x, t, l),
+    'cam': lambda m, x, t, l: A.cam(m, x, t, l, 'xgrad_cam'), 'grad_cam': lambda m, x, t, l: A.grad_cam(m, x, t, l),
     'guided_grad_cam': lambda m, x, t, l: A.guided_grad_cam(m, x, t, l), 'layer_acts_grads': lambda m, x, t, l: A.layer_acts_grads(m, x, t, l)[1],
     'occlusion': lambda m, x, t, l: A.occlusion(m, x, t, window=(1, 8, 8), stride=(1, 8, 8), batch_size=2)}
 
@@ -389,7 +389,7 @@ def _layer_oracle(model, x, y, name, call):
 def _explorer_cam(model, x, y, key):
     "The explorer's GradCAM of each example at `key`, and its layer control's value"
     from netlens.widgets import AttributionExplorer
-    e = AttributionExplorer(model, x, layers=[key], method='gradcam', background=False)
+    e = AttributionExplorer(model, x, layers=[key], method='grad_cam', background=False)
     return torch.cat([e.compute({**e.state(), 'image': i, 'target': int(y[i])}) for i in range(len(x))]), e.state()['layer']
 
 LAYER_FUNCS = {

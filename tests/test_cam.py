@@ -142,7 +142,7 @@ def test_hf_vit_guided_grad_cam_keyword_input(hf_vit):
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         ggc = A.guided_grad_cam(model, {'pixel_values': x}, TARGETS, 'vit.layers.0')
-        g = A.saliency(model, x, TARGETS, abs=False)
+        g = A.saliency(model, x, TARGETS, sign='all')
     assert ggc.shape == x.shape
     torch.testing.assert_close(ggc, g * A.grad_cam(model, x, TARGETS, 'vit.layers.0')[:, None])
 
@@ -158,7 +158,7 @@ def bert():
 def test_bert_tokens_are_not_a_map(bert):
     "BERT's 9 word tokens used to be laid out as a 3x3 image; now refused, with the fix"
     model, x = bert
-    for f in (A.grad_cam, A.layer_acts_grads, lambda *a: A.cam(*a, method='layercam')):
+    for f in (A.grad_cam, A.layer_acts_grads, lambda *a: A.cam(*a, method='layer_cam')):
         with pytest.raises(ValueError, match=r"a map needs features on a 2-D grid, but 'bert.encoder.layer.0' outputs a sequence of 9 tokens without a grid: .*layout="):
             f(model, x, torch.tensor([0, 2]), 'bert.encoder.layer.0')
     assert hook_count(model) == 0
@@ -186,7 +186,7 @@ class Wrap(nn.Module):
     def __init__(self, m, out=lambda s, x: s): super().__init__(); self.m, self.out = m, out
     def forward(self, pixel_values, scale=None): return self.out(self.m(pixel_values) * (1 if scale is None else scale[:, None]), pixel_values)
 
-CAMS = {'cam': lambda *a, **k: A.cam(*a, method='gradcam++', **k), 'grad_cam': A.grad_cam, 'guided_grad_cam': A.guided_grad_cam,
+CAMS = {'cam': lambda *a, **k: A.cam(*a, method='grad_cam++', **k), 'grad_cam': A.grad_cam, 'guided_grad_cam': A.guided_grad_cam,
         'layer_acts_grads': lambda *a, **k: torch.cat([t.flatten() for t in A.layer_acts_grads(*a, **k)])}
 
 @pytest.mark.parametrize('name', list(CAMS))
@@ -225,7 +225,7 @@ class Pair(nn.Module):                                   # a model that returns 
     (lambda: grad_cam(MODEL, X, Y, 'res.relu'), KeyError, "ran 2 times"),
     (lambda: grad_cam(MODEL, X, Y, 'head.2'), ValueError, "a map needs features on a 2-D grid, but 'head.2' outputs shape \\(4, 10\\): pick a layer with a grid"),
     (lambda: grad_cam(MODEL, X, Y, 'conv3', channel=64), IndexError, 'has 64 channels'),
-    (lambda: cam(MODEL, X, Y, 'conv3', 'gradcam+'), KeyError, "closest: 'gradcam\\+\\+'"),
+    (lambda: cam(MODEL, X, Y, 'conv3', 'grad_cam+'), KeyError, "closest: 'grad_cam\\+\\+'"),
     (lambda: grad_cam(MODEL, X, 11, 'conv3'), IndexError, 'out of range'),
 ])
 def test_layers_channels_methods_targets(call, exc, regex):
@@ -257,7 +257,7 @@ class WithBoth(nn.Module):
     def forward(self, t): return self.m(self.both(t)[0])
 
 def test_every_cam_refuses_nan_scores_and_empty_batches():
-    for f in (grad_cam, guided_grad_cam, lambda *a: cam(*a, method='gradcam++'), layer_acts_grads):
+    for f in (grad_cam, guided_grad_cam, lambda *a: cam(*a, method='grad_cam++'), layer_acts_grads):
         with fails(ValueError, "the model's output is NaN or infinite for examples [1]"): f(NaNFor1(MODEL), X, Y, 'm.conv3')
         torch.testing.assert_close(f(Logits(MODEL), X, Y, 'm.conv3'), f(MODEL, X, Y, 'conv3'))
         with fails(ValueError, 'x is empty'): f(MODEL, X[:0], Y[:0], 'conv3')
@@ -276,6 +276,6 @@ def test_edge_cases():
     MODEL.train()
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter('ignore'); cam(MODEL, X, Y, 'conv3', 'layercam')
+            warnings.simplefilter('ignore'); cam(MODEL, X, Y, 'conv3', 'layer_cam')
     finally: MODEL.eval()
     assert snap.diff(MODEL) == []

@@ -24,7 +24,7 @@ def test_saliency(case):
     name, model, x, y, _ = case
     snap = ModelSnapshot(model)
     for abs_ in (True, False):
-        rel_close(saliency(model, x, y, abs=abs_), Saliency(model).attribute(x.clone().requires_grad_(), target=y, abs=abs_))
+        rel_close(saliency(model, x, y, sign='absolute' if abs_ else 'all'), Saliency(model).attribute(x.clone().requires_grad_(), target=y, abs=abs_))
     assert snap.diff(model) == []
 
 def test_input_x_gradient(case):
@@ -106,7 +106,7 @@ def test_guided_backprop_densenet_functional_relu():
     ref, = torch.autograd.grad(forward(xr)[0, 5], xr)
     ours = guided_backprop(model, x, 5)
     rel_close(ours, ref, 1e-6)
-    plain = saliency(model, x, 5, abs=False)
+    plain = saliency(model, x, 5, sign='all')
     assert (ours - plain).abs().max() > 1e-3 * plain.abs().max(), 'the functional ReLU is guided too'
 
 def test_ig_completeness_converges_on_digits():
@@ -176,7 +176,7 @@ def test_bert_gradient_x_activation_equal_captum(bert):
         mod = m.get_submodule(layer)
         close(A.input_x_gradient(m, batch, y, layer=layer), LayerGradientXActivation(bert_fwd(m), mod).attribute(ids, target=y, additional_forward_args=(mask,)))
         grad = LayerGradientXActivation(bert_fwd(m), mod, multiply_by_inputs=False).attribute(ids, target=y, additional_forward_args=(mask,))
-        close(A.saliency(m, batch, y, layer=layer, abs=False), grad)
+        close(A.saliency(m, batch, y, layer=layer, sign='all'), grad)
         close(A.saliency(m, batch, y, layer=layer), grad.abs())
         close(A.input_grad(m, batch, y, layer=layer)[0], grad)
 
@@ -228,7 +228,7 @@ def test_guided_backprop_warns_without_relu(hf_vit):
     m, x, y = hf_vit
     for f in (A.guided_backprop, A.deconvolution):
         with pytest.warns(UserWarning, match="no ReLU ran in the model's forward pass"): r = f(m, x, y)
-        torch.testing.assert_close(r, A.saliency(m, x, y, abs=False), rtol=0, atol=0)
+        torch.testing.assert_close(r, A.saliency(m, x, y, sign='all'), rtol=0, atol=0)
     dm, (dx, dy) = digits_cnn(), digits_data('test')
     with warnings.catch_warnings():
         warnings.simplefilter('error')

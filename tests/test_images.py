@@ -19,11 +19,11 @@ COUNTED = {'render', 'optimize', 'net_dreamer', 'class_visualization', 'channel_
            'random_scale', 'random_rotate', 'blank_input', 'resize_to'}
 TENSOR_HELPERS = {'decorrelate_colors', 'correlate_colors', 'total_variation', 'gram', 'style_loss', 'content_loss', 'feature_distance',
                   # the explorers' drawing helpers (tested in nbs/13_widgets.ipynb and the browser test)
-                  'colorbar_html', 'grid_image', 'matrix_image', 'overlay_map', 'patch_overlay', 'sign_cmap', 'to_png', 'token_html',
+                  'colorbar_html', 'grid_image', 'matrix_image', 'overlay_map', 'patch_overlay', 'to_png', 'token_html',
                   'display_scale', 'explorer_layers'}
-OBJECTIVES = {'Objective', 'channel', 'neuron', 'layer', 'class_logit', 'class_prob', 'direction', 'diversity', 'tv', 'l1', 'l2'}
-NO_INPUT = {'COLOR_CORRELATION', 'Rendered', 'pad', 'compose', 'standard_transforms', 'frozen', 'input_channels', 'generator',
-            'check_layers', 'keep_size', 'model_input_size', 'PRESETS', 'CHANNEL_METHODS', 'vgg_layer_names', 'avg_pooling', 'default_style_model', 'LAYER_METHODS', 'fig_to_png'}
+OBJECTIVES = {'Objective', 'Run', 'objective_value', 'channel', 'neuron', 'layer', 'class_logit', 'class_prob', 'direction', 'diversity', 'tv', 'l1', 'l2'}
+NO_INPUT = {'COLOR_CORRELATION', 'Rendered', 'pad', 'compose', 'standard_transforms', 'frozen', 'generator',
+            'check_layers', 'keep_size', 'PRESETS', 'CHANNEL_METHODS', 'vgg_layer_names', 'avg_pooling', 'default_style_model', 'LAYER_METHODS', 'fig_to_png'}
 
 def test_every_public_name_is_probed():
     names = {n for m in MODULES for n in importlib.import_module(m).__all__}
@@ -39,8 +39,8 @@ KW = dict(steps=2, seed=0, show_progress=False)
 # entry point -> (model, call(image), argument name, an image it takes (N, C, 16, 16) in [0, 1], whether it returns images)
 G = torch.Generator().manual_seed(1)
 ENTRIES = {
-    'deep_dream': (DIGITS, lambda x: deep_dream(DIGITS, x, 'res', octaves=2, **KW), 'image', torch.rand(2, 1, 16, 16, generator=G), True),
-    'invert_features': (DIGITS, lambda x: invert_features(DIGITS, x, 'conv2', **KW), 'image', torch.rand(2, 1, 16, 16, generator=G), True),
+    'deep_dream': (DIGITS, lambda x: deep_dream(DIGITS, x, 'res', octaves=2, **KW), 'x', torch.rand(2, 1, 16, 16, generator=G), True),
+    'invert_features': (DIGITS, lambda x: invert_features(DIGITS, x, 'conv2', **KW), 'x', torch.rand(2, 1, 16, 16, generator=G), True),
     'style_transfer content': (NET, lambda x: style_transfer(x, STYLE, NET, **SKW), 'content', torch.rand(1, 3, 16, 16, generator=G), True),
     'style_transfer style': (NET, lambda x: style_transfer(STYLE, x, NET, **SKW), 'style', torch.rand(1, 3, 16, 16, generator=G), True),
     'style_transfer init': (NET, lambda x: style_transfer(STYLE, STYLE, NET, init=x, **SKW), 'init', torch.rand(1, 3, 16, 16, generator=G), True),

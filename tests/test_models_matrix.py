@@ -113,7 +113,7 @@ def test_image_model(name):
         # saliency
         xr = x.clone().requires_grad_()
         g, = torch.autograd.grad(scores(m, xr).gather(1, y[:, None]).sum(), xr)
-        close(A.saliency(m, x, y, abs=False), g, f'{name} saliency'); res['saliency'] = 'checked'
+        close(A.saliency(m, x, y, sign='all'), g, f'{name} saliency'); res['saliency'] = 'checked'
         # integrated gradients
         ig = captum_attr.IntegratedGradients(lambda t: scores(m, t)).attribute(x, target=y, n_steps=8, method='gausslegendre')
         close(A.integrated_gradients(m, x, y, n_steps=8), ig, f'{name} integrated_gradients'); res['integrated_gradients'] = 'checked'
@@ -163,7 +163,7 @@ def test_image_model(name):
             res['attention'] = 'checked'
         else: res['attention'] = refuses(lambda: attention_maps(m, x[:1]), 'no attention')
         # compiled
-        close(A.saliency(torch.compile(m), x, y, abs=False), g, f'{name} compiled saliency'); res['compiled'] = 'checked'
+        close(A.saliency(torch.compile(m), x, y, sign='all'), g, f'{name} compiled saliency'); res['compiled'] = 'checked'
 
 # ---------------------------------------------------------------------------------------------- language models
 def _labels(name, batch):
@@ -179,7 +179,7 @@ def test_text_model(name):
         warnings.simplefilter('ignore')
         # saliency through the embedding layer
         acts, grads = hooked(m, emb, batch, grad_of=y, output=output)
-        close(A.saliency(m, batch, y, abs=False, layer=emb, output=output), grads, f'{name} saliency'); res['saliency'] = 'checked'
+        close(A.saliency(m, batch, y, sign='all', layer=emb, output=output), grads, f'{name} saliency'); res['saliency'] = 'checked'
         refuses(lambda: A.saliency(m, batch, y, output=output), 'layer=')
         # layer integrated gradients against Captum, the mask passed
         lig = captum_attr.LayerIntegratedGradients(fwd, m.get_submodule(emb))
@@ -220,7 +220,7 @@ def test_text_model(name):
             close(w.sum(-1), torch.ones(w.shape[:-1]), f'{name} attention rows', 1e-5)
             assert (w[1, :, :, 4:] == 0).all(), f'{name} attention: padding tokens attended'
         res['attention'] = 'checked'
-        close(A.saliency(torch.compile(m), batch, y, abs=False, layer=emb, output=output), grads, f'{name} compiled saliency')
+        close(A.saliency(torch.compile(m), batch, y, sign='all', layer=emb, output=output), grads, f'{name} compiled saliency')
         res['compiled'] = 'checked'
 
 def test_matrix_is_complete(capsys):

@@ -13,7 +13,7 @@ from netlens.hooks import ModelSnapshot, hook_count
 from netlens.core import normalize
 from netlens.data import sample_images, digits_cnn
 from netlens.optvis import (ImageParam, Objective, render, channel, neuron, class_logit, class_prob, diversity, tv, jitter, random_scale,
-                            random_rotate, model_input_size, _Run)
+                            random_rotate, model_input_size, Run)
 
 @pytest.fixture(scope='module')
 def resnet(): return tv_case('resnet18')[1]
@@ -126,9 +126,9 @@ def test_counts_sizes_and_transforms(model):
 def test_objectives_checked_at_every_step(model):
     with raises(IndexError, 'its maps are 16x16'): render(model, neuron('conv2', 1, x=50), size=32, transforms=None, steps=1, show_progress=False)
     with raises(TypeError, 'must give one number'): render(model, Objective(lambda r: r.image.flatten(), 'vec'), size=16, steps=1, show_progress=False)
-    with raises(TypeError, "is a str, not a tensor: choose the scores with output="): class_logit(0)(_Run(None, None, 'cat'))
-    with raises(ValueError, "output=lambda o: o[:, -1]"): class_logit(0)(_Run(None, None, torch.zeros(1, 7, 10)))  # a sequence's scores
-    with raises(ValueError, '(N, classes)'): class_prob(0)(_Run(None, None, torch.zeros(1, 10, 2)))
+    with raises(TypeError, "is a str, not a tensor: choose the scores with output="): class_logit(0)(Run(None, None, 'cat'))
+    with raises(ValueError, "output=lambda o: o[:, -1]"): class_logit(0)(Run(None, None, torch.zeros(1, 7, 10)))  # a sequence's scores
+    with raises(ValueError, '(N, classes)'): class_prob(0)(Run(None, None, torch.zeros(1, 10, 2)))
     lstm = nn.Sequential(nn.Flatten(2), nn.LSTM(256, 4))   # a layer whose output is a tuple
     with raises(TypeError, "layer '1' outputs a tuple, not a tensor"):
         render(lstm, channel('1', 0), size=16, channels=1, transforms=None, steps=1, show_progress=False)

@@ -222,9 +222,9 @@ def _title_matches(s):
     "The map's title names the state the controls show"
     t = next(t for t in s['titles'] if t.startswith(s['method'] + ','  ) or t.startswith(s['method'] + ' at'))
     assert t.endswith(f"class {s['target']}"), (t, s['target'])
-    if s['method'] in ('gradcam', 'gradcam++', 'xgradcam', 'layercam', 'guided gradcam'): assert f" at {s['layer']}" in t, (t, s['layer'])
+    if s['method'] in ('GradCAM', 'GradCAM++', 'XGradCAM', 'LayerCAM', 'guided GradCAM'): assert f" at {s['layer']}" in t, (t, s['layer'])
     else: assert ' at ' not in t, t
-    if s['method'] in ('gradcam', 'gradcam++', 'xgradcam', 'layercam'):
+    if s['method'] in ('GradCAM', 'GradCAM++', 'XGradCAM', 'LayerCAM'):
         ch = s['channel']['value']
         assert t.split(' at ')[1].split(',')[1].strip() == ('all channels' if ch < 0 else f'channel {ch}'), (t, ch)
     else: assert 'channel' not in t, t
@@ -248,7 +248,7 @@ def test_explorers_in_jupyterlab(lab, browser):
     pg.settled(1, timeout=120); pg.settled(2, timeout=120)   # every cell has run: the kernel takes the clicks at once
     s, _ = pg.settled(0)
     pg.shot('attribution-opened'); pg.docs_shot(0, 'attribution')
-    assert (s['method'], s['layer'], s['channel']['value'], s['target']) == ('gradcam', 'conv3', -1, 7), s
+    assert (s['method'], s['layer'], s['channel']['value'], s['target']) == ('GradCAM', 'conv3', -1, 7), s
     _title_matches(s); _check_sizes(s, 'opened')
     assert [(i['nw'], i['nh']) for i in s['imgs']][:2] == [(192, 192), (192, 192)]
     assert 'bn2' not in s['layers'] and 'conv2' in s['layers']
@@ -256,7 +256,7 @@ def test_explorers_in_jupyterlab(lab, browser):
     sel = lambda lbl, v: lambda: Select(pg.el(0, 'select', lbl)).select_by_visible_text(v)
     s = pg.act(0, 'method-saliency', sel('method', 'saliency'), until=lambda s: s['channel']['disabled'] and _title_matches(s))
     assert _title_matches(s) == 'saliency, class 7' and s['channel']['disabled'], s
-    s = pg.act(0, 'method-gradcam', sel('method', 'gradcam'))
+    s = pg.act(0, 'method-gradcam', sel('method', 'GradCAM'))
     s = pg.act(0, 'layer-conv2', sel('layer', 'conv2'), until=lambda s: s['channel']['max'] == 31 and _title_matches(s))
     assert s['channel']['max'] == 31 and _title_matches(s)
     # channel: click the handle, then keys
@@ -266,7 +266,7 @@ def test_explorers_in_jupyterlab(lab, browser):
             for k in ks: h.send_keys(k)
         return f
     s = pg.act(0, 'channel-end', keys(0, 'channel', Keys.END))
-    assert s['channel']['value'] == 31 and _title_matches(s).startswith('gradcam at conv2, channel 31'), s
+    assert s['channel']['value'] == 31 and _title_matches(s).startswith('GradCAM at conv2, channel 31'), s
     s = pg.act(0, 'channel-left', keys(0, 'channel', Keys.ARROW_LEFT))
     assert s['channel']['value'] == 30 and _title_matches(s)
     s = pg.act(0, 'sign-all', sel('sign', 'all'))
@@ -371,7 +371,7 @@ CASES = [
     ('target-float', TypeError, 'target must be an integer index, got 2.5', lambda m, x: AttributionExplorer(m, x[:1], target=2.5)),
     ('target-bool', TypeError, 'target must be an integer index', lambda m, x: AttributionExplorer(m, x[:1], target=torch.tensor(True))),
     ('classes', ValueError, 'classes has 3 names, the model has 10', lambda m, x: AttributionExplorer(m, x[:1], classes='abc')),
-    ('method', ValueError, 'method must be one of', lambda m, x: AttributionExplorer(m, x[:1], method='gradcam+')),
+    ('method', ValueError, 'method must be one of', lambda m, x: AttributionExplorer(m, x[:1], method='grad_cam+')),
     # a tuple output: its first tensor, here the image, is not scores
     ('output', ValueError, 'must be scores (N, classes), got shape (1, 1, 32, 32)', lambda m, x: AttributionExplorer(Pair(m), x[:1])),
     ('layer', KeyError, "closest: 'conv3'", lambda m, x: AttributionExplorer(m, x[:1], layers=['conv9'])),

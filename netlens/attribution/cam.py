@@ -14,7 +14,7 @@ from ..core import *
 from ..flat import FlatModel
 from ..adapters import (check_index, main_input, batch_len, Layout, feature_layout, channels_first, as_maps, model_scores)
 from ..adapters import check_call, check_result
-from .gradients import target_scores, guarded, _gradient
+from .gradients import target_scores, guarded, rule_gradient
 
 # %% auto #0
 __all__ = ['CAM_METHODS', 'layer_acts_grads', 'grad_cam', 'cam', 'guided_grad_cam', 'vit_reshape']
@@ -60,7 +60,7 @@ def _xgradcam_weights(A, G): return (G * A).sum((2, 3), keepdim=True) / (A.sum((
 
 def _layercam_weights(A, G): return G.clamp(min=0)           # one weight per position
 
-CAM_METHODS = {'gradcam': _gradcam_weights, 'gradcam++': _gradcampp_weights, 'xgradcam': _xgradcam_weights, 'layercam': _layercam_weights}
+CAM_METHODS = {'grad_cam': _gradcam_weights, 'grad_cam++': _gradcampp_weights, 'xgrad_cam': _xgradcam_weights, 'layer_cam': _layercam_weights}
 
 def _image_size(model, x) -> tuple:
     "The (H, W) a map is resized to: that of `x`, or of a dict's main input (`pixel_values`); token ids have none"
@@ -69,7 +69,7 @@ def _image_size(model, x) -> tuple:
     if v.ndim < 3: raise ValueError(f"interpolate=True resizes the map to the input image's size, but {'x' if key is None else f'x[{key!r}]'} has shape {tuple(v.shape)}, not images: pass interpolate=False")
     return v.shape[-2:]
 
-def _cam(model, x, target, layer, method='gradcam', channel=None, interpolate=True, relu=True, reshape=None, mode='bilinear', output=None, layout=None) -> Tensor:
+def _cam(model, x, target, layer, method='grad_cam', channel=None, interpolate=True, relu=True, reshape=None, mode='bilinear', output=None, layout=None) -> Tensor:
     "`cam` of checked `x`"
     if method not in CAM_METHODS: raise unknown_key_error(method, CAM_METHODS, 'CAM method')
     if channel is not None: check_index(channel, None, 'channel', unit='channels')   # before the forward; its range after
@@ -84,10 +84,10 @@ def _cam(model, x, target, layer, method='gradcam', channel=None, interpolate=Tr
 def grad_cam(model:nn.Module, x:Tensor, target, layer, channel=None, interpolate=True, relu=True, reshape=None, *, output=None, layout=None) -> Tensor:
     "GradCAM (Selvaraju et al. 2017): activations of `layer` weighted by their spatially averaged gradients, summed"
     model, x = check_call(model, x, ids=True)
-    return _cam(model, x, target, layer, 'gradcam', channel, interpolate, relu, reshape, output=output, layout=layout)
+    return _cam(model, x, target, layer, 'grad_cam', channel, interpolate, relu, reshape, output=output, layout=layout)
 
 # %% ../../nbs/05_gradcam.ipynb #42fde731
-def cam(model:nn.Module, x:Tensor, target, layer, method='gradcam', channel=None, interpolate=True, relu=True,
+def cam(model:nn.Module, x:Tensor, target, layer, method='grad_cam', channel=None, interpolate=True, relu=True,
         reshape=None, mode='bilinear', *, output=None, layout=None) -> Tensor:
     "Class activation map of `method` at `layer` (or only its `channel`): (N, H, W) with `interpolate`, else the layer's (N, h, w); `output` and `layout` as `layer_acts_grads`"
     model, x = check_call(model, x, ids=True)
@@ -96,8 +96,8 @@ def cam(model:nn.Module, x:Tensor, target, layer, method='gradcam', channel=None
 def guided_grad_cam(model:nn.Module, x:Tensor, target, layer, mode='bilinear', reshape=None, *, output=None, layout=None) -> Tensor:
     "Guided GradCAM: guided backpropagation times the GradCAM map (positive part) resized to the input; shaped like `x` (a dict's main input)"
     model, x = check_call(model, x, ids=True)
-    m = _cam(model, x, target, layer, 'gradcam', relu=True, interpolate=True, reshape=reshape, mode=mode, output=output, layout=layout)
-    return _gradient(model, x, target, 'guided', output=output) * m[:, None]
+    m = _cam(model, x, target, layer, 'grad_cam', relu=True, interpolate=True, reshape=reshape, mode=mode, output=output, layout=layout)
+    return rule_gradient(model, x, target, 'guided', output=output) * m[:, None]
 
 # %% ../../nbs/05_gradcam.ipynb #4ee67b37
 def vit_reshape(t:Tensor, prefix:int, grid:tuple|None=None) -> Tensor:

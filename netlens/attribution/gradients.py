@@ -19,12 +19,13 @@ from ..core import *
 from ..hooks import annotate_errors
 from ..flat import FlatModel
 from ..adapters import (check_tensor, check_finite, check_count, check_number, check_scores, check_module, keeps_rng, main_input, batch_len, call_model,
-                              expand_batch, with_main_input, embedding_name, model_scores, main_tensor, check_call, check_result)
+                              expand_batch, by_example, as_baseline, with_main_input, embedding_name, model_scores, main_tensor, check_call, check_result)
 
 # %% auto #0
-__all__ = ['IG_METHODS', 'guarded', 'per_example', 'target_scores', 'saliency', 'attribution_map', 'show_attribution',
-           'input_grad', 'input_x_gradient', 'relu_rule', 'guided_backprop', 'deconvolution', 'smooth_grad',
-           'ig_quadrature', 'integrated_gradients', 'token_scores', 'tokens_html', 'show_tokens', 'show_attributions']
+__all__ = ['IG_METHODS', 'guarded', 'per_example', 'target_scores', 'rule_gradient', 'saliency', 'attribution_map', 'sign_cmap',
+           'show_attribution', 'input_grad', 'input_x_gradient', 'relu_rule', 'guided_backprop', 'deconvolution',
+           'smooth_grad', 'ig_quadrature', 'integrated_gradients', 'token_scores', 'tokens_html', 'show_tokens',
+           'show_attributions']
 
 # %% ../../nbs/04_gradients.ipynb #ce8d418f
 def _why(model:nn.Module, x, misfed):
@@ -105,20 +106,22 @@ def _attr_grad(model, x, target, name="the model's output", group=None, output=N
     if g is None: raise ValueError(f"the target scores do not depend on {'x' if layer is None else f'layer {layer!r}'}: there is nothing to attribute")
     return g, scores.detach(), v.detach()
 
-def _gradient(model, x, target, rule=None, output=None, layer=None) -> Tensor:
-    "The gradient of checked `x`'s main input (or of `layer`'s output), guarded, every ReLU by `rule` (None: as it is); a warning if `rule` found no ReLU"
+def rule_gradient(model, x, target, rule=None, output=None, layer=None) -> Tensor:
+    "The gradient of an entry point's checked `x` (`check_call`): its main input's (or of `layer`'s output), guarded, every ReLU by `rule` (None: as it is); a warning if `rule` found no ReLU"
     with guarded(model, x), relu_rule(rule) if rule else nullcontext() as mode: g, _, _ = _attr_grad(model, x, target, output=output, layer=layer)
     if rule: mode.warn_if_unused(stacklevel=4)
     return check_result(g, 'the gradient')
 
-def saliency(model:nn.Module, x:Tensor, target, abs=True, sign='all', *, output=None, layer=None) -> Tensor:
-    "Gradient of the target score w.r.t. `x` (or `layer`'s output): its magnitude (`abs`), the signed gradient, or one `sign` ('positive', 'negative')"
-    if sign not in ('all', 'positive', 'negative'): raise ValueError(f"sign must be 'all', 'positive' or 'negative', got {sign!r}")
+_SIGNS = ('absolute', 'all', 'positive', 'negative')   # what an attribution shows: its magnitude, its sign, or one side
+
+def saliency(model:nn.Module, x:Tensor, target, *, sign='absolute', output=None, layer=None) -> Tensor:
+    "Gradient of the target score w.r.t. `x` (or `layer`'s output), by `sign` as `attribution_map`: its magnitude ('absolute'), the signed gradient ('all'), or one sign ('positive', 'negative')"
+    if sign not in _SIGNS: raise ValueError(f"sign must be one of {_SIGNS}, got {sign!r}")
     model, x = check_call(model, x, ids=layer is not None)
-    g = _gradient(model, x, target, output=output, layer=layer)
+    g = rule_gradient(model, x, target, output=output, layer=layer)
     if sign == 'positive': return g.clamp(min=0)
     if sign == 'negative': return (-g).clamp(min=0)
-    return g.abs() if abs else g
+    return g.abs() if sign == 'absolute' else g
 
 # %% ../../nbs/04_gradients.ipynb #02b1def2
 def attribution_map(attr:Tensor, sign='absolute', outlier_perc=0.5) -> np.ndarray:
@@ -130,16 +133,20 @@ def attribution_map(attr:Tensor, sign='absolute', outlier_perc=0.5) -> np.ndarra
     if sign == 'absolute': a = a.abs()
     elif sign == 'positive': a = a.clamp(min=0)
     elif sign == 'negative': a = (-a).clamp(min=0)
-    elif sign != 'all': raise ValueError(f"sign must be 'absolute', 'positive', 'negative' or 'all', got {sign!r}")
+    elif sign != 'all': raise ValueError(f"sign must be one of {_SIGNS}, got {sign!r}")
     top = torch.quantile(a.abs().flatten(), 1 - outlier_perc / 100).item() if a.numel() else 0.
     return (a / top).clamp(-1, 1).numpy() if top > 0 else a.numpy()
+
+def sign_cmap(sign:str, overlay=True) -> str:
+    "The colour map of an attribution map with `sign` (`attribution_map`): diverging for 'all', blue for 'negative', else hot ('jet' over an image, 'inferno' alone)"
+    return {'all': 'bwr', 'negative': 'Blues'}.get(sign, 'jet' if overlay else 'inferno')
 
 def show_attribution(attr:Tensor, image:Tensor=None, sign='absolute', overlay=True, alpha=0.55, cmap=None, ax=None,
                      title=None, denorm=False, outlier_perc=0.5):
     "Draw one example's attribution, over `image` when given and `overlay`; returns the axis"
     if ax is None: _, ax = plt.subplots(figsize=(3, 3))
     m = attribution_map(attr, sign, outlier_perc)
-    cmap = cmap or {'all': 'bwr', 'negative': 'Blues'}.get(sign, 'inferno' if image is None or not overlay else 'jet')
+    cmap = cmap or sign_cmap(sign, image is not None and overlay)
     lim = dict(vmin=-1, vmax=1) if sign == 'all' else dict(vmin=0, vmax=1)
     if image is not None and overlay:
         show_image(image, ax=ax, denorm=denorm)
@@ -211,26 +218,20 @@ class relu_rule(TorchFunctionMode):
         "Warn that the rule changed nothing if no ReLU ran in the block"
         if self.calls: return
         what = 'guided backpropagation' if self.rule == 'guided' else 'deconvolution'
-        warnings.warn(f"{what} changes the backward pass of ReLUs, and no ReLU ran in the model's forward pass (GELU, SiLU and other activations are left as they are): the result equals the plain gradient, saliency(model, x, target, abs=False)", stacklevel=stacklevel)
+        warnings.warn(f"{what} changes the backward pass of ReLUs, and no ReLU ran in the model's forward pass (GELU, SiLU and other activations are left as they are): the result equals the plain gradient, saliency(model, x, target, sign='all')", stacklevel=stacklevel)
 
 # %% ../../nbs/04_gradients.ipynb #2707ad1f
 def guided_backprop(model:nn.Module, x:Tensor, target, *, output=None) -> Tensor:
     "Guided backpropagation (Springenberg et al. 2015): the input gradient with every ReLU's backward rectified"
     model, x = check_call(model, x, who='guided_backprop')
-    return _gradient(model, x, target, 'guided', output)
+    return rule_gradient(model, x, target, 'guided', output)
 
 def deconvolution(model:nn.Module, x:Tensor, target, *, output=None) -> Tensor:
     "Deconvolution (Zeiler & Fergus 2014): the input gradient where every ReLU passes only positive gradients back"
     model, x = check_call(model, x, who='deconvolution')
-    return _gradient(model, x, target, 'deconv', output)
+    return rule_gradient(model, x, target, 'deconv', output)
 
 # %% ../../nbs/04_gradients.ipynb #efc0efd1
-def _enlarged(model, x, k:int, main:Tensor|None=None, example_major=False):
-    "`x` with every per-example tensor repeated `k` times (`expand_batch`: copy-major or `example_major`), its main input replaced by `main` (already enlarged) if given"
-    if main is None: return expand_batch(x, k, example_major, model)
-    if not isinstance(x, Mapping): return main
-    return {**expand_batch(x, k, example_major, model), main_input(model, x): main}
-
 def _unit_noise(seed:int, samples, shape, device=None, dtype=None) -> Tensor:
     "Standard normal noise (samples, *shape): sample `j` from its own generator, seeded by (`seed`, j)"
     g, out = torch.Generator(device=device), torch.empty(len(samples), *shape, device=device, dtype=dtype)
@@ -262,7 +263,7 @@ def smooth_grad(model:nn.Module, x:Tensor, target, n_samples=50, stdev=0.15, kin
             k = min(per, n_samples - s)
             noise = _unit_noise(base, range(s, s + k), feat, xm.device, xm.dtype)   # the same for every example, scaled by its sigma
             noisy = (xm[:, None] + sigma * noise[None]).flatten(0, 1)           # example-major (x0 k times, x1 k times...), as Captum's NoiseTunnel
-            gr, _, _ = _attr_grad(model, _enlarged(model, x, k, noisy, example_major=True), t.repeat_interleave(k),
+            gr, _, _ = _attr_grad(model, expand_batch(x, k, True, model, noisy), t.repeat_interleave(k),
                                   "the model's output on the noisy copies of x", lambda o: o.reshape(n, -1), output)
             if abs: gr = gr.abs()
             for gj in gr.view(n, k, *feat).unbind(1):                           # sample by sample: the same sums whatever the batching
@@ -288,21 +289,6 @@ def ig_quadrature(n_steps:int, method='gausslegendre') -> tuple[list[float], lis
     lo, hi = {'riemann_left': (0, 1 - 1 / n), 'riemann_right': (1 / n, 1), 'riemann_middle': (1 / (2 * n), 1 - 1 / (2 * n))}[method]
     return torch.linspace(lo, hi, n).tolist(), [1 / n] * n                  # Captum's float32 points
 
-def _baseline(baseline, x):
-    "`baseline` (None: zeros; a number; a tensor) broadcast to `x`, in its dtype; token ids take integer baselines only"
-    ids = not x.is_floating_point()
-    if baseline is None: return torch.zeros_like(x)
-    if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
-        if ids and float(baseline) != int(baseline): raise ValueError(f"baseline must be a token id (an integer) for token ids, got {baseline!r}")
-        b = torch.full_like(x, baseline if ids else float(baseline))
-    else:
-        b = torch.as_tensor(baseline, device=x.device).detach()            # never part of the caller's graph
-        if ids and b.is_floating_point(): raise TypeError(f"baseline must hold token ids (integers) for token ids, got {b.dtype}")
-        b = b.to(x.dtype)
-        try: b = b.expand_as(x)
-        except RuntimeError: raise ValueError(f"baseline of shape {tuple(b.shape)} does not broadcast to x of shape {tuple(x.shape)}: use one example {tuple(x.shape[1:])}, one per example, or a number") from None
-    return check_finite(b, 'baseline')
-
 # %% ../../nbs/04_gradients.ipynb #c6728045
 def integrated_gradients(model:nn.Module, x:Tensor, target, baseline=None, n_steps=50, method='gausslegendre',
                          batch_size=None, return_delta=False, *, output=None, layer=None):
@@ -312,11 +298,10 @@ def integrated_gradients(model:nn.Module, x:Tensor, target, baseline=None, n_ste
     model, x = check_call(model, x, ids=layer is not None)
     if layer is not None: _layer_model(model, layer)                   # an unknown layer is named before any forward
     xm = main_tensor(model, x)
-    n, b = len(xm), _baseline(baseline, xm)
+    n, b = len(xm), as_baseline(baseline, xm)
     xb = with_main_input(x, b, model)                                    # the baseline input: the other inputs (a mask) kept
     t = per_example(target, n, xm.device)
     per = n_steps if batch_size is None else max(1, batch_size // n)      # steps per forward
-    by_example = lambda o: o.reshape(-1, n, o.shape[1]).transpose(0, 1).reshape(n, -1)
     name = "the model's output on the path from the baseline to x"
     with guarded(model, x):                                               # every forward, the completeness check's too
         start, end = (b, xm) if layer is None else (_layer_value(model, xb, layer), _layer_value(model, x, layer))
@@ -324,8 +309,8 @@ def integrated_gradients(model:nn.Module, x:Tensor, target, baseline=None, n_ste
         for s in range(0, n_steps, per):
             a = torch.tensor(alphas[s:s + per], dtype=end.dtype, device=end.device)
             scaled = (start[None] + a.view(-1, *[1] * end.ndim) * diff[None]).flatten(0, 1)   # copy-major (step 1 for x0, x1, ..., step 2 ...), as Captum
-            if layer is None: gr, _, _ = _attr_grad(model, _enlarged(model, x, len(a), scaled), t.repeat(len(a)), name, by_example, output)
-            else: gr, _, _ = _attr_grad(model, _enlarged(model, x, len(a)), t.repeat(len(a)), name, by_example, output, layer, act=scaled)
+            if layer is None: gr, _, _ = _attr_grad(model, expand_batch(x, len(a), model=model, main=scaled), t.repeat(len(a)), name, by_example(n), output)
+            else: gr, _, _ = _attr_grad(model, expand_batch(x, len(a), model=model), t.repeat(len(a)), name, by_example(n), output, layer, act=scaled)
             for w, gk in zip(weights[s:s + per], gr.view(len(a), *end.shape)): total += w * gk
         attr = check_result(total * diff, 'the integrated gradients')
         if not return_delta: return attr

@@ -11,8 +11,8 @@ import torch, torch.nn as nn
 from torch import Tensor
 from ..adapters import check_count
 from ..adapters import model_scores
-from ..adapters import check_call, check_result, main_tensor
-from .gradients import per_example, target_scores, _baseline, guarded, _enlarged
+from ..adapters import check_call, check_result, main_tensor, as_baseline, expand_batch, by_example
+from .gradients import per_example, target_scores, guarded
 
 # %% auto #0
 __all__ = ['occlusion']
@@ -39,13 +39,12 @@ def occlusion(model:nn.Module, x:Tensor, target, window=(3, 15, 15), stride=(3, 
     window, stride = _entries(window, 'window', feat), _entries(stride, 'stride', feat)
     if any(w > d for w, d in zip(window, feat)): raise ValueError(f"window {window} is larger than the input {feat}")
     if any(s > w and d > w for s, w, d in zip(stride, window, feat)): raise ValueError(f"stride {stride} is larger than window {window}: some features would never be covered")
-    b = _baseline(baseline, xm)
+    b = as_baseline(baseline, xm)
     starts = list(itertools.product(*[_positions(d, w, s) for d, w, s in zip(feat, window, stride)]))
     n = len(xm)
     t = per_example(target, n, xm.device)
     total, counts = torch.zeros_like(xm), torch.zeros(feat, dtype=xm.dtype, device=xm.device)
     per = max(1, batch_size // n)
-    by_example = lambda o: o.reshape(-1, n, o.shape[1]).transpose(0, 1).reshape(n, -1)
     with torch.no_grad(), guarded(model, x):
         base = target_scores(model_scores(model, x, output), t, n)
         for c in range(0, len(starts), per):
@@ -53,8 +52,8 @@ def occlusion(model:nn.Module, x:Tensor, target, window=(3, 15, 15), stride=(3, 
             mask = torch.zeros(len(chunk), *feat, dtype=xm.dtype, device=xm.device)
             for k, st in enumerate(chunk): mask[(k, *[slice(a, a + w) for a, w in zip(st, window)])] = 1
             occluded = (xm[None] * (1 - mask[:, None]) + b[None] * mask[:, None]).flatten(0, 1)   # copy-major: window 1 on x0, x1, ..., window 2 ...
-            out = model_scores(model, _enlarged(model, x, len(chunk), occluded), output)
-            drop = base[None] - target_scores(out, t.repeat(len(chunk)), len(chunk) * n, "the model's output on the occluded copies of x", group=by_example).view(len(chunk), n)
+            out = model_scores(model, expand_batch(x, len(chunk), model=model, main=occluded), output)
+            drop = base[None] - target_scores(out, t.repeat(len(chunk)), len(chunk) * n, "the model's output on the occluded copies of x", group=by_example(n)).view(len(chunk), n)
             total += torch.einsum('kn,k...->n...', drop, mask)
             counts += mask.sum(0)
     return check_result(total / counts, 'the occlusion attribution')
