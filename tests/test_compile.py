@@ -1,4 +1,4 @@
-"""Wrapped models (issue 13 item 5): every entry point on `torch.compile(model)` and `nn.DataParallel(model)` gives the same
+"""Wrapped models: every entry point on `torch.compile(model)` and `nn.DataParallel(model)` gives the same
 values as on the plain model, because it runs the module behind the wrapper (hooks, relu_rule modes and recordings act on
 it). torch.compile is lazy: the compiled wrapper is never run here (netlens must not run it), so building it costs nothing.
 After every call the wrapper is left as it was: no hooks on it or on the inner model, the same `_orig_mod`, nothing compiled."""

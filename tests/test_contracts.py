@@ -210,7 +210,7 @@ EXEMPT = {  # public names that take no user data to check, with the reason
         'check_inputs', 'check_call', 'check_result', 'main_tensor']},
     **{n: 'a plot, figure or static site of a result (takes what the functions above return)' for n in
        ['plot_patch_sweep', 'feature_atlas', 'export_atlas', 'show_top_tokens']},
-    **{n: 'a file reader: refusals (pickled objects, other files, versions) tested in tests/test_trace_keep.py' for n in ['load_log']},
+    **{n: 'a file reader: refusals (pickled objects, other files, versions) tested in tests/test_trace.py' for n in ['load_log']},
     **{n: 'a lock: tested in nbs/02_hooks.ipynb (another thread waits, the same thread nests)' for n in ['model_lock']},
     **{n: 'a plot of a result (takes what the functions above return)' for n in
        ['show_image', 'show_images', 'show_attribution', 'show_attributions', 'attribution_map', 'show_channels', 'plot_landscape',

@@ -1,6 +1,9 @@
-"FlatModel on torchvision architectures: what it records equals plain hooks on an out-of-place copy, and the model is left as it was"
-import pytest, torch
+"""FlatModel on torchvision architectures: what it records equals plain hooks on an out-of-place copy, and the model is left as it
+was; bad requests to FlatModel and its recordings (layer keys, models, patterns, recorded keys, channels) raise an error that says
+what to do."""
+import pytest, torch, torch.nn as nn
 from conftest import out_of_place, plain_outputs, call_keys as _keys
+from netlens.data import digits_cnn, digits_data
 from netlens.flat import FlatModel
 from netlens.hooks import ModelSnapshot, hook_count
 
@@ -104,7 +107,7 @@ def test_compiled_and_parallel_models_are_unwrapped():
         assert fm.layer_names == plain.layer_names and fm.model is model
         with fm.record(['conv2', 'res.relu']) as rec: fm.model(x)
         assert sorted(rec) == sorted(ref) and all(torch.equal(rec[k], ref[k]) for k in ref)
-    with FlatModel(compiled).record('conv2') as rec: compiled(x)     # the user's call of the compiled wrapper runs eagerly inside record (issue 23)
+    with FlatModel(compiled).record('conv2') as rec: compiled(x)     # the user's call of the compiled wrapper runs eagerly inside record
     assert torch.equal(rec['conv2'], ref['conv2'])
     assert snap.diff(model) == [] and hook_count(model) == 0
 
@@ -117,7 +120,7 @@ def test_bad_layer_keys_are_explained():
     with pytest.raises(TypeError, match='got Tensor'): FlatModel(torch.ones(2))
     with pytest.raises(TypeError, match='not float'): fm[1.0]
 
-# channels are features in every layout (issue 13): dimension 1 of maps, the last dimension of channels-last maps and of tokens
+# channels are features in every layout: dimension 1 of maps, the last dimension of channels-last maps and of tokens
 
 def _timm_vit():
     from tiny_models import timm_vit_reg
@@ -182,3 +185,41 @@ def test_show_channels_tokens_and_sequences():
     fig = show_channels(t[0].T[:, 5:], max_channels=3)                           # (C, T): strips
     assert [a.get_images()[0].get_array().shape for a in fig.axes if a.get_images()] == [(1, 16)] * 3
     plt.close(fig)
+
+# ---- bad requests to FlatModel and its recordings: each error says what to do ----
+@pytest.fixture(scope='module')
+def model(): return digits_cnn()
+
+@pytest.fixture(scope='module')
+def x(): return digits_data('test')[0][:8]
+
+@pytest.fixture
+def fm(model): return FlatModel(model)
+
+def test_unknown_layers(fm):
+    with pytest.raises(KeyError, match="closest: 'head'"): fm.resolve('haed')
+    with pytest.raises(IndexError, match='has 19 layers'): fm[19]
+    with pytest.raises(ValueError, match='no layers given'): fm.resolve([])
+    with pytest.raises(KeyError, match='no layer of type LSTM'): fm.resolve(nn.LSTM)
+    with pytest.raises(KeyError, match='not a submodule'): fm[nn.Linear(2, 2)]
+    with pytest.raises(ValueError, match='calls count from 1'): fm['res.relu:0']
+    with pytest.raises(KeyError, match='no submodules'): FlatModel(nn.Linear(3, 3))['weight']
+
+def test_bad_models_and_patterns(fm):
+    with pytest.raises(TypeError, match='got Tensor'): FlatModel(torch.ones(3))
+    with pytest.raises(TypeError, match="FlatModel needs a torch.nn.Module as `model`, got function"): FlatModel(lambda x: x)
+    for bad in ('', None): # '' matched every layer as a type pattern
+        with pytest.raises(TypeError, match='got'): fm.resolve(bad)
+    with pytest.raises(TypeError, match="find takes a module class"): fm.find(3)
+
+def test_recorded_keys(fm, model, x):
+    with fm.record(fm.layer_names) as rec: model(x)
+    with pytest.raises(KeyError, match='there is no call 3'): rec['res.relu:3']
+    with pytest.raises(KeyError, match="unknown recorded layer 'conv4'; closest: 'conv3', 'conv2'"): rec['conv4']
+
+def test_bad_channels(fm, x):
+    # channel indices are integers >= 0 (`check_index`, as everywhere)
+    with pytest.raises(KeyError, match='there is no call 3'): fm.channel('res.relu:3', 0, x)
+    with pytest.raises(IndexError, match='k -1 is out of range: channels count from 0'): fm.channel('res.relu', -1)   # count unknown: still not negative
+    with pytest.raises(IndexError, match="k -1 is out of range: layer 'conv3' has 64 channels"): fm.channel('conv3', -1)
+    with pytest.raises(TypeError, match='k must be an integer index, got 2.5'): fm.channel('conv3', 2.5)

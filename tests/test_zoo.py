@@ -371,7 +371,7 @@ def test_levit_gradient_is_wrong_upstream():
     assert abs(slope - g.norm()) > 0.5 * g.norm(), 'the gradient agrees with finite differences now: drop the UPSTREAM entry'
 
 def test_compiled_record_inductor():
-    "The issue's must-show: `with FlatModel(comp).record(['stages.3']): comp(x)` on torch.compile(timm convnext_atto) records the uncompiled output"
+    "`with FlatModel(comp).record(['stages.3']): comp(x)` on torch.compile(timm convnext_atto) under inductor records the uncompiled output"
     m, x = build(ZOO['convnext_atto']), images(2)
     comp = torch.compile(m)
     with torch.no_grad(): comp(x)                                   # compiled before any hook exists
