@@ -219,13 +219,20 @@ class annotate_errors:
     def __enter__(self): self.lock.acquire(); return self
 
     def innermost(self, tb) -> tuple|None:
-        "(name, module) of the innermost module of the model with code on the traceback `tb`: its `forward`, its hooks or `Module.__call__`"
+        "(name, module, frame) of the innermost module of the model with code on the traceback `tb`: its `forward`, its hooks or `Module.__call__`"
         found = None
         for frame, _ in traceback.walk_tb(tb):
-            found = self.names.get(id(frame.f_locals.get('self')), found)
+            hit = self.names.get(id(frame.f_locals.get('self')))
+            if hit is not None: found = (*hit, frame)
         return found
 
     def __exit__(self, typ, exc, tb):
         self.lock.release()
         found = self.innermost(tb) if exc is not None and hasattr(exc, 'add_note') else None
-        if found is not None: exc.add_note(f"netlens: raised in layer {found[0]!r} ({type(found[1]).__name__})")
+        if found is None: return
+        name, m, frame = found
+        exc.add_note(f"netlens: raised in layer {name!r} ({type(m).__name__})")
+        inp = frame.f_locals.get('input')
+        if isinstance(m, nn.modules.conv._ConvNd) and isinstance(inp, Tensor) and inp.ndim >= 2 and inp.shape[-len(m.kernel_size) - 1] != m.in_channels:
+            exc.add_note(f"netlens: layer {name!r} takes {m.in_channels} channels and got an input of shape {tuple(inp.shape)}: give x the model's channels "
+                         "(a grey image for a colour model: x.expand(-1, 3, -1, -1); colour for a grey model: x.mean(1, keepdim=True))")

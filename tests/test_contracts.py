@@ -218,12 +218,12 @@ EXEMPT = {  # public names that take no user data to check, with the reason
     **{n: 'data and the digits model: no user input beyond names and sizes (tests/test_data.py)' for n in
        ['digits_data', 'digits_loader', 'digits_cnn', 'train_digits_cnn', 'sample_image', 'sample_images', 'accuracy']},
     **{n: 'the gallery and its command line (tests/test_readme.py)' for n in ['tour', 'main']},
-    **{n: 'a constant' for n in ['DECOMPOSE', 'CHANNEL_METHODS', 'FUSIONS', 'IMAGENETTE_CLASSES', 'TUTORIAL_DATA', 'ATTRIBUTION_METHODS', 'LABEL_KEYS']},
+    **{n: 'a constant' for n in ['DECOMPOSE', 'CHANNEL_METHODS', 'FUSIONS', 'IMAGENETTE_CLASSES', 'TUTORIAL_DATA', 'LABEL_KEYS']},
     **{n: 'a convention of netlens.adapters, itself tested in nbs/00a_adapters.ipynb and through every entry point above' for n in
        ['Layout', 'feature_layout', 'channels_first', 'as_maps', 'num_prefix_tokens', 'token_grid', 'model_output', 'call_model', 'main_input',
         'batch_len', 'map_batch', 'expand_batch', 'with_main_input', 'split_labels', 'model_scores', 'to_model_inputs', 'embedding_name', 'model_input_size', 'resize_to', 'keep_size', 'declared_grids',
         'size_hw', 'image_size', 'resize', 'as_preprocess', 'SCORES_FIX', 'split_batch', 'as_baseline', 'by_example', 'check_examples_dim',
-        'feature_width', 'takes_token_ids', 'is_token_ids']},
+        'feature_width', 'takes_token_ids', 'is_token_ids', 'as_layout', 'split_call']},
     **{n: 'attention needs a transformer, not the digits CNN: inputs, masks, layouts and errors probed in tests/test_attention.py and tests/test_models_matrix.py' for n in
        ['attention_maps', 'sdpa_weights', 'fuse_heads', 'attention_rollout', 'attention_flow', 'token_layout', 'rollout_map']},
     **{n: 'torch.distributed plumbing and the dataset runner: probed under torchrun in tests/test_distributed.py' for n in
@@ -238,7 +238,7 @@ EXEMPT = {  # public names that take no user data to check, with the reason
        ['show_tokens', 'tokens_html', 'token_scores', 'show_attention', 'show_rollout', 'show_token_scores']},
     **{n: 'a helper of an entry point above (same checks run through it)' for n in
        ['per_example', 'target_scores', 'ig_quadrature', 'vit_reshape', 'optimize', 'hook_output', 'hook_outputs', 'hook_count',
-        'FlatModel', 'Capture', 'rule_gradient', 'Method', 'METHODS', 'Run', 'objective_value', 'dataset_examples', 'example_patch', 'patch_strip', 'batch_input', 'as_features', 'rbf_gram', 'u_center', 'unbiased_hsic', 'dcka', 'gram', 'style_loss', 'content_loss',
+        'FlatModel', 'Capture', 'rule_gradient', 'Method', 'METHODS', 'TensorRef', 'fill_refs', 'Run', 'objective_value', 'dataset_examples', 'example_patch', 'patch_strip', 'as_features', 'rbf_gram', 'u_center', 'unbiased_hsic', 'dcka', 'gram', 'style_loss', 'content_loss',
         'vgg_layer_names', 'image_to_tensor', 'tensor_to_image', 'tensor_to_pil', 'normalize', 'denormalize', 'total_variation',
         'normalize_direction', 'random_direction', 'direction_to', 'fourier_basis', 'conjugate']},
 }

@@ -36,8 +36,8 @@ def test_bad_images_counts_and_indices(model, small):
     "Refused with the argument's name"
     bad = small.clone(); bad[0, 0, 3, 3] = float('nan')
     with raises(ValueError, 'NaN'): deep_dream(model, bad, 'res')
-    with raises(ValueError, 'image is empty'): deep_dream(model, small[:0], 'res')
-    with raises(ValueError, 'image is empty'): invert_features(model, small[:0], 'conv2')
+    with raises(ValueError, 'x is empty'): deep_dream(model, small[:0], 'res')
+    with raises(ValueError, 'x is empty'): invert_features(model, small[:0], 'conv2')
     with raises(TypeError, 'floating point'): deep_dream(model, small.long(), 'res')
     with raises(ValueError, '4 dimensions'): deep_dream(model, small[0, 0], 'res')
     with raises(ValueError, 'jitter must be an integer >= 0'): deep_dream(model, small, 'res', jitter=-1)

@@ -32,7 +32,8 @@ def test_annotate_errors_names_the_innermost_module_from_the_traceback(model):
     # the layer is read from the traceback: a layer's forward, a hook on it, a layer called twice, and nothing added to the model
     from netlens.hooks import annotate_errors
     with annotate_errors(model): assert hook_count(model) == 0
-    assert note_of(model, lambda: model(torch.rand(2, 3, 28, 28))) == ["netlens: raised in layer 'stem.0' (Conv2d)"]
+    assert note_of(model, lambda: model(torch.rand(2, 3, 28, 28))) == ["netlens: raised in layer 'stem.0' (Conv2d)",
+        "netlens: layer 'stem.0' takes 1 channels and got an input of shape (2, 3, 28, 28): give x the model's channels (a grey image for a colour model: x.expand(-1, 3, -1, -1); colour for a grey model: x.mean(1, keepdim=True))"]
     def bad(m, i, o): raise ValueError('hook failed')
     h = model.res.bn2.register_forward_hook(bad)
     try: assert note_of(model, lambda: model(torch.rand(2, 1, 28, 28))) == ["netlens: raised in layer 'res.bn2' (BatchNorm2d)"]
