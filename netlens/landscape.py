@@ -13,6 +13,7 @@ import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
 import matplotlib.pyplot as plt
 from .core import *
+from .hooks import annotate_errors
 from .adapters import (split_batch, main_tensor, unwrap_model, check_batch, check_count, check_number, check_scores, check_module, to_model_inputs, keeps_rng, batch_len, main_input, model_output, model_scores)
 from .distributed import get_world_size, shard, all_gather_cat, all_reduce_sum, progress_main
 
@@ -62,7 +63,7 @@ def dataset_loss(model:nn.Module, data, loss_fn=None, *,
     model = unwrap_model(check_module(model, 'dataset_loss'))
     loss_fn = _cross_entropy if loss_fn is None else loss_fn
     for x, y in _batches(data, model):
-        with keep_buffers(model), torch.no_grad():             # a measurement: no graph; a model in train mode normalises with the batch, but looking does not move its statistics
+        with annotate_errors(model), keep_buffers(model), torch.no_grad():   # a measurement: no graph; a model in train mode normalises with the batch, but looking does not move its statistics
             l = loss_fn(model_scores(model, x, output), y)
         if not isinstance(l, Tensor) or l.dim() != 0:
             raise ValueError(f"loss_fn must return a scalar (mean over the batch), got {getattr(l, 'shape', type(l))}: use reduction='mean'")
@@ -279,7 +280,8 @@ def fourier_map(model:nn.Module, data, metric='error', *, norm=4., random_sign=T
     total = torch.zeros(len(todo), dtype=torch.float64)
     n = sum(len(x) for x, _ in batches)
     work = [(b, s, k) for b, (x, _) in enumerate(batches) for k in [max(1, min(batch_size // len(x), -(-len(todo) // get_world_size())))] for s in range(0, len(todo), k)]   # torch.distributed: work for every rank
-    with torch.no_grad(), (nullcontext() if train or module is None else eval_mode(module)), (keep_buffers(module) if module is not None else nullcontext()):
+    with torch.no_grad(), (nullcontext() if train or module is None else eval_mode(module)), (keep_buffers(module) if module is not None else nullcontext()), \
+         (annotate_errors(module) if module is not None else nullcontext()):
         for b, s, k in progress_main(shard(work, key=lambda t: t[1]), show=show_progress):   # torch.distributed: a band of frequencies per rank
             (x, y), sg = batches[b], signs[b]
             U = fourier_basis(h, w, todo[s:s + k], x.dtype, x.device)                             # (k, H, W)

@@ -16,6 +16,7 @@ from torch.nn.modules.module import register_module_forward_hook, register_modul
 from torch.overrides import TorchFunctionMode
 from .core import *
 from .adapters import check_module, unwrap_model, keeps_rng, model_output, split_call
+from .hooks import annotate_errors
 import matplotlib.pyplot as plt
 
 # %% auto #0
@@ -568,8 +569,8 @@ def _run_pass(model, x, layers_to_save='all', keep_grads=False, source_lines=Fal
         tr.halt, context.halt_call = _halt_rule(halt, names)
         t0, out, halted = time.perf_counter(), None, False
         try:
-            # keep_buffers outermost: BatchNorm's statistics are restored after the tracer has stopped logging
-            with keep_buffers(model), torch.set_grad_enabled(torch.is_grad_enabled() or keep_grads), tr: out = model(*args, **kw)
+            # keep_buffers outside the tracer: BatchNorm's statistics are restored after it has stopped logging; an error names the layer
+            with annotate_errors(model), keep_buffers(model), torch.set_grad_enabled(torch.is_grad_enabled() or keep_grads), tr: out = model(*args, **kw)
         except _Halt: halted = True
         finally: context.remove()
         log.elapsed = time.perf_counter() - t0

@@ -42,3 +42,25 @@ def test_annotate_errors_names_the_innermost_module_from_the_traceback(model):
     assert note_of(twice, lambda: twice(torch.rand(2, 4))) == ["netlens: raised in layer '2' (Linear)"]
     assert note_of(twice, lambda: 1 / 0) == []          # raised outside the model: no note
     assert hook_count(model) == 0 and hook_count(twice) == 0
+
+def _entry_points():
+    from netlens.attribution import saliency, grad_cam
+    from netlens.trace import log_forward_pass
+    from netlens.landscape import dataset_loss, fourier_map
+    from netlens.similarity import compare_models
+    from netlens.atlas import top_activations
+    x, y = torch.rand(4, 3, 32, 32), torch.tensor([1, 2, 3, 4])
+    return {'saliency': lambda m: saliency(m, x, y), 'grad_cam': lambda m: grad_cam(m, x, y, 'conv3'), 'log_forward_pass': lambda m: log_forward_pass(m, x),
+            'dataset_loss': lambda m: dataset_loss(m, (x, y)), 'fourier_map': lambda m: fourier_map(m, (x, y), max_freq=1, show_progress=False),
+            'compare_models': lambda m: compare_models(m, m, [x, x], ['conv3'], show_progress=False),
+            'top_activations': lambda m: top_activations(m, [x], ['conv3'], k=2, show_progress=False)}
+
+@pytest.mark.parametrize('name', list(_entry_points()))
+def test_every_entry_point_names_a_wrong_channel_count(name):
+    "A 3-channel batch for the 1-channel digits model: PyTorch's error, and netlens' note naming the layer, its channels, what was passed and the fix"
+    model = digits_cnn()
+    snap = ModelSnapshot(model)
+    with pytest.raises(RuntimeError) as e: _entry_points()[name](model)
+    notes = getattr(e.value, '__notes__', [])
+    assert any(n.startswith("netlens: layer 'stem.0' takes 1 channels and got an input of shape (") and 'x.mean(1, keepdim=True)' in n for n in notes), notes
+    assert snap.diff(model) == [] and hook_count(model) == 0

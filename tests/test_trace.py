@@ -981,3 +981,11 @@ def test_held_elsewhere_or_written_unseen_is_copied():
         want = (h + mu.w) * 2 - h
     assert_close(log['lin'].tensor, h, rtol=0, atol=0)   # as it was when logged, not as the unseen write left it
     assert_close(log.output, want) ; assert_close(log['output_1'].tensor, want)
+
+def test_a_wrong_channel_count_is_named():
+    "3 channels into the 1-channel digits model: PyTorch's conv error, with notes naming the layer, its channels, the input's shape and the fix"
+    m = digits_cnn()
+    with pytest.raises(RuntimeError) as e: log_forward_pass(m, torch.rand(2, 3, 32, 32))
+    assert e.value.__notes__[0] == "netlens: raised in layer 'stem.0' (Conv2d)"
+    assert e.value.__notes__[1].startswith("netlens: layer 'stem.0' takes 1 channels and got an input of shape (2, 3, 32, 32): give x the model's channels")
+    assert hook_count(m) == 0
