@@ -226,13 +226,19 @@ class annotate_errors:
             if hit is not None: found = (*hit, frame)
         return found
 
+    def notes(self, found) -> list:
+        "netlens' notes for an error raised in `found` (`innermost`): the layer, and for a convolution fed another channel count, what it got and the fix"
+        name, m, frame = found
+        out, inp = [f"netlens: raised in layer {name!r} ({type(m).__name__})"], frame.f_locals.get('input')
+        d = len(m.kernel_size) + 2 if isinstance(m, nn.modules.conv._ConvNd) else 0   # a conv takes (N, C, *spatial), or one example (C, *spatial)
+        if d and isinstance(inp, Tensor) and inp.ndim in (d - 1, d) and inp.shape[inp.ndim - d + 1] != m.in_channels:
+            out.append(f"netlens: layer {name!r} takes {m.in_channels} channels and got an input of shape {tuple(inp.shape)}: give x the model's channels "
+                       "(a grey image for a colour model: x.expand(-1, 3, -1, -1); colour for a grey model: x.mean(1, keepdim=True))")
+        return out
+
     def __exit__(self, typ, exc, tb):
         self.lock.release()
-        found = self.innermost(tb) if exc is not None and hasattr(exc, 'add_note') else None
-        if found is None: return
-        name, m, frame = found
-        exc.add_note(f"netlens: raised in layer {name!r} ({type(m).__name__})")
-        inp = frame.f_locals.get('input')
-        if isinstance(m, nn.modules.conv._ConvNd) and isinstance(inp, Tensor) and inp.ndim >= 2 and inp.shape[-len(m.kernel_size) - 1] != m.in_channels:
-            exc.add_note(f"netlens: layer {name!r} takes {m.in_channels} channels and got an input of shape {tuple(inp.shape)}: give x the model's channels "
-                         "(a grey image for a colour model: x.expand(-1, 3, -1, -1); colour for a grey model: x.mean(1, keepdim=True))")
+        if exc is None or not hasattr(exc, 'add_note'): return
+        try: found = self.innermost(tb); notes = [] if found is None else self.notes(found)
+        except Exception: notes = []                  # a note must never hide the error itself
+        for n in notes: exc.add_note(n)
