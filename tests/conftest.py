@@ -93,3 +93,10 @@ def digits_kept():
 def pytest_configure(config):
     "The `slow` mark: tests over 10 s on a shared 2-core CPU; they run by default (CI runs them), `-m 'not slow'` leaves them out"
     config.addinivalue_line('markers', "slow: a test over 10 s on a shared 2-core CPU (deselect with -m 'not slow')")
+
+@pytest.fixture(scope='module')
+def digits():
+    "(the trained digits model, 3 test digits, their labels): the attribution suites' small case"
+    from netlens.data import digits_cnn, digits_data
+    x, y = digits_data('test')
+    return digits_cnn(), x[:3], y[:3]

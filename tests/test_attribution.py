@@ -42,11 +42,6 @@ def test_every_entry_point_is_covered():
     takes_x = {n for n in A.__all__ if callable(getattr(A, n)) and list(inspect.signature(getattr(A, n)).parameters)[:3] == ['model', 'x', 'target']}
     assert takes_x == set(METHODS)
 
-@pytest.fixture(scope='module')
-def digits():
-    x, y = digits_data('test')
-    return digits_cnn(), x[:3], y[:3]
-
 class Wrap(nn.Module):
     "A module around `m` whose forward returns `out(m(x), x)`"
     def __init__(self, m, out): super().__init__(); self.m, self.out = m, out

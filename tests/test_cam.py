@@ -175,11 +175,6 @@ def test_bert_declared_grid_and_mask(bert):
 
 # what the model returns and takes (the digits model)
 
-@pytest.fixture(scope='module')
-def digits():
-    x, y = digits_data('test')
-    return digits_cnn(), x[:3], y[:3]
-
 class Wrap(nn.Module):
     "The digits model returning `out(scores, x)`, taking `pixel_values` and an optional per-example `scale` as keywords"
     main_input_name = 'pixel_values'
