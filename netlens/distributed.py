@@ -184,7 +184,7 @@ def _sampler_indices(loader):
     return [list(map(int, b)) for b in loader.batch_sampler]
 
 # %% ../nbs/14_distributed.ipynb #7180e31c
-def attribute_loader(method, model:nn.Module, loader, targets='pred', out='attributions', input_key=None, overwrite=False,
+def attribute_loader(model:nn.Module, loader, method, *, targets='pred', out='attributions', input_key=None, overwrite=False,
                      show_progress=True, **method_kwargs) -> dict:
     "Run attribution `method` (a function or a netlens.attribution name) for `targets` over every batch of `loader`; one `.npy` per batch and an `index.json` in `out`; resumes; each rank its shard"
     f, name = _method(method)

@@ -6,19 +6,22 @@ Docs: https://netlens.github.io/netlens/dream.html.md"""
 
 # %% ../nbs/08_dream.ipynb #399b1e17
 from __future__ import annotations
+from collections import namedtuple
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
 from .flat import FlatModel
 from .adapters import (input_channels, model_input_size, image_size, resize, as_preprocess, unwrap_model, to_model_images, check_count, check_number, check_index, check_scores, keeps_rng, progress,
                               model_output)
 from .optvis import (Objective, ImageParam, channel, class_logit, class_prob, tv, render, optimize, frozen, check_layers, generator,
-                            blank_input, Run, objective_value)
-from .optvis import layer as layer_objective
+                            blank_input, Run, objective_value, layer_activation)
 
 # %% auto #0
-__all__ = ['deep_dream', 'net_dreamer', 'feature_distance', 'invert_features', 'class_visualization', 'channel_visualization']
+__all__ = ['Dreamed', 'deep_dream', 'net_dreamer', 'feature_distance', 'invert_features', 'class_visualization',
+           'channel_visualization']
 
 # %% ../nbs/08_dream.ipynb #d08e9e80
+Dreamed = namedtuple('Dreamed', 'image norms')   # `return_norms=True`: the image and the layer's mean square after each octave
+
 @keeps_rng
 def deep_dream(model:nn.Module, x:Tensor, layer:str, *, octaves=4, octave_scale=1.4, steps=10, lr=0.01, jitter:int|None=None,
                preprocess=None, show_progress=True, seed=None, return_norms=False):
@@ -30,7 +33,7 @@ def deep_dream(model:nn.Module, x:Tensor, layer:str, *, octaves=4, octave_scale=
     octave_scale, lr = check_number(octave_scale, 'octave_scale', 1, strict=True), check_number(lr, 'lr')
     fm = FlatModel(model)
     check_layers(fm, [layer])
-    objective, prep = layer_objective(layer, 'l2'), as_preprocess(preprocess)
+    objective, prep = layer_activation(layer, 'l2'), as_preprocess(preprocess)
     H, W = image.shape[-2:]
     sizes = [(max(8, round(H / octave_scale ** i)), max(8, round(W / octave_scale ** i))) for i in reversed(range(octaves))]
     g, fixed, layouts = generator(seed), model_input_size(model), {}
@@ -57,11 +60,11 @@ def deep_dream(model:nn.Module, x:Tensor, layer:str, *, octaves=4, octave_scale=
                     full = (image + resize(detail, (H, W), antialias=True)).clamp(0, 1)
                     norms.append(objective(Run(rec, full, model(feed(full)), fm, None, layouts)).item() / len(full))
     out = (image + resize(detail, (H, W), antialias=True)).clamp(0, 1)
-    return (out, norms) if return_norms else out
+    return Dreamed(out, norms) if return_norms else out
 
 # %% ../nbs/08_dream.ipynb #925c29f2
 @keeps_rng
-def net_dreamer(model:nn.Module, layer:str, size=None, channels:int|None=None, batch=1, noise=0.1, seed=None, **kwargs):
+def net_dreamer(model:nn.Module, layer:str, *, size=None, channels:int|None=None, batch=1, noise=0.1, seed=None, **kwargs):
     "DeepDream from grey noise (`batch` images of `size`, the model's own or 128): the patterns `layer` makes on its own; keyword arguments go to `deep_dream`"
     model = unwrap_model(model)
     channels = check_count(channels, 'channels') if channels is not None else input_channels(model) or 3
@@ -111,7 +114,7 @@ def _indices(ks, n, name, of, unit):
     return [check_index(k, n, name, of, unit) for k in ks]
 
 @keeps_rng
-def class_visualization(model:nn.Module, classes=None, size=None, channels:int|None=None, prob_weight=3., batch_size=16, output=None, **kwargs):
+def class_visualization(model:nn.Module, classes=None, *, size=None, channels:int|None=None, prob_weight=3., batch_size=16, output=None, **kwargs):
     "One image per class in `classes` (all outputs by default) maximising its logit plus `prob_weight` times its log-probability; `output` selects the scores; keyword arguments go to `render`"
     model = unwrap_model(model)
     batch_size = check_count(batch_size, 'batch_size')
@@ -121,7 +124,7 @@ def class_visualization(model:nn.Module, classes=None, size=None, channels:int|N
     return _render_each(model, makers, size, channels, batch_size, output=output, **kwargs)
 
 @keeps_rng
-def channel_visualization(model:nn.Module, layer:str, ks=None, size=None, channels:int|None=None, batch_size=16, layout=None, **kwargs):
+def channel_visualization(model:nn.Module, layer:str, ks=None, *, size=None, channels:int|None=None, batch_size=16, layout=None, **kwargs):
     "One image per channel (feature) `ks` of `layer` (all of them by default) maximising that channel; `layout` as `feature_layout`; keyword arguments go to `render`"
     model = unwrap_model(model)
     batch_size = check_count(batch_size, 'batch_size')

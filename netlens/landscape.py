@@ -22,32 +22,32 @@ __all__ = ['dataset_loss', 'normalize_direction', 'random_direction', 'direction
            'plot_landscape', 'fourier_basis', 'conjugate', 'fourier_map', 'plot_fourier_map']
 
 # %% ../nbs/11_landscape.ipynb #2b65c5e7
-def _one_batch(data) -> bool:
-    "Whether `data` is one batch, not an iterable of batches: a dict, or `(x, y, ...)` with `x` a tensor or a dict (and `y` not a batch)"
-    if isinstance(data, Mapping): return True
-    return (isinstance(data, (tuple, list)) and len(data) >= 2
-            and (isinstance(data[0], Tensor) or isinstance(data[0], Mapping) and not isinstance(data[1], Mapping)))
+def _one_batch(loader) -> bool:
+    "Whether `loader` is one batch, not an iterable of batches: a dict, or `(x, y, ...)` with `x` a tensor or a dict (and `y` not a batch)"
+    if isinstance(loader, Mapping): return True
+    return (isinstance(loader, (tuple, list)) and len(loader) >= 2
+            and (isinstance(loader[0], Tensor) or isinstance(loader[0], Mapping) and not isinstance(loader[1], Mapping)))
 
 def _split(b, i):
     "`(x, y)` of batch `i` (`split_batch`): `(x, y, ...)`, or a dict whose 'labels' (or 'label') are `y` and whose other entries are the keyword inputs `x`"
     x, y = split_batch(b) if isinstance(b, (Tensor, Mapping, tuple, list)) else (None, None)
     if y is not None: return x, y
-    if isinstance(b, Mapping): raise ValueError(f"data (batch {i}) is a dict with keys {list(b)} and no 'labels': put the targets under 'labels', or pass batches (x, y)")
+    if isinstance(b, Mapping): raise ValueError(f"loader (batch {i}) is a dict with keys {list(b)} and no 'labels': put the targets under 'labels', or pass batches (x, y)")
     raise TypeError(f"each batch must be (x, y, ...) or a dict of keyword inputs with 'labels', got {type(b).__name__}")
 
-def _batches(data, model=None):
-    "Batches `(x, y)` of `data` (one batch, or an iterable of batches): `x` (a tensor, or a dict of keyword inputs) checked and on `model`'s device (`to_model_inputs`), `y` on its device"
-    if _one_batch(data): data = [data]
-    elif not isinstance(data, Iterable): raise TypeError(f"data must be a batch (x, y) or an iterable of batches such as a DataLoader, not {type(data).__name__}")
-    for i, b in enumerate(data):
+def _batches(loader, model=None):
+    "Batches `(x, y)` of `loader` (one batch, or an iterable of batches): `x` (a tensor, or a dict of keyword inputs) checked and on `model`'s device (`to_model_inputs`), `y` on its device"
+    if _one_batch(loader): loader = [loader]
+    elif not isinstance(loader, Iterable): raise TypeError(f"loader must be a batch (x, y) or an iterable of batches such as a DataLoader, not {type(loader).__name__}")
+    for i, b in enumerate(loader):
         x, y = _split(b, i)
-        x = to_model_inputs(x, model, f"data (batch {i}, x)")
+        x = to_model_inputs(x, model, f"loader (batch {i}, x)")
         dev = main_tensor(model, x).device
         yield x, y.to(dev) if isinstance(y, Tensor) else y
 
-def _reusable(data):
-    "`data` if it can be read again (a batch, a list, a DataLoader); a one-shot iterator (a generator, `map`) is read once into a list"
-    return list(data) if isinstance(data, Iterator) else data
+def _reusable(loader):
+    "`loader` if it can be read again (a batch, a list, a DataLoader); a one-shot iterator (a generator, `map`) is read once into a list"
+    return list(loader) if isinstance(loader, Iterator) else loader
 
 def _cross_entropy(scores, y):
     "The default loss: cross-entropy of scores (N, classes) with `y` (class indices or probabilities)"
@@ -55,20 +55,20 @@ def _cross_entropy(scores, y):
     return F.cross_entropy(scores, y)
 
 @keeps_rng
-def dataset_loss(model:nn.Module, data, loss_fn=None, *,
+def dataset_loss(model:nn.Module, loader, loss_fn=None, *,
                  output=None, # the scores in what the model returns (`model_output`): a key, an index or a function; None: a tensor, `logits`, or a tuple's first
                 ) -> Tensor:
-    "Mean of `loss_fn(scores, y)` (default: cross-entropy) over the batches of `data`, scores read from the model's output by `output`, weighted by batch size (a detached 0-dim tensor); buffers kept"
+    "Mean of `loss_fn(scores, y)` (default: cross-entropy) over the batches of `loader`, scores read from the model's output by `output`, weighted by batch size (a detached 0-dim tensor); buffers kept"
     losses, sizes = [], []
     model = unwrap_model(check_module(model, 'dataset_loss'))
     loss_fn = _cross_entropy if loss_fn is None else loss_fn
-    for x, y in _batches(data, model):
+    for x, y in _batches(loader, model):
         with annotate_errors(model), keep_buffers(model), torch.no_grad():   # a measurement: no graph; a model in train mode normalises with the batch, but looking does not move its statistics
             l = loss_fn(model_scores(model, x, output), y)
         if not isinstance(l, Tensor) or l.dim() != 0:
             raise ValueError(f"loss_fn must return a scalar (mean over the batch), got {getattr(l, 'shape', type(l))}: use reduction='mean'")
         losses.append(l); sizes.append(batch_len(x, model))
-    if not sizes: raise ValueError("data yielded no batches: pass a non-empty batch or loader")
+    if not sizes: raise ValueError("loader yielded no batches: pass a non-empty batch or loader")
     n = sum(sizes)
     return sum(l * (s / n) for l, s in zip(losses, sizes))  # one batch: l * 1.0, exactly l
 
@@ -78,10 +78,10 @@ def _params(model):
     if not ps: raise ValueError(f"{type(model).__name__} has no parameters: a loss landscape moves the parameters")
     return ps
 
-def normalize_direction(direction:list[Tensor], model:nn.Module, normalize='filter', ignore='biasbn') -> list[Tensor]:
+def normalize_direction(direction:list[Tensor], model:nn.Module, scale='filter', ignore='biasbn') -> list[Tensor]:
     "Rescale `direction` (one tensor per parameter of `model`) as Li et al.: per filter (`'filter'`), per tensor (`'layer'`), by the weights (`'weight'`) or not (None)"
     model = unwrap_model(model)
-    if normalize not in ('filter', 'layer', 'weight', None): raise ValueError(f"normalize must be 'filter', 'layer', 'weight' or None, got {normalize!r}")
+    if scale not in ('filter', 'layer', 'weight', None): raise ValueError(f"scale must be 'filter', 'layer', 'weight' or None, got {scale!r}")
     if ignore not in ('biasbn', None): raise ValueError(f"ignore must be 'biasbn' or None, got {ignore!r}")
     ps, out = _params(model), []
     _check_direction(direction, ps)
@@ -90,11 +90,11 @@ def normalize_direction(direction:list[Tensor], model:nn.Module, normalize='filt
         if d.dim() <= 1:
             if ignore == 'biasbn': d.zero_()
             else: d.copy_(p)
-        elif normalize == 'filter':
-            scale = p.flatten(1).norm(dim=1) / (d.flatten(1).norm(dim=1) + 1e-10)
-            d.mul_(scale.view(-1, *[1] * (d.dim() - 1)))
-        elif normalize == 'layer': d.mul_(p.norm() / (d.norm() + 1e-10))
-        elif normalize == 'weight': d.mul_(p)
+        elif scale == 'filter':
+            factor = p.flatten(1).norm(dim=1) / (d.flatten(1).norm(dim=1) + 1e-10)
+            d.mul_(factor.view(-1, *[1] * (d.dim() - 1)))
+        elif scale == 'layer': d.mul_(p.norm() / (d.norm() + 1e-10))
+        elif scale == 'weight': d.mul_(p)
         out.append(d)
     return out
 
@@ -108,12 +108,12 @@ def _check_direction(direction, ps):
     if bad: raise ValueError(f"the direction holds NaN or infinite values (tensors {bad[:5]}): every loss along it would be NaN")
 
 @keeps_rng
-def random_direction(model:nn.Module, normalize='filter', ignore='biasbn', seed=None) -> list[Tensor]:
-    "A random Gaussian direction in `model`'s parameter space, normalised by `normalize_direction`; reproducible with `seed`"
+def random_direction(model:nn.Module, scale='filter', ignore='biasbn', seed=None) -> list[Tensor]:
+    "A random Gaussian direction in `model`'s parameter space, scaled by `normalize_direction`; reproducible with `seed`"
     model = unwrap_model(model)
     ps = _params(model)
     with seeded(seed): d = [torch.randn_like(p) for p in ps]
-    return normalize_direction(d, model, normalize, ignore)
+    return normalize_direction(d, model, scale, ignore)
 
 def direction_to(model:nn.Module, other:nn.Module) -> list[Tensor]:
     "The direction from `model`'s parameters to `other`'s (same architecture): a 1d landscape over [0, 1] interpolates between them"
@@ -132,9 +132,9 @@ def _grid(lo_hi, step) -> Tensor:
     c[c.abs() < step * 1e-9] = 0.  # the centre is exactly 0
     return c
 
-def _landscape(model, data, loss_fn, dirs, coords, train, show_progress, output):
+def _landscape(model, loader, loss_fn, dirs, coords, train, show_progress, output):
     ps = _params(model)
-    data = _reusable(data)                                  # read at every grid point
+    loader = _reusable(loader)                                  # read at every grid point
     for d in dirs: _check_direction(d, ps)
     dirs = [[t.detach().to(p.device, p.dtype) for t, p in zip(d, ps)] for d in dirs]
     bufs = [b for b in model.buffers()]
@@ -152,7 +152,7 @@ def _landscape(model, data, loss_fn, dirs, coords, train, show_progress, output)
                         else: torch.add(row[i], dirs[1][i], alpha=c[1], out=p)
                     elif c[0] == 0: p.copy_(p0)                # the centre: exactly θ0
                     else: torch.add(p0, dirs[0][i], alpha=c[0], out=p)
-                losses.append(dataset_loss(model, data, loss_fn, output=output))
+                losses.append(dataset_loss(model, loader, loss_fn, output=output))
     finally:
         with torch.no_grad():
             for p, p0 in zip(ps, orig_p): p.copy_(p0)
@@ -161,29 +161,29 @@ def _landscape(model, data, loss_fn, dirs, coords, train, show_progress, output)
 
 # %% ../nbs/11_landscape.ipynb #209a5bd4
 @keeps_rng
-def landscape1d(model:nn.Module, data, loss_fn=None, x_range=(-1., 1.), step_size=0.1, *, direction=None,
-                normalize='filter', ignore='biasbn', seed=None, train=False, show_progress=True,
+def landscape1d(model:nn.Module, loader, loss_fn=None, x_range=(-1., 1.), step_size=0.1, *, direction=None,
+                scale='filter', ignore='biasbn', seed=None, train=False, show_progress=True,
                 output=None, # the scores in what the model returns (`model_output`), as in `dataset_loss`
                ) -> tuple[Tensor, Tensor]:
     "Loss (`loss_fn(scores, y)`, default cross-entropy) along one direction (random and filter-normalised unless given): returns coordinates `xs` and `losses`, both (n,)"
     model = unwrap_model(model)
     xs = _grid(x_range, step_size)
-    d = random_direction(model, normalize, ignore, seed) if direction is None else direction
-    return xs, _landscape(model, data, loss_fn, [d], [(a,) for a in xs.tolist()], train, show_progress, output)
+    d = random_direction(model, scale, ignore, seed) if direction is None else direction
+    return xs, _landscape(model, loader, loss_fn, [d], [(a,) for a in xs.tolist()], train, show_progress, output)
 
 @keeps_rng
-def landscape2d(model:nn.Module, data, loss_fn=None, x_range=(-1., 1.), y_range=(-1., 1.), step_size=0.1, *, directions=None,
-                normalize='filter', ignore='biasbn', seed=None, train=False, show_progress=True,
+def landscape2d(model:nn.Module, loader, loss_fn=None, x_range=(-1., 1.), y_range=(-1., 1.), step_size=0.1, *, directions=None,
+                scale='filter', ignore='biasbn', seed=None, train=False, show_progress=True,
                 output=None, # the scores in what the model returns (`model_output`), as in `dataset_loss`
                ) -> tuple[Tensor, Tensor, Tensor]:
     "Loss on a plane of two directions: returns `xs` (nx,), `ys` (ny,) and `losses` (nx, ny), `losses[i, j]` at `(xs[i], ys[j])`"
     model = unwrap_model(model)
     xs, ys = _grid(x_range, step_size), _grid(y_range, step_size)
     if directions is None:
-        directions = [random_direction(model, normalize, ignore, None if seed is None else seed + k) for k in range(2)]
+        directions = [random_direction(model, scale, ignore, None if seed is None else seed + k) for k in range(2)]
     if len(directions) != 2: raise ValueError(f"landscape2d needs two directions, got {len(directions)}")
     coords = [(a, b) for a in xs.tolist() for b in ys.tolist()]
-    return xs, ys, _landscape(model, data, loss_fn, directions, coords, train, show_progress, output).view(len(xs), len(ys))
+    return xs, ys, _landscape(model, loader, loss_fn, directions, coords, train, show_progress, output).view(len(xs), len(ys))
 
 # %% ../nbs/11_landscape.ipynb #961052e6
 def plot_landscape(*result, log=False, levels=20, cmap='viridis', title=None, figsize=None):
@@ -247,8 +247,8 @@ def _metric_values(metric, out, y, k):
 
 def _check_images(batches, metric):
     for i, (x, y) in enumerate(batches):
-        if isinstance(x, Mapping): raise TypeError(f"fourier_map perturbs images: data (batch {i}, x) is a dict of keyword inputs (keys {list(x)}); pass batches (x, y) of images (N, C, H, W)")
-        if not x.is_floating_point(): check_batch(x, f"data (batch {i}, x)")   # token ids: not images; says so
+        if isinstance(x, Mapping): raise TypeError(f"fourier_map perturbs images: loader (batch {i}, x) is a dict of keyword inputs (keys {list(x)}); pass batches (x, y) of images (N, C, H, W)")
+        if not x.is_floating_point(): check_batch(x, f"loader (batch {i}, x)")   # token ids: not images; says so
         if x.ndim != 4: raise ValueError(f"fourier_map needs images (N, C, H, W), got shape {tuple(x.shape)}")
         if x.shape[-2:] != batches[0][0].shape[-2:]: raise ValueError(f"every image must be {tuple(batches[0][0].shape[-2:])} as in the first batch, batch {i} holds {tuple(x.shape[-2:])}: resize them first")
         if metric == 'error' and not (isinstance(y, Tensor) and y.shape == (len(x),) and not y.is_floating_point()):
@@ -256,7 +256,7 @@ def _check_images(batches, metric):
 
 # %% ../nbs/11_landscape.ipynb #a70960d9
 @keeps_rng
-def fourier_map(model:nn.Module, data, metric='error', *, norm=4., random_sign=True, max_freq=None, batch_size=2048,
+def fourier_map(model:nn.Module, loader, metric='error', *, norm=4., random_sign=True, max_freq=None, batch_size=2048,
                 seed=0, train=False, show_progress=True,
                 output=None, # the scores in what the model returns (`model_output`): a key, an index or a function
                ) -> Tensor:
@@ -267,8 +267,8 @@ def fourier_map(model:nn.Module, data, metric='error', *, norm=4., random_sign=T
     if max_freq is not None: max_freq = check_count(max_freq, 'max_freq', low=0)
     model = unwrap_model(check_module(model, functions=True))
     module = model if isinstance(model, nn.Module) else None
-    batches = list(_batches(data, module))
-    if not batches: raise ValueError("data yielded no batches: pass a non-empty batch or loader")
+    batches = list(_batches(loader, module))
+    if not batches: raise ValueError("loader yielded no batches: pass a non-empty batch or loader")
     _check_images(batches, metric)
     h, w = batches[0][0].shape[-2:]
     signed = lambda i, n: i if i <= n // 2 else i - n

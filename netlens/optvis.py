@@ -20,9 +20,9 @@ from .adapters import (input_channels, model_input_size, size_hw, image_size, re
 # %% auto #0
 __all__ = ['COLOR_CORRELATION', 'Rendered', 'decorrelate_colors', 'correlate_colors', 'ImageParam', 'pad', 'jitter',
            'random_scale', 'random_rotate', 'compose', 'resize_to', 'keep_size', 'standard_transforms', 'Objective',
-           'channel', 'neuron', 'layer', 'direction', 'diversity', 'class_logit', 'class_prob', 'total_variation', 'tv',
-           'l1', 'l2', 'Run', 'frozen', 'generator', 'blank_input', 'check_layers', 'objective_value', 'optimize',
-           'render']
+           'channel', 'neuron', 'layer_activation', 'direction', 'diversity', 'class_logit', 'class_prob',
+           'total_variation', 'tv', 'l1', 'l2', 'Run', 'frozen', 'generator', 'blank_input', 'check_layers',
+           'objective_value', 'optimize', 'render']
 
 # %% ../nbs/07_optvis.ipynb #3f7d81ee
 # square root of ImageNet's colour correlation matrix (lucid's constants), columns normalised to at most 1
@@ -225,13 +225,13 @@ def neuron(layer:str, k:int, x=None, y=None, batch=None, layout=None) -> Objecti
     return Objective(f, f"neuron({layer!r}, {k}, {x}, {y})", [layer])
 
 # %% ../nbs/07_optvis.ipynb #fe98056f
-def layer(name:str, kind='mean', batch=None, layout=None) -> Objective:
-    "All of `name`'s activation (prefix tokens dropped): its mean (`kind='mean'`) or its mean square (`'l2'`, DeepDream's objective)"
-    if kind not in ('mean', 'l2'): raise ValueError(f"kind is 'mean' or 'l2', got {kind!r}")
+def layer_activation(layer:str, reduce='mean', batch=None, layout=None) -> Objective:
+    "All of `layer`'s activation (prefix tokens dropped), reduced to its mean (`reduce='mean'`) or its mean square (`'l2'`, DeepDream's objective)"
+    if reduce not in ('mean', 'l2'): raise ValueError(f"reduce is 'mean' or 'l2', got {reduce!r}")
     def f(r):
-        a = _features(r, name, layout, any_order=True)
-        return _pick(_per_image(a if kind == 'mean' else a ** 2), batch)
-    return Objective(f, f"layer({name!r}, {kind!r})", [name])
+        a = _features(r, layer, layout, any_order=True)
+        return _pick(_per_image(a if reduce == 'mean' else a ** 2), batch)
+    return Objective(f, f"layer_activation({layer!r}, {reduce!r})", [layer])
 
 def direction(layer:str, vector, batch=None, layout=None) -> Objective:
     "Cosine similarity between `layer`'s activation at each position and `vector` (one value per channel), averaged over positions"

@@ -489,7 +489,7 @@ def _check_loader(loader, name):
     if isinstance(loader, Tensor):
         raise TypeError(f"{name} is a tensor of shape {tuple(loader.shape)}, but compare_models wants batches: pass a DataLoader or a list of batches, e.g. [x] for one batch, or list(x.split(64))")
 
-def compare_models(model1:nn.Module, model2:nn.Module=None, loader=None, layers1=None, layers2=None, measure='cka',
+def compare_models(model1:nn.Module, model2:nn.Module=None, loader=None, layers1=None, layers2=None, *, measure='cka',
                    loader2=None, reduce='flatten', size=None, store='cpu',
                    input_key=None, # a dict batch's one positional input (the model is called as model(batch[input_key]))
                    names=None, show_progress=True,
@@ -541,7 +541,7 @@ def _one_layer(fm, layer, arg):
         raise ValueError(f"{arg} names {len(specs)} layers ({shown}): layer_similarity compares one layer with one; pass one name ('name:k' for one call of a repeated module), or use compare_models for every pair")
     return specs[0]
 
-def layer_similarity(model1:nn.Module, layer1, model2:nn.Module, layer2, x, measure='linear_cka', x2=None, reduce='flatten', size=None,
+def layer_similarity(model1:nn.Module, model2:nn.Module, x, layer1, layer2, *, measure='linear_cka', x2=None, reduce='flatten', size=None,
                      layout=None, # how both layers' features are read (`as_features`); None: from the models
                     ) -> Tensor:
     "Similarity (by `measure`) of `layer1` of `model1` on `x` and `layer2` of `model2` on `x2` (default `x`); `name:k` is call k of a repeated module; `x` may be a dict of keyword inputs"

@@ -7,6 +7,7 @@ Docs: https://netlens.github.io/netlens/style.html.md"""
 # %% ../nbs/09_style.ipynb #750d4e30
 from __future__ import annotations
 import math
+from collections import namedtuple
 from contextlib import contextmanager, nullcontext
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
@@ -16,7 +17,7 @@ from .adapters import unwrap_model, to_model_images, check_count, check_module, 
 from .optvis import frozen, total_variation
 
 # %% auto #0
-__all__ = ['PRESETS', 'vgg_layer_names', 'gram', 'style_loss', 'content_loss', 'style_transfer', 'avg_pooling',
+__all__ = ['PRESETS', 'Styled', 'vgg_layer_names', 'gram', 'style_loss', 'content_loss', 'style_transfer', 'avg_pooling',
            'default_style_model']
 
 # %% ../nbs/09_style.ipynb #cb52a8eb
@@ -93,12 +94,12 @@ def _layer_names(model, content_layers, style_layers):
     except KeyError as e: raise KeyError(f"{e.args[0]} (VGG names this model has: {', '.join(list(names)[:12])} ...)") from None
 
 def _start(init, content, model, g):
-    "The image the optimisation starts from: the content, uniform noise or the image `init`"
+    "The image the optimisation starts from: the content image, uniform noise or the image `init`"
     if isinstance(init, str) and init == 'content': return content
     if init == 'noise': return torch.rand(content.shape, generator=g).to(model_device(model), model_dtype(model))
     if isinstance(init, str): raise ValueError(f"init is 'content', 'noise' or an image, got {init!r}")
     start = _image(init, 'init', model)
-    if start.shape != content.shape: raise ValueError(f"init has shape {tuple(start.shape)}, content {tuple(content.shape)}: the optimised image starts from init, so they must match")
+    if start.shape != content.shape: raise ValueError(f"init has shape {tuple(start.shape)}, x {tuple(content.shape)}: the optimised image starts from init, so they must match")
     return start
 
 def _loss(x, features, targets_c, targets_s, norm, content_weight, style_weight, tv_weight, history, last):
@@ -141,17 +142,19 @@ def _minimize(x, losses, history, last, optimizer, lr, steps, show_progress):
         # Adam's last update and L-BFGS's rejected line-search trials leave the last evaluation elsewhere: the history ends with the returned image
         if not torch.equal(x, last['x']): losses()
 
+Styled = namedtuple('Styled', 'image history')   # `return_history=True`: the image and the losses per evaluation
+
 @keeps_rng
-def style_transfer(content:Tensor, style:Tensor, model:nn.Module|None=None, preset='gatys', content_layers=None, style_layers=None,
+def style_transfer(model:nn.Module|None, x:Tensor, style:Tensor, *, preset='gatys', content_layers=None, style_layers=None,
                    style_weight=None, content_weight=None, tv_weight=0., steps=300, optimizer='lbfgs', lr=None, pooling='max',
                    init='content', preprocess='imagenet', show_progress=True, seed=None, return_history=False):
-    "Render `content` (C, H, W) in [0, 1] in the style of `style` with a conv backbone (VGG19 by default); see `PRESETS`"
+    "Render the content image `x` (C, H, W) in [0, 1] in the style of `style` with a conv backbone `model` (None: VGG19); see `PRESETS`"
     content_layers, style_layers, style_weight, content_weight, norm, steps = _settings(
         preset, content_layers, style_layers, style_weight, content_weight, optimizer, pooling, steps)
     model = unwrap_model(model) if model is not None else default_style_model().to(default_device())
-    squeeze = not (isinstance(content, Tensor) and content.ndim == 4)   # (C, H, W) in, (C, H, W) out; a PIL image or an array gives (C, H, W)
-    content, style = _image(content, 'content', model), _image(style, 'style', model)
-    if content.shape[1] != style.shape[1]: raise ValueError(f"content has {content.shape[1]} channels, style {style.shape[1]}: convert one")
+    squeeze = not (isinstance(x, Tensor) and x.ndim == 4)   # (C, H, W) in, (C, H, W) out; a PIL image or an array gives (C, H, W)
+    content, style = _image(x, 'x', model), _image(style, 'style', model)
+    if content.shape[1] != style.shape[1]: raise ValueError(f"x has {content.shape[1]} channels, style {style.shape[1]}: convert one")
     fm, c_names, s_names = _layer_names(model, content_layers, style_layers)
     prep = as_preprocess(preprocess)
     g = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -168,7 +171,7 @@ def style_transfer(content:Tensor, style:Tensor, model:nn.Module|None=None, pres
         _minimize(x, losses, history, last, optimizer, lr, steps, show_progress)
     out = x.detach().clone()
     out = out[0] if squeeze else out
-    return (out, history) if return_history else out
+    return Styled(out, history) if return_history else out
 
 # %% ../nbs/09_style.ipynb #571639ed
 @contextmanager

@@ -148,7 +148,7 @@ def _optvis(ctx):
     dream = deep_dream(model, photo, 'res', octaves=4, steps=8, seed=0, show_progress=False)
     with seeded(0): vgg = torchvision.models.vgg11().features.eval()      # random weights: no download
     content, style = ctx['photos'][1], ctx['photos'][2]
-    styled = style_transfer(content, style, vgg, preset='gatys', steps=40, show_progress=False)
+    styled = style_transfer(vgg, content, style, preset='gatys', steps=40, show_progress=False)
     fig = plt.figure(figsize=(12, 7))
     rows = fig.subfigures(3, 1, height_ratios=[1, 2, 1.9])
     for ax, im, k in zip(rows[0].subplots(1, 10), classes, range(10)): show_image(im, ax=ax, title=f'class {k}')

@@ -44,7 +44,7 @@ CASES = {
     'class_visualization': lambda m: D.class_visualization(m, [0, 1], size=16, steps=1, seed=0, show_progress=False),
     'channel_visualization': lambda m: D.channel_visualization(m, 'conv3', [0], size=16, steps=1, seed=0, show_progress=False),
     'invert_features': lambda m: D.invert_features(m, X[0], 'conv2', steps=1, seed=0, show_progress=False),
-    'style_transfer': lambda m: ST.style_transfer(X[0], X[1], m, content_layers=['conv2'], style_layers=['conv3'], steps=1, optimizer='adam',
+    'style_transfer': lambda m: ST.style_transfer(m, X[0], X[1], content_layers=['conv2'], style_layers=['conv3'], steps=1, optimizer='adam',
                                                   preprocess=None, show_progress=False, seed=0),
     'AttributionExplorer': lambda m: W.AttributionExplorer(m, X[:1]).compute(),
     'ChannelExplorer': lambda m: W.ChannelExplorer(m, size=16, steps=1).compute(),

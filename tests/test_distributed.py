@@ -37,7 +37,7 @@ SCRIPT = textwrap.dedent('''
     sampler = DistributedSampler(ds, shuffle=False) if W > 1 else None
     if mode == 'kill':                                                   # killed by the test while it runs
         open(f'pid-r{r}.txt', 'w').write(str(os.getpid()))               # torchrun's workers leave its process group
-        attribute_loader(slow_saliency, model, DataLoader(ds, batch_size=8, sampler=sampler), targets='label', out='resumed', show_progress=False)
+        attribute_loader(model, DataLoader(ds, batch_size=8, sampler=sampler), slow_saliency, targets='label', out='resumed', show_progress=False)
         sys.exit(0)
 
     class FakeTTY(io.StringIO):
@@ -59,7 +59,7 @@ SCRIPT = textwrap.dedent('''
             res['alone'] = [get_world_size(), all_gather_cat(t) is t, landscape2d(model, (x[:8], y[:8]), F.cross_entropy, (-1, 1), (-1, 1), 1., seed=0)[2].shape[0]]
     barrier()
 
-    attribute_loader(slow_saliency, model, DataLoader(ds, batch_size=8, sampler=sampler), targets='label', out='resumed', show_progress=False)
+    attribute_loader(model, DataLoader(ds, batch_size=8, sampler=sampler), slow_saliency, targets='label', out='resumed', show_progress=False)
 
     torch.manual_seed(0); other = digits_cnn(pretrained=False)
     sub = TensorDataset(x[:96], y[:96])
@@ -201,7 +201,7 @@ def test_attribute_loader_resumes_after_kill(run, tmp_path):
     assert (idx['world_size'], idx['n_examples'], len(maps)) == (2, 64, 8)
     per, batches = shards(64, 8)
     assert [b['indices'] for b in idx['batches']] == [list(range(r, 64, 2))[i:i + 8] for r in range(2) for i in range(0, 32, 8)]
-    ref = attribute_loader(saliency, MODEL, batches, targets='label', out=tmp_path / 'ref', show_progress=False)
+    ref = attribute_loader(MODEL, batches, saliency, targets='label', out=tmp_path / 'ref', show_progress=False)
     _, ref_maps = _maps(tmp_path / 'ref')
     assert [b['targets'] for b in idx['batches']] == [b['targets'] for b in ref['batches']]
     for a, b in zip(maps, ref_maps): np.testing.assert_array_equal(a, b)   # the same maps as one process over the same batches
@@ -217,7 +217,7 @@ def test_attribute_loader_single_process_resumes_after_kill(tmp_path):
         calls.append(len(x)); return saliency(model, x, target)
     calls = []
     ds = TensorDataset(X[:64], Y[:64])
-    idx = attribute_loader(slow_saliency, MODEL, DataLoader(ds, batch_size=8), targets='label', out=tmp_path / 'resumed', show_progress=False)
+    idx = attribute_loader(MODEL, DataLoader(ds, batch_size=8), slow_saliency, targets='label', out=tmp_path / 'resumed', show_progress=False)
     assert len(calls) == 8 - done and idx['n_examples'] == 64
-    attribute_loader(saliency, MODEL, DataLoader(ds, batch_size=8), targets='label', out=tmp_path / 'ref', show_progress=False)
+    attribute_loader(MODEL, DataLoader(ds, batch_size=8), saliency, targets='label', out=tmp_path / 'ref', show_progress=False)
     for a, b in zip(_maps(tmp_path / 'resumed')[1], _maps(tmp_path / 'ref')[1]): np.testing.assert_array_equal(a, b)

@@ -19,10 +19,10 @@ COUNTED = {'render', 'optimize', 'net_dreamer', 'class_visualization', 'channel_
            'random_scale', 'random_rotate', 'blank_input', 'resize_to'}
 TENSOR_HELPERS = {'decorrelate_colors', 'correlate_colors', 'total_variation', 'gram', 'style_loss', 'content_loss', 'feature_distance',
                   # the explorers' drawing helpers (tested in nbs/13_widgets.ipynb and the browser test)
-                  'colorbar_html', 'grid_image', 'matrix_image', 'overlay_map', 'patch_overlay', 'to_png', 'token_html',
+                  'colorbar_html', 'grid_image', 'matrix_image', 'overlay_map', 'patch_overlay', 'to_png',
                   'display_scale', 'explorer_layers'}
-OBJECTIVES = {'Objective', 'Run', 'objective_value', 'channel', 'neuron', 'layer', 'class_logit', 'class_prob', 'direction', 'diversity', 'tv', 'l1', 'l2'}
-NO_INPUT = {'COLOR_CORRELATION', 'Rendered', 'pad', 'compose', 'standard_transforms', 'frozen', 'generator',
+OBJECTIVES = {'Objective', 'Run', 'objective_value', 'channel', 'neuron', 'layer_activation', 'class_logit', 'class_prob', 'direction', 'diversity', 'tv', 'l1', 'l2'}
+NO_INPUT = {'COLOR_CORRELATION', 'Rendered', 'Dreamed', 'Styled', 'pad', 'compose', 'standard_transforms', 'frozen', 'generator',
             'check_layers', 'keep_size', 'PRESETS', 'CHANNEL_METHODS', 'vgg_layer_names', 'avg_pooling', 'default_style_model', 'LAYER_METHODS', 'fig_to_png'}
 
 def test_every_public_name_is_probed():
@@ -41,9 +41,9 @@ G = torch.Generator().manual_seed(1)
 ENTRIES = {
     'deep_dream': (DIGITS, lambda x: deep_dream(DIGITS, x, 'res', octaves=2, **KW), 'x', torch.rand(2, 1, 16, 16, generator=G), True),
     'invert_features': (DIGITS, lambda x: invert_features(DIGITS, x, 'conv2', **KW), 'x', torch.rand(2, 1, 16, 16, generator=G), True),
-    'style_transfer content': (NET, lambda x: style_transfer(x, STYLE, NET, **SKW), 'content', torch.rand(1, 3, 16, 16, generator=G), True),
-    'style_transfer style': (NET, lambda x: style_transfer(STYLE, x, NET, **SKW), 'style', torch.rand(1, 3, 16, 16, generator=G), True),
-    'style_transfer init': (NET, lambda x: style_transfer(STYLE, STYLE, NET, init=x, **SKW), 'init', torch.rand(1, 3, 16, 16, generator=G), True),
+    'style_transfer content': (NET, lambda x: style_transfer(NET, x, STYLE, **SKW), 'x', torch.rand(1, 3, 16, 16, generator=G), True),
+    'style_transfer style': (NET, lambda x: style_transfer(NET, STYLE, x, **SKW), 'style', torch.rand(1, 3, 16, 16, generator=G), True),
+    'style_transfer init': (NET, lambda x: style_transfer(NET, STYLE, STYLE, init=x, **SKW), 'init', torch.rand(1, 3, 16, 16, generator=G), True),
     'ImageParam.from_image': (None, lambda x: ImageParam.from_image(x)().detach(), 'image', torch.rand(2, 3, 16, 16, generator=G), True),
     'AttributionExplorer': (DIGITS, lambda x: AttributionExplorer(DIGITS, x).attr, 'x', torch.rand(1, 1, 16, 16, generator=G), False),
 }
@@ -206,9 +206,9 @@ REFUSALS = [
     ('channel_visualization [32]', lambda: channel_visualization(DIGITS, 'conv2', ks=[32], size=16, **KW), IndexError, "layer 'conv2' has 32 channels"),
     ('channel_visualization batch_size=0', lambda: channel_visualization(DIGITS, 'conv2', size=16, batch_size=0, **KW), ValueError, 'batch_size must be'),
     ('channel_visualization unknown layer', lambda: channel_visualization(DIGITS, 'conv9', size=16, **KW), KeyError, "closest: 'conv3'"),
-    ('style_transfer steps=0', lambda: style_transfer(STYLE, STYLE, NET, steps=0), ValueError, 'steps must be an integer >= 1'),
-    ('style_transfer unknown layer', lambda: style_transfer(STYLE, STYLE, NET, style_layers=['relu9_1']), KeyError, 'VGG names'),
-    ('style_transfer two styles', lambda: style_transfer(STYLE, STYLE.expand(2, 3, 16, 16), NET, **SKW), ValueError, 'style must be one image'),
+    ('style_transfer steps=0', lambda: style_transfer(NET, STYLE, STYLE, steps=0), ValueError, 'steps must be an integer >= 1'),
+    ('style_transfer unknown layer', lambda: style_transfer(NET, STYLE, STYLE, style_layers=['relu9_1']), KeyError, 'VGG names'),
+    ('style_transfer two styles', lambda: style_transfer(NET, STYLE, STYLE.expand(2, 3, 16, 16), **SKW), ValueError, 'style must be one image'),
     ('explorer target 10', lambda: AttributionExplorer(DIGITS, torch.rand(1, 1, 16, 16), target=10), IndexError, 'target 10 is out of range'),
     ('explorer target -1', lambda: AttributionExplorer(DIGITS, torch.rand(1, 1, 16, 16), target=-1), IndexError, 'target -1 is out of range'),
     ('explorer dict without logits', lambda: AttributionExplorer(NoLogits(), torch.rand(2, 1, 16, 16)), TypeError, "no 'logits': choose the scores with output="),

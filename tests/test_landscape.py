@@ -125,10 +125,10 @@ def test_empty_and_bad_counts_are_named(digits):
     for f in (lambda d: landscape1d(model, d, F.cross_entropy, show_progress=False),
               lambda d: landscape2d(model, d, F.cross_entropy, step_size=1, show_progress=False),
               lambda d: fourier_map(model, d, show_progress=False), lambda d: dataset_loss(model, d, F.cross_entropy)):
-        with pytest.raises(ValueError, match=r'data \(batch 0, x\) is empty'): f((x[:0], y[:0]))
-        with pytest.raises(ValueError, match=r'data \(batch 1, x\) holds NaN or infinite values \(at examples \[2\]\)'):
+        with pytest.raises(ValueError, match=r'loader \(batch 0, x\) is empty'): f((x[:0], y[:0]))
+        with pytest.raises(ValueError, match=r'loader \(batch 1, x\) holds NaN or infinite values \(at examples \[2\]\)'):
             bad = x[8:16].clone(); bad[2, 0, 5, 5] = float('inf'); f([(x[:8], y[:8]), (bad, y[8:16])])
-        with pytest.raises(TypeError, match=r'data \(batch 0, x\) must be floating point, got torch.uint8'): f(((x * 255).byte(), y))
+        with pytest.raises(TypeError, match=r'loader \(batch 0, x\) must be floating point, got torch.uint8'): f(((x * 255).byte(), y))
         with pytest.raises(ValueError, match='no batches'): f(iter([]))
     with pytest.raises(ValueError, match='batch_size must be an integer >= 1, got 0'): fourier_map(model, (x, y), batch_size=0)
     with pytest.raises(ValueError, match='max_freq must be an integer >= 0, got -1'): fourier_map(model, (x, y), max_freq=-1)
@@ -189,7 +189,7 @@ def test_dataset_loss_errors(digits_full):
 def test_direction_errors(digits_full):
     model = digits_full[0]
     d = random_direction(model, seed=0)
-    with pytest.raises(ValueError, match="normalize must be"): random_direction(model, normalize='filters')
+    with pytest.raises(ValueError, match="scale must be"): random_direction(model, scale='filters')
     with pytest.raises(ValueError, match='has no parameters'): random_direction(nn.ReLU())
     with pytest.raises(ValueError, match='16 parameters, the direction 2'): normalize_direction(d[:2], model)
 
@@ -208,8 +208,8 @@ def test_empty_batches_and_bad_grids_are_named(digits_full):
     model, x, y, data = digits_full
     xs_, ys_ = data
     snap = ModelSnapshot(model)
-    with pytest.raises(ValueError, match=r'data \(batch 0, x\) is empty'): landscape1d(model, (xs_[:0], ys_[:0]), F.cross_entropy, show_progress=False)
-    with pytest.raises(ValueError, match=r'data \(batch 0, x\) is empty'): landscape2d(model, [(xs_[:0], ys_[:0])], F.cross_entropy, show_progress=False)
+    with pytest.raises(ValueError, match=r'loader \(batch 0, x\) is empty'): landscape1d(model, (xs_[:0], ys_[:0]), F.cross_entropy, show_progress=False)
+    with pytest.raises(ValueError, match=r'loader \(batch 0, x\) is empty'): landscape2d(model, [(xs_[:0], ys_[:0])], F.cross_entropy, show_progress=False)
     with pytest.raises(ValueError, match='step_size must be a positive number'): landscape1d(model, data, F.cross_entropy, step_size=float('nan'))
     with pytest.raises(ValueError, match='finite low < high'): landscape1d(model, data, F.cross_entropy, x_range=(-1, math.inf))
     with pytest.raises(ValueError, match=r'NaN or infinite values \(tensors \[3\]\)'): landscape1d(model, data, F.cross_entropy, direction=[torch.full_like(p, float('nan')) if i == 3 else p.detach() for i, p in enumerate(model.parameters())])
@@ -227,10 +227,10 @@ def test_fourier_map_bad_sizes_and_counts_are_named(digits_full):
     "Not a ZeroDivisionError or an all-NaN map"
     model, x, y, _ = digits_full
     few = (x[:8], y[:8])
-    with pytest.raises(ValueError, match=r'data \(batch 0, x\) is empty'): fourier_map(model, (x[:0], y[:0]), show_progress=False)
+    with pytest.raises(ValueError, match=r'loader \(batch 0, x\) is empty'): fourier_map(model, (x[:0], y[:0]), show_progress=False)
     with pytest.raises(ValueError, match='batch_size must be an integer >= 1, got 0'): fourier_map(model, few, batch_size=0)
     with pytest.raises(ValueError, match='max_freq must be an integer >= 0, got -1'): fourier_map(model, few, max_freq=-1)
     with pytest.raises(ValueError, match='norm must be a positive number'): fourier_map(model, few, norm=float('nan'))
-    with pytest.raises(ValueError, match=r'data \(batch 0, x\) holds NaN'): fourier_map(model, (x[:2].clone().fill_(float('nan')), y[:2]), max_freq=1, show_progress=False)
+    with pytest.raises(ValueError, match=r'loader \(batch 0, x\) holds NaN'): fourier_map(model, (x[:2].clone().fill_(float('nan')), y[:2]), max_freq=1, show_progress=False)
     with pytest.raises(ValueError, match=r'every image must be \(32, 32\)'): fourier_map(model, [(x[:2], y[:2]), (x[:2, :, :16, :16], y[:2])], max_freq=1, show_progress=False)
     with pytest.raises(ValueError, match=r'class indices y of shape \(2,\)'): fourier_map(model, (x[:2], F.one_hot(y[:2], 10)), max_freq=1, show_progress=False)

@@ -88,7 +88,7 @@ torch.manual_seed(0)
 net = nn.Sequential(*[m for k in range(3) for m in (nn.Conv2d(3 if k == 0 else 8, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))][:-1]).eval()
 c, s = torch.rand(3, 16, 16), torch.rand(3, 16, 16)
 for opt in ('lbfgs', 'adam'):
-    style_transfer(c, s, net, content_layers=['relu2_1'], style_layers=['relu1_1', 'relu2_1'], steps=3, optimizer=opt)
+    style_transfer(net, c, s, content_layers=['relu2_1'], style_layers=['relu1_1', 'relu2_1'], steps=3, optimizer=opt)
 m = digits_cnn()
 render(m, channel('conv2', 1), size=16, steps=3, transforms=[jitter(2)])
 deep_dream(m, torch.rand(1, 1, 16, 16), 'res', octaves=2, steps=2)

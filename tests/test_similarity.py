@@ -347,17 +347,17 @@ def test_layer_call_index_is_honoured_and_ambiguity_refused(digits_batches):
     m, x = digits_cnn(), digits_batches[0][0]
     with torch.no_grad(), FlatModel(m).record('res.relu') as r: m(x)
     a, b = r['res.relu:1'].flatten(1).double().numpy(), r['res.relu:2'].flatten(1).double().numpy()
-    v = layer_similarity(m, 'res.relu:1', m, 'res.relu:2', x)
+    v = layer_similarity(m, m, x, 'res.relu:1', 'res.relu:2')
     assert abs(float(v) - ref_linear_cka(np_center(a), np_center(b))) < 1e-5 and v < 0.99
     res = compare_models(m, m, [x], ['res.relu:2'], ['res.relu:1', 'conv3'], measure='linear_cka', show_progress=False)
     assert res.layers1 == ['res.relu:2'] and res.layers2 == ['res.relu:1', 'conv3']
     assert abs(res['res.relu:2', 'res.relu:1'] - float(v)) < 1e-5
-    with pytest.raises(ValueError, match=r'layer1 names 2 layers \(stem, conv3\)'): layer_similarity(m, ['stem', 'conv3'], m, 'conv3', x)
-    with pytest.raises(ValueError, match=r'layer2 names 2 layers \(stem.2, res.relu\)'): layer_similarity(m, 'conv3', m, 'relu', x)
-    with pytest.raises(KeyError, match='ran 2 times'): layer_similarity(m, 'res.relu', m, 'conv3', x)
-    with pytest.raises(KeyError, match="no call 3"): layer_similarity(m, 'res.relu:3', m, 'conv3', x)
+    with pytest.raises(ValueError, match=r'layer1 names 2 layers \(stem, conv3\)'): layer_similarity(m, m, x, ['stem', 'conv3'], 'conv3')
+    with pytest.raises(ValueError, match=r'layer2 names 2 layers \(stem.2, res.relu\)'): layer_similarity(m, m, x, 'conv3', 'relu')
+    with pytest.raises(KeyError, match='ran 2 times'): layer_similarity(m, m, x, 'res.relu', 'conv3')
+    with pytest.raises(KeyError, match="no call 3"): layer_similarity(m, m, x, 'res.relu:3', 'conv3')
     # measure='cka' is the estimator compare_models streams; on one batch, unbiased_cka
-    c = layer_similarity(m, 'res.relu:1', m, 'res.relu:2', x, measure='cka')
+    c = layer_similarity(m, m, x, 'res.relu:1', 'res.relu:2', measure='cka')
     assert abs(float(c) - ref_unbiased_cka(np_center(a), np_center(b))) < 1e-5
     assert abs(compare_models(m, m, [x], ['res.relu:1'], ['res.relu:2'], show_progress=False).matrix.item() - float(c)) < 1e-5
     assert hook_count(m) == 0
@@ -389,7 +389,7 @@ def test_compare_models_train_mode_dtypes_and_bad_batches(digits_batches):
 def test_first_dimension_must_be_the_batch():
     "An unbatched image (conv2d accepts (C, H, W)) or a sequence-first layer would make channels or tokens the examples"
     m, x = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 8, 3)), torch.rand(1, 32, 32)
-    with pytest.raises(ValueError, match=r"layer1: layer '2' outputs shape \(8, 28, 28\) for a batch of 1: its first dimension is not the examples"): layer_similarity(m, '2', m, '0', x)
+    with pytest.raises(ValueError, match=r"layer1: layer '2' outputs shape \(8, 28, 28\) for a batch of 1: its first dimension is not the examples"): layer_similarity(m, m, x, '2', '0')
     class SeqFirst(nn.Module):                                       # as OpenAI's CLIP: (N, T, D) in, (T, N, D) inside
         def __init__(self):
             super().__init__(); self.block = nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, batch_first=False)
@@ -458,12 +458,12 @@ def test_loaders_of_different_lengths_and_unknown_layers(model):
 
 def test_layer_similarity_errors(model):
     xt = digits_data('test')[0][:100]
-    with pytest.raises(ValueError, match='layer2 names 5 layers'): layer_similarity(model, 'conv3', model, nn.Conv2d, xt)
-    with pytest.raises(KeyError, match="ran 2 times: ask for 'res.relu:1', 'res.relu:2'"): layer_similarity(model, 'res.relu', model, 'conv3', xt)
-    with pytest.raises(KeyError, match="closest: 'conv3'"): layer_similarity(model, 'conv33', model, 'conv3', xt)
-    with pytest.raises(ValueError, match=r'x holds NaN or infinite values \(at examples \[0\]\)'): layer_similarity(model, 'conv3', model, 'conv3', xt.clone().index_fill_(0, torch.tensor([0]), float('nan')))
-    with pytest.raises(ValueError, match='need at least 2 examples, got 1'): layer_similarity(model, 'conv3', model, 'conv2', xt[:1])
-    with pytest.raises(TypeError, match='x2 must be a torch.Tensor'): layer_similarity(model, 'conv3', model, 'conv3', xt, x2=xt.numpy())
+    with pytest.raises(ValueError, match='layer2 names 5 layers'): layer_similarity(model, model, xt, 'conv3', nn.Conv2d)
+    with pytest.raises(KeyError, match="ran 2 times: ask for 'res.relu:1', 'res.relu:2'"): layer_similarity(model, model, xt, 'res.relu', 'conv3')
+    with pytest.raises(KeyError, match="closest: 'conv3'"): layer_similarity(model, model, xt, 'conv33', 'conv3')
+    with pytest.raises(ValueError, match=r'x holds NaN or infinite values \(at examples \[0\]\)'): layer_similarity(model, model, xt.clone().index_fill_(0, torch.tensor([0]), float('nan')), 'conv3', 'conv3')
+    with pytest.raises(ValueError, match='need at least 2 examples, got 1'): layer_similarity(model, model, xt[:1], 'conv3', 'conv2')
+    with pytest.raises(TypeError, match='x2 must be a torch.Tensor'): layer_similarity(model, model, xt, 'conv3', 'conv3', x2=xt.numpy())
     assert hook_count(model) == 0
 
 # ---- the models users bring: random-init timm and Hugging Face models; landscapes and fourier_map on them too ----
@@ -530,7 +530,7 @@ def test_bert_other_measures_and_layer_similarity_take_dicts():
     assert abs(compare_models(m, m, batches, ['bert.encoder.layer.1.output'], ['classifier'], show_progress=False).matrix.item() - want) < 1e-5
     lin = compare_models(m, m, batches, ['bert.encoder.layer.1.output'], ['classifier'], measure='linear_cka', show_progress=False).matrix.item()
     assert abs(lin - linear_cka(f['bert.encoder.layer.1.output'], f['classifier']).item()) < 1e-5
-    assert abs(layer_similarity(m, 'bert.encoder.layer.1.output', m, 'classifier', x).item() - lin) < 1e-5
+    assert abs(layer_similarity(m, m, x, 'bert.encoder.layer.1.output', 'classifier').item() - lin) < 1e-5
 
 def test_position_embeddings_are_refused_by_name():
     m = bert()
@@ -651,7 +651,7 @@ def test_landscape1d_on_bert_dict_batches():
         assert abs(dataset_loss(m, batches).item() - loss_at(m).item()) < 1e-6
         no_mask = dataset_loss(m, [({'input_ids': b['input_ids']}, b['labels']) for b in batches])
     assert abs(no_mask.item() - loss_at(m).item()) > 1e-3, 'the mask reaches the model'
-    with pytest.raises(ValueError, match=r"data \(batch 0\) is a dict with keys \['input_ids', 'attention_mask'\] and no 'labels'"):
+    with pytest.raises(ValueError, match=r"loader \(batch 0\) is a dict with keys \['input_ids', 'attention_mask'\] and no 'labels'"):
         dataset_loss(m, [{k: v for k, v in b.items() if k != 'labels'} for b in batches])
 
 def test_landscape1d_on_gpt2_token_ids():
