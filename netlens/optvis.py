@@ -386,7 +386,9 @@ def optimize(model:nn.Module, objective:Objective, param:nn.Module, *, transform
              steps=512, thresholds=None, show_progress=True, seed=None, output=None):
     "Maximise `objective` over the images `param()` makes: the loop behind `render` and the dream functions; `output` selects the scores (`model_output`)"
     model = unwrap_model(model)
-    if not isinstance(objective, Objective): raise TypeError(f"objective must be an Objective (channel(...), class_logit(...) ...), got {type(objective).__name__}")
+    if not isinstance(objective, Objective):
+        lucent = f": Lucent's {objective!r} is channel({objective.rpartition(':')[0]!r}, {objective.rpartition(':')[2]}) here ('name:k' names the k-th call of a module)" if isinstance(objective, str) and ':' in objective else ''
+        raise TypeError(f"objective must be an Objective (channel(...), class_logit(...) ...), got {type(objective).__name__}{lucent}")
     steps = check_count(steps, 'steps')
     _check_takes_images(model)
     fm = FlatModel(model)

@@ -161,9 +161,7 @@ def test_model_in_train_mode_is_restored(entry):
     model.train()
     try:
         if hasattr(model, 'res'): model.res.bn1.eval()                       # mixed modes, each restored
-        if image: torch.testing.assert_close(valid_output(guarded(model, lambda: call(x)), image), ref)   # run in eval mode
-        else:                                                                # attributions keep the mode the user chose, and say so
-            with pytest.warns(UserWarning, match='train mode'): valid_output(guarded(model, lambda: call(x)))
+        torch.testing.assert_close(valid_output(guarded(model, lambda: call(x)), image), ref)   # run in eval mode, every flag restored (the mode policy, 00a)
     finally: model.eval()
 
 # counts, sizes, indices and model outputs of the functions without an image argument
