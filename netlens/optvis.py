@@ -72,6 +72,7 @@ class ImageParam(nn.Module):
         image = as_images(image, 'image').detach()
         n, c, h, w = image.shape
         p = cls((h, w), c, n, fft=fft, decorrelate=decorrelate, valid=valid, device=image.device)
+        image = image.to(p.weight.dtype)       # in the parameter's dtype first: float16 pixels are exact in float32, their difference from 0.5 is not in float16
         with torch.no_grad():
             x = torch.logit(image.clamp(1e-4, 1 - 1e-4)) if valid == 'sigmoid' else image - 0.5
             if p.decorrelate: x = correlate_colors(x)

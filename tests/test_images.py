@@ -109,13 +109,10 @@ def test_8bit_and_pil_are_the_same_image(entry):
         torch.testing.assert_close(guarded(model, lambda: call(pil)).reshape(ref.shape), ref, atol=1e-6, rtol=0)
 
 @pytest.mark.parametrize('dtype', [torch.float16, torch.float64])
-def test_other_float_dtypes(entry, dtype, request):
+def test_other_float_dtypes(entry, dtype):
     """Another float dtype is the same image: it is converted to the model's dtype (float32) at the door, so the result equals,
     exactly, the result on the same values given in float32 (for float64: on `x` itself, which float64 holds exactly)"""
     model, call, name, x, image = entry
-    if model is None and dtype == torch.float16:
-        request.applymarker(pytest.mark.xfail(strict=True, reason='ImageParam.from_image subtracts 0.5 in the image\'s dtype: '
-            'float16 rounds the pixels by up to 2**-13 (its docstring says "exactly"); cast to the parameter\'s dtype first'))
     out = valid_output(guarded(model, lambda: call(x.to(dtype))), image)
     torch.testing.assert_close(out, guarded(model, lambda: call(x.to(dtype).float())), rtol=0, atol=0)
 
