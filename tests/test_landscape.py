@@ -1,7 +1,10 @@
 """netlens.landscape (nbs/11_landscape.ipynb): loss landscapes and Fourier heat maps against float64 references written
-here, on the digits model and a perturbed resnet18; any iterable of batches; bad input gets an error that names it, not a
-ZeroDivisionError or an all-NaN map, and the model is left as it was."""
+here, on the digits model, a perturbed resnet18 and the models users bring (random-init Hugging Face models: the loss
+evaluated by hand at the same points of parameter space); any iterable of batches; bad input gets an error that names it,
+not a ZeroDivisionError or an all-NaN map, and the model is left as it was."""
+from copy import deepcopy
 import pytest, torch, torch.nn as nn, torch.nn.functional as F, torchvision
+import tiny_models as tiny
 from torch.func import functional_call
 from conftest import perturbed
 from netlens.data import digits_cnn, digits_data
@@ -234,3 +237,57 @@ def test_fourier_map_bad_sizes_and_counts_are_named(digits_full):
     with pytest.raises(ValueError, match=r'loader \(batch 0, x\) holds NaN'): fourier_map(model, (x[:2].clone().fill_(float('nan')), y[:2]), max_freq=1, show_progress=False)
     with pytest.raises(ValueError, match=r'every image must be \(32, 32\)'): fourier_map(model, [(x[:2], y[:2]), (x[:2, :, :16, :16], y[:2])], max_freq=1, show_progress=False)
     with pytest.raises(ValueError, match=r'class indices y of shape \(2,\)'): fourier_map(model, (x[:2], F.one_hot(y[:2], 10)), max_freq=1, show_progress=False)
+
+# ---- the models users bring: random-init Hugging Face models (a ViT's ModelOutput, BERT's dict batches, GPT-2's token ids) ----
+def _hand_landscape(model, xs, d, loss_at):
+    "The loss at θ0 + a·d for each a, on a copy of the model"
+    m = deepcopy(model)
+    ps, p0 = list(m.parameters()), [p.detach().clone() for p in model.parameters()]
+    out = []
+    with torch.no_grad():
+        for a in xs.tolist():
+            for p, q, di in zip(ps, p0, d): p.copy_(q + a * di)
+            out.append(loss_at(m))
+    return torch.stack(out)
+
+def test_landscape1d_on_hf_vit_model_output():
+    m, x, y = tiny.hf_vit(), torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    snap = ModelSnapshot(m)
+    d = random_direction(m, seed=0)
+    xs, ls = landscape1d(m, (x, y), F.cross_entropy, step_size=0.5, direction=d, show_progress=False)
+    want = _hand_landscape(m, xs, d, lambda mm: F.cross_entropy(mm(pixel_values=x).logits, y))
+    torch.testing.assert_close(ls, want, rtol=1e-5, atol=1e-6)
+    assert torch.equal(landscape1d(m, (x, y), step_size=0.5, direction=d, show_progress=False)[1], ls)                # default loss
+    assert torch.equal(landscape1d(m, ({'pixel_values': x}, y), step_size=0.5, direction=d, show_progress=False)[1], ls)   # x a dict
+    assert snap.diff(m) == []
+    ref = fourier_map(lambda t: m(t).logits, (x, y), max_freq=1, show_progress=False)
+    assert torch.equal(fourier_map(m, (x, y), max_freq=1, show_progress=False).nan_to_num(-1), ref.nan_to_num(-1))
+    assert torch.equal(fourier_map(m, (x, y), max_freq=1, output='logits', show_progress=False).nan_to_num(-1), ref.nan_to_num(-1))
+
+def test_landscape1d_on_bert_dict_batches():
+    m, batches = tiny.hf_bert(), tiny.text_batches()
+    with torch.no_grad(): m.classifier.weight.mul_(100)                   # a random BERT's logits are near 0: make the loss tell inputs apart
+    d = random_direction(m, seed=1)
+    xs, ls = landscape1d(m, batches, step_size=0.5, direction=d, show_progress=False)
+    def loss_at(mm):
+        tot = sum(F.cross_entropy(mm(input_ids=b['input_ids'], attention_mask=b['attention_mask']).logits, b['labels']) * len(b['labels']) for b in batches)
+        return tot / sum(len(b['labels']) for b in batches)
+    torch.testing.assert_close(ls, _hand_landscape(m, xs, d, loss_at), rtol=1e-5, atol=1e-6)
+    pairs = [({k: v for k, v in b.items() if k != 'labels'}, b['labels']) for b in batches]          # (x, y) with x a dict
+    assert torch.equal(landscape1d(m, pairs, F.cross_entropy, step_size=0.5, direction=d, show_progress=False)[1], ls)
+    with torch.no_grad():
+        assert abs(dataset_loss(m, batches).item() - loss_at(m).item()) < 1e-6
+        no_mask = dataset_loss(m, [({'input_ids': b['input_ids']}, b['labels']) for b in batches])
+    assert abs(no_mask.item() - loss_at(m).item()) > 1e-3, 'the mask reaches the model'
+    with pytest.raises(ValueError, match=r"loader \(batch 0\) is a dict with keys \['input_ids', 'attention_mask'\] and no 'labels'"):
+        dataset_loss(m, [{k: v for k, v in b.items() if k != 'labels'} for b in batches])
+
+def test_landscape1d_on_gpt2_token_ids():
+    m = tiny.hf_gpt2()
+    ids, y = torch.randint(0, 100, (4, 7), generator=torch.Generator().manual_seed(0)), torch.tensor([3, 5, 7, 9])
+    last = lambda o: o.logits[:, -1]
+    d = random_direction(m, seed=2)
+    xs, ls = landscape1d(m, (ids, y), step_size=0.5, direction=d, output=last, show_progress=False)
+    torch.testing.assert_close(ls, _hand_landscape(m, xs, d, lambda mm: F.cross_entropy(mm(ids).logits[:, -1], y)), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"scores must be scores \(N, classes\), got shape \(4, 7, 100\).*output="):
+        dataset_loss(m, (ids, y))

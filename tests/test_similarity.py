@@ -1,9 +1,8 @@
 """Similarity measures against float64 numpy implementations of the papers' formulas written here (not netlens' code
 path), against torch_cka's minibatch CKA on the same batches, invariances as property tests, and degenerate data; bad input
-gets an error that names it, with no hook left behind. compare_models, as_features, landscapes and fourier_map on the models
-users bring (random-init timm and Hugging Face models from small configs): features captured with plain forward hooks from
-`model(**batch)` and a float64 minibatch CKA written here; maps permuted and pooled by hand; the loss evaluated by hand at the
-same points of parameter space."""
+gets an error that names it, with no hook left behind. compare_models and as_features on the models users bring (random-init
+timm and Hugging Face models from small configs): features captured with plain forward hooks from `model(**batch)` and a
+float64 minibatch CKA written here; maps permuted and pooled by hand."""
 from copy import deepcopy
 import warnings
 import numpy as np, pytest, torch, torch.nn as nn, torch.nn.functional as F, torchvision
@@ -16,7 +15,6 @@ from netlens.similarity import (linear_cka, kernel_cka, unbiased_cka, cca, svcca
                                 layer_similarity, rbf_gram, unbiased_hsic)
 from netlens.data import digits_cnn, digits_data, digits_loader
 from netlens.hooks import hook_count, ModelSnapshot
-from netlens.landscape import landscape1d, dataset_loss, random_direction, fourier_map
 
 rng = np.random.default_rng(0)
 X = rng.standard_normal((60, 12))
@@ -466,19 +464,8 @@ def test_layer_similarity_errors(model):
     with pytest.raises(TypeError, match='x2 must be a torch.Tensor'): layer_similarity(model, model, xt, 'conv3', 'conv3', x2=xt.numpy())
     assert hook_count(model) == 0
 
-# ---- the models users bring: random-init timm and Hugging Face models; landscapes and fourier_map on them too ----
+# ---- the models users bring: random-init timm and Hugging Face models ----
 bert, hf_vit, swin = tiny.hf_bert, tiny.hf_vit, tiny.timm_swin
-
-def text_batches(pad=True, n=(8, 6), T=9, seed=0):
-    "Hugging Face batches: every other sentence padded after 5 tokens (pad id 0, mask 0), with labels"
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for b in n:
-        ids = torch.randint(1, 100, (b, T), generator=g)
-        mask = torch.ones_like(ids)
-        if pad: mask[::2, 5:] = 0; ids[mask == 0] = 0
-        out.append({'input_ids': ids, 'attention_mask': mask, 'labels': torch.randint(0, 3, (b,), generator=g)})
-    return out
 
 def hooked_features(model, names, batch):
     "Each named module's output from `model(**batch)`, captured with plain forward hooks, flattened, in float64"
@@ -505,7 +492,7 @@ def minibatch_cka64(feats, layers1, layers2):
 LAYERS = ['bert.embeddings', 'bert.encoder.layer.0.output', 'bert.encoder.layer.1.output', 'bert.pooler', 'classifier']
 
 def test_bert_padded_batches_pass_the_mask():
-    m, batches = bert(), text_batches()
+    m, batches = bert(), tiny.text_batches()
     snap = ModelSnapshot(m)
     res = compare_models(m, m, batches, LAYERS, LAYERS, show_progress=False)
     inputs = [{k: v for k, v in b.items() if k != 'labels'} for b in batches]
@@ -523,7 +510,7 @@ def test_bert_padded_batches_pass_the_mask():
     with pytest.raises(ValueError, match='not both'): compare_models(m, m, batches, LAYERS, inputs=['input_ids'], input_key='input_ids', show_progress=False)
 
 def test_bert_other_measures_and_layer_similarity_take_dicts():
-    m, batches = bert(), text_batches(n=(14,))
+    m, batches = bert(), tiny.text_batches(n=(14,))
     x = {k: v for k, v in batches[0].items() if k != 'labels'}
     f = hooked_features(m, ['bert.encoder.layer.1.output', 'classifier'], x)
     want = unbiased_cka(f['bert.encoder.layer.1.output'], f['classifier']).item()
@@ -535,10 +522,10 @@ def test_bert_other_measures_and_layer_similarity_take_dicts():
 def test_position_embeddings_are_refused_by_name():
     m = bert()
     with pytest.raises(ValueError, match=r"model 1: layer 'bert.embeddings.position_embeddings' outputs shape \(1, 9, 32\) for a batch of 8: its first dimension is not the examples"):
-        compare_models(m, m, text_batches(), ['bert.embeddings.position_embeddings'], ['classifier'], show_progress=False)
+        compare_models(m, m, tiny.text_batches(), ['bert.embeddings.position_embeddings'], ['classifier'], show_progress=False)
     gpt2 = tiny.hf_gpt2()
     with pytest.raises(ValueError, match=r"layer 'transformer.wpe' outputs shape \(1, 9, 32\) for a batch of 8"):
-        compare_models(gpt2, gpt2, [{k: v for k, v in b.items() if k != 'labels'} for b in text_batches()], show_progress=False)   # every leaf layer that ran
+        compare_models(gpt2, gpt2, [{k: v for k, v in b.items() if k != 'labels'} for b in tiny.text_batches()], show_progress=False)   # every leaf layer that ran
     assert hook_count(gpt2) == 0
 
 def test_swin_window_attention_is_refused_by_name():
@@ -610,56 +597,3 @@ def test_resnet50_zero_init_bn3_gives_nan_rows_and_one_warning():
     assert len(nan_rows) == 16 and all(k.endswith('bn3') for k in nan_rows)
     assert not full.matrix[[i for i, k in enumerate(full.layers1) if not k.endswith('bn3')]][:, [i for i, k in enumerate(full.layers2) if not k.endswith('bn3')]].isnan().any()
     assert hook_count(m) == 0
-
-def _hand_landscape(model, xs, d, loss_at):
-    "The loss at θ0 + a·d for each a, on a copy of the model"
-    m = deepcopy(model)
-    ps, p0 = list(m.parameters()), [p.detach().clone() for p in model.parameters()]
-    out = []
-    with torch.no_grad():
-        for a in xs.tolist():
-            for p, q, di in zip(ps, p0, d): p.copy_(q + a * di)
-            out.append(loss_at(m))
-    return torch.stack(out)
-
-def test_landscape1d_on_hf_vit_model_output():
-    m, x, y = hf_vit(), torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
-    snap = ModelSnapshot(m)
-    d = random_direction(m, seed=0)
-    xs, ls = landscape1d(m, (x, y), F.cross_entropy, step_size=0.5, direction=d, show_progress=False)
-    want = _hand_landscape(m, xs, d, lambda mm: F.cross_entropy(mm(pixel_values=x).logits, y))
-    torch.testing.assert_close(ls, want, rtol=1e-5, atol=1e-6)
-    assert torch.equal(landscape1d(m, (x, y), step_size=0.5, direction=d, show_progress=False)[1], ls)                # default loss
-    assert torch.equal(landscape1d(m, ({'pixel_values': x}, y), step_size=0.5, direction=d, show_progress=False)[1], ls)   # x a dict
-    assert snap.diff(m) == []
-    ref = fourier_map(lambda t: m(t).logits, (x, y), max_freq=1, show_progress=False)
-    assert torch.equal(fourier_map(m, (x, y), max_freq=1, show_progress=False).nan_to_num(-1), ref.nan_to_num(-1))
-    assert torch.equal(fourier_map(m, (x, y), max_freq=1, output='logits', show_progress=False).nan_to_num(-1), ref.nan_to_num(-1))
-
-def test_landscape1d_on_bert_dict_batches():
-    m, batches = bert(), text_batches()
-    with torch.no_grad(): m.classifier.weight.mul_(100)                   # a random BERT's logits are near 0: make the loss tell inputs apart
-    d = random_direction(m, seed=1)
-    xs, ls = landscape1d(m, batches, step_size=0.5, direction=d, show_progress=False)
-    def loss_at(mm):
-        tot = sum(F.cross_entropy(mm(input_ids=b['input_ids'], attention_mask=b['attention_mask']).logits, b['labels']) * len(b['labels']) for b in batches)
-        return tot / sum(len(b['labels']) for b in batches)
-    torch.testing.assert_close(ls, _hand_landscape(m, xs, d, loss_at), rtol=1e-5, atol=1e-6)
-    pairs = [({k: v for k, v in b.items() if k != 'labels'}, b['labels']) for b in batches]          # (x, y) with x a dict
-    assert torch.equal(landscape1d(m, pairs, F.cross_entropy, step_size=0.5, direction=d, show_progress=False)[1], ls)
-    with torch.no_grad():
-        assert abs(dataset_loss(m, batches).item() - loss_at(m).item()) < 1e-6
-        no_mask = dataset_loss(m, [({'input_ids': b['input_ids']}, b['labels']) for b in batches])
-    assert abs(no_mask.item() - loss_at(m).item()) > 1e-3, 'the mask reaches the model'
-    with pytest.raises(ValueError, match=r"loader \(batch 0\) is a dict with keys \['input_ids', 'attention_mask'\] and no 'labels'"):
-        dataset_loss(m, [{k: v for k, v in b.items() if k != 'labels'} for b in batches])
-
-def test_landscape1d_on_gpt2_token_ids():
-    m = tiny.hf_gpt2()
-    ids, y = torch.randint(0, 100, (4, 7), generator=torch.Generator().manual_seed(0)), torch.tensor([3, 5, 7, 9])
-    last = lambda o: o.logits[:, -1]
-    d = random_direction(m, seed=2)
-    xs, ls = landscape1d(m, (ids, y), step_size=0.5, direction=d, output=last, show_progress=False)
-    torch.testing.assert_close(ls, _hand_landscape(m, xs, d, lambda mm: F.cross_entropy(mm(ids).logits[:, -1], y)), rtol=1e-5, atol=1e-6)
-    with pytest.raises(ValueError, match=r"scores must be scores \(N, classes\), got shape \(4, 7, 100\).*output="):
-        dataset_loss(m, (ids, y))

@@ -29,3 +29,14 @@ def hf_bert(cls=transformers.BertForSequenceClassification, **cfg):
 
 def hf_gpt2(cls=transformers.GPT2LMHeadModel, **cfg):
     return _hf(cls, transformers.GPT2Config, dict(n_embd=32, n_layer=2, n_head=2, vocab_size=100), cfg)
+
+def text_batches(pad=True, n=(8, 6), T=9, seed=0):
+    "Hugging Face batches: every other sentence padded after 5 tokens (pad id 0, mask 0), with labels"
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for b in n:
+        ids = torch.randint(1, 100, (b, T), generator=g)
+        mask = torch.ones_like(ids)
+        if pad: mask[::2, 5:] = 0; ids[mask == 0] = 0
+        out.append({'input_ids': ids, 'attention_mask': mask, 'labels': torch.randint(0, 3, (b,), generator=g)})
+    return out
