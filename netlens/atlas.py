@@ -340,8 +340,7 @@ def _channels(top, channels, max_channels=8) -> list:
 def feature_atlas(model:nn.Module, loader, layer, channels=None, k:int=6, *,
                   lowest=True,          # also the k examples on which each channel is lowest
                   reduce='max',         # how a map is ranked: 'max' or 'mean' over its positions
-                  render=False,         # a first column with each channel's optimised image (netlens.optvis.render)
-                  render_steps=64,
+                  render_steps:int|None=None,   # steps of a first column with each channel's optimised image (netlens.optvis.render); None: no such column
                   top=None,             # a `TopActivations` of `layer` already computed (then `k`, `lowest`, `reduce` are its own)
                   input_key=None, layout=None, size=1.0, cmap='gray', show_progress=False):
     "A figure with a row per channel of `layer` in `channels`: (its render,) its top-`k` examples of `loader` cropped around where it peaks, and its lowest `k`"
@@ -353,7 +352,7 @@ def feature_atlas(model:nn.Module, loader, layer, channels=None, k:int=6, *,
     chs = _channels(top, channels)
     idx = [top.indices[chs]] + ([top.lowest_indices[chs]] if top.lowest_indices is not None else [])
     ex = dataset_examples(model, loader, torch.cat(idx, 1).flatten().tolist(), input_key)
-    renders = _renders(model, top.layer, chs, tuple(next(iter(ex.values())).shape[1:]), render_steps) if render else None
+    renders = _renders(model, top.layer, chs, tuple(next(iter(ex.values())).shape[1:]), render_steps) if render_steps is not None else None
     return _draw_rows(model, top, ex, chs, renders, size, cmap)
 
 # %% ../nbs/16_atlas.ipynb #b8704291
