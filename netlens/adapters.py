@@ -417,12 +417,15 @@ def feature_layout(model:nn.Module, layer:str, t:Tensor, layout=None, n:int|None
 
 # %% ../nbs/00a_adapters.ipynb #d6a97ade
 def channels_first(t:Tensor, layout:Layout) -> Tensor:
-    "`t` as (N, C, *positions): channels-last moved first, prefix tokens dropped, patch tokens on their grid (h, w), other tokens a sequence"
+    "`t` as (N, C, *positions): channels-last moved first; tokens (N, T, D) with the prefix tokens dropped, the patches on their grid (h, w), other tokens a sequence (N, D, T)"
     if layout.kind == 'nchw' or t.ndim <= 2: return t
     if layout.kind == 'nhwc': return t.movedim(-1, 1)
     if t.ndim != 3: raise ValueError(f"tokens must have shape (N, T, D), got {tuple(t.shape)}")
     t = t[:, layout.prefix:].transpose(1, 2)
-    return t if layout.grid is None else t.reshape(*t.shape[:2], *layout.grid)
+    if layout.grid is None: return t
+    h, w = layout.grid
+    if h * w != t.shape[-1]: raise ValueError(f"{t.shape[-1] + layout.prefix} tokens less {layout.prefix} prefix token(s) do not fill a {h}x{w} grid: pass the model's prefix and grid, Layout('tokens', prefix=k, grid=(h, w))")
+    return t.reshape(*t.shape[:2], h, w)
 
 def as_maps(t:Tensor, layout:Layout, layer='the layer') -> Tensor:
     "`t` as maps (N, C, h, w) (`channels_first`), else an error saying why the layer has no map and what to do"
@@ -589,11 +592,9 @@ def check_inputs(model, x, ids=False, who=None):
     return out
 
 def check_call(model, x, ids=False, who:str|None=None) -> tuple:
-    "What every attribution entry point starts with: the module behind `model`'s wrappers, `x` checked and detached (`check_inputs`), the train-mode warning"
+    "What every attribution entry point starts with: the module behind `model`'s wrappers, `x` checked and detached (`check_inputs`)"
     model = unwrap_model(model)
-    x = check_inputs(model, x, ids, who)
-    warn_if_training(model, stacklevel=4)   # the warning points at the caller's line
-    return model, x
+    return model, check_inputs(model, x, ids, who)
 
 def check_result(a:Tensor, what:str) -> Tensor:
     "`a` (one row per example) if finite, else an error naming the examples"

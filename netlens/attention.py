@@ -10,12 +10,13 @@ import math
 from collections.abc import Mapping
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
+from .core import eval_mode, keep_buffers
 from .trace import log_forward_pass, fill_refs
-from .adapters import check_module, unwrap_model, to_model_inputs, num_prefix_tokens, token_grid, warn_if_training, check_tensor, check_index, split_call
+from .adapters import check_module, unwrap_model, to_model_inputs, num_prefix_tokens, token_grid, check_tensor, check_index, split_call, Layout, channels_first, call_model
 
 # %% auto #0
-__all__ = ['FUSIONS', 'sdpa_weights', 'fuse_heads', 'attention_maps', 'show_attention', 'attention_rollout', 'attention_flow',
-           'token_layout', 'rollout_map', 'show_rollout', 'show_token_scores']
+__all__ = ['FUSIONS', 'sdpa_weights', 'fuse_heads', 'attention_maps', 'show_attention', 'attention_layers', 'attention_rollout',
+           'attention_flow', 'token_layout', 'rollout_map', 'show_rollout']
 
 # %% ../nbs/12a_attention.ipynb #c4e0aa18
 _SDPA_ARGS = ('query', 'key', 'value', 'attn_mask', 'dropout_p', 'is_causal', 'scale', 'enable_gqa')
@@ -107,26 +108,31 @@ def _weights(model, log, op, kind) -> Tensor:
     return w
 
 # %% ../nbs/12a_attention.ipynb #56c1d193
+def _attention_ops(model, x) -> tuple:
+    "The metadata log of `model` on `x` and its attention ops, [(op, kind)] (`_is_attention`)"
+    meta = log_forward_pass(model, x, layers_to_save=None)
+    return meta, [(op, kind) for op in meta if (kind := _is_attention(meta, op))]
+
 @torch.no_grad()
 def attention_maps(model:nn.Module, x, layers:list[str]|None=None) -> dict[str, Tensor]:
-    "The attention weights of every attention layer of `model` on `x` (a tensor, or a dict of keyword inputs): {module: (N, heads, T, S)}; windowed attention (Swin, MaxViT) (N, windows, heads, T, S)"
+    "The attention weights of every attention layer of `model` on `x` (a tensor, or a dict of keyword inputs), the model in eval mode: {module: (N, heads, T, S)}; windowed attention (Swin, MaxViT) (N, windows, heads, T, S)"
     model = unwrap_model(check_module(model, 'attention_maps'), 'attention_maps')
     x = to_model_inputs(x, model)
-    warn_if_training(model, 'attention maps')
-    meta = log_forward_pass(model, x, layers_to_save=None)
-    found = [(op, kind) for op in meta if (kind := _is_attention(meta, op))]
-    if not found: raise ValueError(f"attention_maps: {type(model).__name__} ran no attention op (scaled_dot_product_attention, or a softmax over scores multiplied with values); is it a transformer?")
-    if layers is not None:
-        keys = {_module_key(op) for op, _ in found}
-        unknown = [l for l in layers if l not in keys]
-        if unknown: raise KeyError(f"layers: {unknown} are not attention layers of this model; it has {sorted(keys)}")
-        found = [(op, kind) for op, kind in found if _module_key(op) in layers]
-    save = sorted({i for op, kind in found for i in (op.parents if kind == 'sdpa' else [kind.index])})
-    log = log_forward_pass(model, x, layers_to_save=save)
-    if [op.func_name for op in log] != [op.func_name for op in meta]: raise RuntimeError("attention_maps: the model ran different ops in two passes on the same input; put it in eval mode")
-    found = [(op, kind if kind == 'sdpa' else log.entries[kind.index]) for op, kind in found]
-    n = len(next(iter(x.values())) if isinstance(x, Mapping) else x)
-    return {_module_key(op): _per_example(_weights(model, log, log.entries[op.index], kind), n, _windowed(model, op)) for op, kind in found}
+    with eval_mode(model), keep_buffers(model):
+        call_model(model, x)             # fills what modules cache on their first eval-mode call (timm's attention biases, emptied by .eval()): both passes run the same ops
+        meta, found = _attention_ops(model, x)
+        if not found: raise ValueError(f"attention_maps: {type(model).__name__} ran no attention op (scaled_dot_product_attention, or a softmax over scores multiplied with values); is it a transformer?")
+        if layers is not None:
+            keys = {_module_key(op) for op, _ in found}
+            unknown = [l for l in layers if l not in keys]
+            if unknown: raise KeyError(f"layers: {unknown} are not attention layers of this model; it has {sorted(keys)}")
+            found = [(op, kind) for op, kind in found if _module_key(op) in layers]
+        save = sorted({i for op, kind in found for i in (op.parents if kind == 'sdpa' else [kind.index])})
+        log = log_forward_pass(model, x, layers_to_save=save)
+        if [op.func_name for op in log] != [op.func_name for op in meta]: raise RuntimeError("attention_maps: the model ran different ops in two passes on the same input in eval mode: its forward pass is not deterministic")
+        found = [(op, kind if kind == 'sdpa' else log.entries[kind.index]) for op, kind in found]
+        n = len(next(iter(x.values())) if isinstance(x, Mapping) else x)
+        return {_module_key(op): _per_example(_weights(model, log, log.entries[op.index], kind), n, _windowed(model, op)) for op, kind in found}
 
 def show_attention(maps, layer=0, head=0, example:int=0, tokens:list[str]|None=None, ax=None, cmap='viridis'):
     "One attention map as a heat map, queries down and keys across: `layer` a key or position of `maps`, `head` an index or a fusion ('mean', 'max', 'min')"
@@ -140,6 +146,15 @@ def show_attention(maps, layer=0, head=0, example:int=0, tokens:list[str]|None=N
     if tokens is not None:
         ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=7); ax.set_yticks(range(len(tokens)), tokens, fontsize=7)
     return ax
+
+# %% ../nbs/12a_attention.ipynb #b3f2d1e4
+@torch.no_grad()
+def attention_layers(model:nn.Module, x) -> list[str]:
+    "The attention layers of `model` on `x`, as `attention_maps` keys them: the module each attention op runs in (`name:k` for its k-th call), in the order they ran; [] for a model without attention"
+    model = unwrap_model(check_module(model, 'attention_layers'), 'attention_layers')
+    x = to_model_inputs(x, model)
+    with eval_mode(model), keep_buffers(model): _, found = _attention_ops(model, x)
+    return list(dict.fromkeys(_module_key(op) for op, _ in found))
 
 # %% ../nbs/12a_attention.ipynb #9fe9aea5
 def _maps_list(maps, who) -> list[Tensor]:
@@ -182,15 +197,12 @@ def attention_flow(maps, query:int=0, head_fusion:str='mean', residual:bool=True
 
 # %% ../nbs/12a_attention.ipynb #076c3e47
 def token_layout(scores:Tensor, model:nn.Module|None=None, prefix:int|None=None, grid:tuple|None=None) -> Tensor:
-    "(N, T) token scores with the `prefix` tokens dropped, on the (h, w) patch `grid` if there is one: (N, h, w); else (N, T - prefix). Both default to what `model` says"
+    "(N, T) token scores laid out as `netlens.adapters.channels_first` lays tokens: the `prefix` tokens dropped, the rest on the (h, w) patch `grid` if there is one, (N, h, w); else (N, T - prefix). Both default to what `model` says"
     scores = check_tensor(scores, 'scores')
     if scores.ndim != 2: raise ValueError(f"scores must be (N, tokens), got shape {tuple(scores.shape)}: take one row of the rollout, e.g. attention_rollout(maps)[:, 0]")
     if prefix is None: prefix = (num_prefix_tokens(model) if model is not None else None) or 0
     if grid is None and model is not None: grid = token_grid(model)
-    s = scores[:, prefix:]
-    if grid is None: return s
-    if grid[0] * grid[1] != s.shape[1]: raise ValueError(f"{s.shape[1]} tokens after {prefix} prefix token(s) do not fill a {grid[0]}x{grid[1]} grid: pass prefix= and grid=")
-    return s.reshape(len(s), *grid)
+    return channels_first(scores[..., None], Layout('tokens', prefix, grid))[:, 0]
 
 def rollout_map(model:nn.Module, x, query:int=0, head_fusion:str='mean', residual:bool=True, flow:bool=False) -> Tensor:
     "Attention rollout (or `flow`) from the input tokens to token `query` (0: the class token) on `x`, laid out by `token_layout`: (N, h, w) for images, (N, T) for text"
@@ -208,18 +220,5 @@ def show_rollout(image:Tensor, scores:Tensor, ax=None, alpha:float=0.5, cmap='je
     if ax is None: _, ax = plt.subplots(figsize=(3, 3))
     ax.imshow(image.detach().float().cpu().permute(1, 2, 0).clamp(0, 1).numpy().squeeze())
     ax.imshow(s.numpy(), cmap=cmap, alpha=alpha); ax.axis('off')
-    if title: ax.set_title(title, fontsize=8)
-    return ax
-
-def show_token_scores(tokens:list[str], scores:Tensor, ax=None, cmap='Reds', title=None):
-    "Text as a row of tokens, each on a box coloured by its score"
-    import matplotlib.pyplot as plt
-    s = scores.detach().float().cpu()
-    if len(tokens) != len(s): raise ValueError(f"tokens has {len(tokens)} entries, scores {len(s)}: one score per token")
-    s = (s - s.min()) / (s.max() - s.min() + 1e-12)
-    if ax is None: _, ax = plt.subplots(figsize=(0.8 * len(tokens), 0.6))
-    colours = plt.get_cmap(cmap)(s.numpy())
-    for i, (t, c) in enumerate(zip(tokens, colours)): ax.text(i, 0, t, ha='center', va='center', fontsize=9, bbox=dict(facecolor=c, edgecolor='none', boxstyle='round'))
-    ax.set_xlim(-0.6, len(tokens) - 0.4); ax.set_ylim(-1, 1); ax.axis('off')
     if title: ax.set_title(title, fontsize=8)
     return ax

@@ -15,18 +15,18 @@ from fastcore.basics import patch
 from .core import *
 from .flat import FlatModel
 from .hooks import model_lock
-from .attribution import METHODS, attribution_map, sign_cmap
+from .attribution import METHODS, attribution_map, sign_cmap, tokens_html
 from .adapters import unwrap_model, to_model_images, to_model_input, check_batch, check_count, check_index, check_scores
 from .optvis import render, Objective, blank_input
-from .attention import attention_maps, attention_rollout, token_layout, fuse_heads, FUSIONS
-from .adapters import to_model_inputs, main_tensor, map_batch, num_prefix_tokens, token_grid
+from .attention import attention_maps, attention_layers, attention_rollout, token_layout, fuse_heads, FUSIONS
+from .adapters import to_model_inputs, main_tensor, map_batch, num_prefix_tokens, token_grid, split_call
 from .adapters import model_output, input_channels, size_hw, SCORES_FIX
 from .atlas import top_activations, dataset_examples, example_patch, patch_strip
 
 # %% auto #0
 __all__ = ['LAYER_METHODS', 'CHANNEL_METHODS', 'display_scale', 'to_png', 'overlay_map', 'colorbar_html', 'fig_to_png',
            'explorer_layers', 'AttributionExplorer', 'grid_image', 'ChannelExplorer', 'patch_overlay', 'matrix_image',
-           'token_html', 'AttentionExplorer']
+           'AttentionExplorer']
 
 # %% ../nbs/13_widgets.ipynb #ce164d95
 def _rgb(a:np.ndarray) -> np.ndarray:
@@ -225,19 +225,30 @@ def _swap_slider(self:_Live, attr:str, box, n:int, low:int, desc:str, **kw):
     old.close()
 
 # %% ../nbs/13_widgets.ipynb #5db06b17
-def _is_attention(m:nn.Module) -> bool: return 'attention' in type(m).__name__.lower()
 def _is_conv(m:nn.Module) -> bool: return isinstance(m, nn.modules.conv._ConvNd) or 'conv' in type(m).__name__.lower()
 
+def _token_layers(fm:FlatModel, x, tokens:dict) -> list:
+    "For each attention layer of the model on `x` (`netlens.attention.attention_layers`), it or the closest module around it that outputs tokens, a key of `tokens`"
+    if not tokens: return []                      # no module outputs tokens: no attention to look for
+    out = []
+    for key in attention_layers(fm.model, x):
+        name = split_call(key)[0]
+        while name and name not in tokens: name = name.rpartition('.')[0]   # the module's ancestors: its name's prefixes
+        if name: out.append(name)
+    return list(dict.fromkeys(out))
+
 def explorer_layers(fm:FlatModel, x) -> tuple:
-    "Layers an explorer offers for example input `x`: (main, all, channels). `all`: layers that run once and output maps (N, C, h, w) with more than one position, or tokens (N, T, D); `main`: their convolution-like and attention layers (all when there are none); `channels`: name -> count"
-    shapes, chans = fm.output_shapes(x), {}
+    "Layers an explorer offers for example input `x`: (main, all, channels). `all`: layers that run once and output maps (N, C, h, w) with more than one position, or attention layers' tokens (N, T, D); `main`: their convolution-like and attention layers (all when there are none); `channels`: name -> count"
+    shapes, maps, tokens = fm.output_shapes(x), {}, {}
     for n, s in shapes.items():
         if len(s) != 1 or not isinstance(s[0], tuple): continue
         s = s[0]
-        if len(s) == 4 and s[2] * s[3] > 1: chans[n] = s[1]
-        elif len(s) == 3 and s[1] > 1 and _is_attention(fm[n]): chans[n] = s[2]
-    every = list(chans)
-    main = [n for n in every if _is_conv(fm[n]) or _is_attention(fm[n])] or every
+        if len(s) == 4 and s[2] * s[3] > 1: maps[n] = s[1]
+        elif len(s) == 3 and s[1] > 1: tokens[n] = s[2]
+    attn = _token_layers(fm, x, tokens)
+    chans = {n: c for n, c in {**maps, **tokens}.items() if n in maps or n in attn}
+    every = [n for n in shapes if n in chans]
+    main = [n for n in every if n in attn or _is_conv(fm[n])] or every
     return main, every, chans
 
 # %% ../nbs/13_widgets.ipynb #09cd2e3e
@@ -610,15 +621,6 @@ def matrix_image(a:torch.Tensor, scale:int=1, row:int|None=None) -> np.ndarray:
     return m
 
 # %% ../nbs/13_widgets.ipynb #fd833822
-def token_html(tokens:list, scores:torch.Tensor, query:int|None=None, width:int=400) -> str:
-    "Tokens as HTML on boxes coloured by their scores ('Reds', min-max scaled), token `query` outlined; the score in each box's tooltip"
-    s = scores.detach().float().cpu().numpy()
-    cols = matplotlib.colormaps['Reds'](_unit(s) * 0.9)
-    spans = [f'<span title="{v:.4f}" style="background:{matplotlib.colors.to_hex(c)};color:{"#fff" if u > 0.6 else "#000"};padding:1px 4px;'
-             f'margin:2px;border-radius:3px;{"outline:2px solid #1f5fbf;" if i == query else ""}">{html.escape(str(t))}</span>'
-             for i, (t, v, c, u) in enumerate(zip(tokens, s, cols, _unit(s)))]
-    return f'<div class="netlens-tokens" style="display:flex;flex-wrap:wrap;max-width:{width}px;font-size:12px;line-height:1.6">{"".join(spans)}</div>'
-
 def _text_tokens(tokens, ids:torch.Tensor) -> list:
     "One list of token strings per example: `tokens` checked against the ids (N, T), or the ids themselves"
     n, T = ids.shape[:2]
@@ -793,5 +795,5 @@ class _TextAttention(AttentionExplorer):
 
     def _draw_rows(self, i, q, notes):
         w = max(2 * self.size, 240)
-        self.pictures[0].value = token_html(self.tokens[i], self.row, q, w)
-        self.pictures[2].value = '' if self.rollout_row is None else token_html(self.tokens[i], self.rollout_row, q, w)
+        self.pictures[0].value = tokens_html(self.tokens[i], self.row, q, w)
+        self.pictures[2].value = '' if self.rollout_row is None else tokens_html(self.tokens[i], self.rollout_row, q, w)

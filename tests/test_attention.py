@@ -86,7 +86,13 @@ def test_bert_with_padding_mask():
     for a, r in zip(emaps.values(), ref): torch.testing.assert_close(a, r, **TOL)
     check_rows(maps)
     assert snap.diff(model) == [] and model.config._attn_implementation == 'sdpa'
-    with pytest.warns(UserWarning, match='train mode'): attention_maps(copy.deepcopy(model).train(), batch)   # dropout: not the weights that ran
+    train = copy.deepcopy(model).train()                          # dropout in train mode: the maps of the model in eval mode, exactly
+    with torch.no_grad(): assert not torch.equal(train(**batch).last_hidden_state, model(**batch).last_hidden_state)
+    snap_t = ModelSnapshot(train)
+    for a, r in zip(attention_maps(train, batch).values(), maps.values()): torch.testing.assert_close(a, r, rtol=0, atol=0)
+    assert snap_t.diff(train) == []                              # left in train mode
+    with pytest.raises(KeyError, match='not attention layers'): attention_maps(train, batch, layers=['bogus'])
+    assert snap_t.diff(train) == []                              # also after an error
 
 def gpt2(impl):
     from tiny_models import hf_gpt2

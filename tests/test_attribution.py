@@ -7,7 +7,7 @@ Oracles: the method's own result on the clean input (a batch of one is the first
 output, keyword inputs give the same values), SmoothGrad's independence of the batch size and of the rest of the batch
 (property tests), and a Hugging Face ViT's logits read by a plain wrapper. A test of one method against its reference goes in
 that method's file (test_gradients.py, test_cam.py, test_occlusion.py)."""
-import inspect, re, warnings
+import inspect, re
 import pytest, torch, torch.nn as nn, torchvision
 from hypothesis import given, settings, strategies as st, HealthCheck
 import tiny_models as tiny
@@ -17,6 +17,7 @@ import netlens.attribution as A
 from netlens.attribution import saliency, integrated_gradients, grad_cam, occlusion, guided_backprop
 from netlens.data import digits_cnn, digits_data
 from netlens.hooks import ModelSnapshot
+from netlens.core import eval_mode, keep_buffers
 
 CAMS = ('cam', 'grad_cam', 'guided_grad_cam', 'layer_acts_grads')
 
@@ -98,48 +99,53 @@ def test_batch_size_must_be_a_positive_int(digits, name, bs):
 def test_counts_and_steps(digits):
     model, x, y = digits
     with pytest.raises(ValueError, match='n_steps must be an integer >= 1, got 0'): A.integrated_gradients(model, x, y, n_steps=0)
-    with pytest.raises(ValueError, match='n_steps must be an integer >= 2, got 1'): A.integrated_gradients(model, x, y, n_steps=1, method='riemann_trapezoid')
+    with pytest.raises(ValueError, match='n_steps must be an integer >= 2, got 1'): A.integrated_gradients(model, x, y, n_steps=1, quadrature='riemann_trapezoid')
     with pytest.raises(ValueError, match='n_samples must be an integer >= 1, got 0'): A.smooth_grad(model, x, y, n_samples=0)
     with pytest.raises(ValueError, match='each entry of window must be an integer >= 1, got 0'): A.occlusion(model, x, y, window=(1, 0, 8), stride=(1, 8, 8))
 
 # 3. integrated_gradients(return_delta=True) in train mode
 
 def test_ig_delta_in_train_mode_keeps_the_buffers(digits):
-    "The completeness check's two forward passes used to run outside the buffer guard, moving BatchNorm's statistics"
+    "The completeness check's two forward passes used to run outside the buffer guard, moving BatchNorm's statistics; they run in eval mode"
     model, x, y = digits
+    ref = A.integrated_gradients(model, x, y, n_steps=4, return_delta=True)
     model.train()
     try:
         snap = ModelSnapshot(model)
-        with pytest.warns(UserWarning, match='train mode'): A.integrated_gradients(model, x, y, n_steps=4, return_delta=True)
+        torch.testing.assert_close(tuple(A.integrated_gradients(model, x, y, n_steps=4, return_delta=True)), tuple(ref), rtol=0, atol=0)
         assert snap.diff(model) == []
     finally: model.eval()
 
-# 4. the train-mode warning reads each BatchNorm / dropout module's own flag, once per call
+# 4. train mode: every entry point runs the model in eval mode for the call, and puts each module's flag and buffer back
 
-def _train_warnings(name, model, x, y):
-    with warnings.catch_warnings(record=True) as w:
-        warnings.simplefilter('always'); call(name, model, x, y, bs=2)
-    return [str(m.message) for m in w if 'train mode' in str(m.message)]
+class Dropped(Wrap):
+    "The model with dropout on its scores: with the model's BatchNorms, two modules that change the scores in train mode"
+    def __init__(self, m): super().__init__(m, lambda s, t: s); self.drop = nn.Dropout(0.5)
+    def forward(self, x): return self.drop(self.m(x))
 
-def test_train_mode_warning_per_module(digits, name):
+def test_train_mode_gives_the_eval_mode_attribution(digits, name):
+    "A model in train mode (BatchNorm and dropout) gets exactly the eval-mode attribution, and is left in its modes with its buffers, also when the call raises"
     model, x, y = digits
-    model.eval(); model.res.bn2.train()            # the model says eval, one of its BatchNorms says train: used to be silent
+    m = Dropped(model).eval()
+    ref = call(name, m, x, y, bs=2)
+    m.train(); model.res.bn2.eval()                 # mixed modes: each module's own flag is put back
     try:
-        snap = ModelSnapshot(model)
-        ws = _train_warnings(name, model, x, y)
-        assert len(ws) == 1 and ws[0].startswith('res.bn2 of the model are in train mode'), ws
-        assert snap.diff(model) == []
+        with torch.no_grad(), keep_buffers(m):
+            train_scores = m(x)
+            with eval_mode(m): assert not torch.equal(train_scores, m(x)), 'train mode must change the scores'
+        snap = ModelSnapshot(m)
+        torch.testing.assert_close(call(name, m, x, y, bs=2), ref, rtol=0, atol=0)
+        assert snap.diff(m) == []
+        with pytest.raises(IndexError, match='target 10 is out of range'): call(name, m, x, 10, bs=2)
+        assert snap.diff(m) == []
     finally: model.eval()
-    wrapper = Wrap(model, lambda s, t: s).train(); model.eval()   # a train-mode wrapper around an eval-mode network: used to warn
-    assert _train_warnings(name, wrapper, x, y) == []
 
 def test_train_mode_keeps_every_buffer(digits, name):
     model, x, y = digits
     model.train()
     try:
         snap = ModelSnapshot(model)
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore'); call(name, model, x, y, bs=2)
+        call(name, model, x, y, bs=2)
         assert snap.diff(model) == []
     finally: model.eval()
 
@@ -304,11 +310,9 @@ def test_model_untouched_when_refused(digits, name):
     try:
         snap = ModelSnapshot(model)
         xb = x.clone(); xb[0, 0, 0, 0] = float('nan')
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')
-            for bad in (lambda: call(name, model, xb, y), lambda: call(name, model, x[0], y[0]), lambda: call(name, model, x.double(), y),
-                        lambda: call(name, model, x, 10)):
-                with pytest.raises((ValueError, TypeError, IndexError)): bad()
+        for bad in (lambda: call(name, model, xb, y), lambda: call(name, model, x[0], y[0]), lambda: call(name, model, x.double(), y),
+                    lambda: call(name, model, x, 10)):
+            with pytest.raises((ValueError, TypeError, IndexError)): bad()
         assert snap.diff(model) == []
     finally: model.eval()
 
@@ -340,12 +344,10 @@ def test_model_untouched_on_errors(case):
     name, model, x, y, layer = case
     model.train()
     snap = ModelSnapshot(model)
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        for f in (lambda: saliency(model, x, 10_000), lambda: grad_cam(model, x, y, 'nope'),
-                  lambda: integrated_gradients(model, x, y, baseline=torch.zeros(7)), lambda: occlusion(model, x, y, window=(1, 999, 999), stride=(1, 1, 1)),
-                  lambda: guided_backprop(model, torch.cat([x, x], 1)[:, :x.shape[1] + 1], y)):
-            with pytest.raises((IndexError, KeyError, ValueError, RuntimeError)): f()
+    for f in (lambda: saliency(model, x, 10_000), lambda: grad_cam(model, x, y, 'nope'),
+              lambda: integrated_gradients(model, x, y, baseline=torch.zeros(7)), lambda: occlusion(model, x, y, window=(1, 999, 999), stride=(1, 1, 1)),
+              lambda: guided_backprop(model, torch.cat([x, x], 1)[:, :x.shape[1] + 1], y)):
+        with pytest.raises((IndexError, KeyError, ValueError, RuntimeError)): f()
     assert snap.diff(model) == []
     model.eval()
 

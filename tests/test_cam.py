@@ -12,7 +12,7 @@ import tiny_models as tiny
 from captum_cases import rel_close, case, _relu_models
 import netlens.attribution as A
 from netlens.adapters import Layout
-from netlens.attribution.cam import cam, grad_cam, guided_grad_cam, layer_acts_grads, vit_reshape
+from netlens.attribution.cam import cam, grad_cam, guided_grad_cam, layer_acts_grads
 from netlens.data import digits_cnn, digits_data
 from netlens.hooks import ModelSnapshot, hook_count
 
@@ -263,8 +263,8 @@ def test_edge_cases():
     assert grad_cam(MODEL, xg, Y, 'conv3').requires_grad is False and xg.grad is None
     torch.testing.assert_close(grad_cam(MODEL, X.contiguous(memory_format=torch.channels_last), Y, 'conv3'), grad_cam(MODEL, X, Y, 'conv3'), rtol=0, atol=0)
     with fails(TypeError, 'channel must be an int'): grad_cam(MODEL, X, Y, 'conv3', channel=2.5)
-    with fails(ValueError, 'vit_reshape takes tokens (N, T, D)'): vit_reshape(torch.zeros(2, 5), prefix=1)
-    with fails(ValueError, 'cannot lay 21 tokens less 1 prefix tokens on a square grid'): vit_reshape(torch.zeros(2, 21, 8), prefix=1)   # the old guess kept them all
+    with fails(ValueError, "21 tokens less 1 prefix token(s) do not fill a 4x4 grid: pass the model's prefix and grid"):   # a wrong layout= is named, not reshaped
+        grad_cam(tiny.timm_vit_reg(), torch.rand(2, 3, 32, 32), 0, 'blocks.1', layout=Layout('tokens', 1, (4, 4)))
     with fails(ValueError, "reshape must return maps (N, C, h, w) for the 4 examples; for the output of layer 'conv3' it returned shape (4, 64, 64)"):
         grad_cam(MODEL, X, Y, 'conv3', reshape=lambda t: t.flatten(2))
     with fails(TypeError, "layer 'both' outputs a tuple, not a tensor"): grad_cam(WithBoth(MODEL), X, Y, 'both')

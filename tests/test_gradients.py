@@ -31,11 +31,11 @@ def test_input_x_gradient(case):
     name, model, x, y, _ = case
     rel_close(input_x_gradient(model, x, y), InputXGradient(model).attribute(x.clone().requires_grad_(), target=y))
 
-@pytest.mark.parametrize('method', ['gausslegendre', 'riemann_left', 'riemann_right', 'riemann_middle'])
-def test_integrated_gradients(case, method):
+@pytest.mark.parametrize('quadrature', ['gausslegendre', 'riemann_left', 'riemann_right', 'riemann_middle'])
+def test_integrated_gradients(case, quadrature):
     name, model, x, y, _ = case
-    ours, d = integrated_gradients(model, x, y, n_steps=20, method=method, return_delta=True)
-    theirs, dc = IntegratedGradients(model).attribute(x, target=y, n_steps=20, method=method, return_convergence_delta=True)
+    ours, d = integrated_gradients(model, x, y, n_steps=20, quadrature=quadrature, return_delta=True)
+    theirs, dc = IntegratedGradients(model).attribute(x, target=y, n_steps=20, method=quadrature, return_convergence_delta=True)
     rel_close(ours, theirs)
     torch.testing.assert_close(d, dc.to(d.dtype), rtol=1e-4, atol=1e-4 * theirs.abs().sum().item())
 
@@ -59,7 +59,7 @@ def test_trapezoid_is_the_true_rule():
     lin = nn.Linear(6, 1, bias=False).double()
     sq = lambda x: lin(x) ** 2 / 2          # a plain function works as the model too
     x = torch.randn(3, 6, dtype=torch.float64)
-    ours = integrated_gradients(sq, x, 0, n_steps=7, method='riemann_trapezoid')
+    ours = integrated_gradients(sq, x, 0, n_steps=7, quadrature='riemann_trapezoid')
     exact = x * lin.weight.detach() * (x @ lin.weight.detach().T) / 2
     torch.testing.assert_close(ours, exact, rtol=1e-12, atol=1e-12)
 
@@ -114,7 +114,7 @@ def test_ig_completeness_converges_on_digits():
     model = digits_cnn()
     gaps = {}
     for n in (50, 200, 1000):
-        _, d = integrated_gradients(model, x[:8], y[:8], n_steps=n, method='riemann_trapezoid', return_delta=True, batch_size=2000)
+        _, d = integrated_gradients(model, x[:8], y[:8], n_steps=n, quadrature='riemann_trapezoid', return_delta=True, batch_size=2000)
         gaps[n] = d.abs().max().item()
     print('trapezoid completeness gap', gaps)
     assert gaps[1000] < gaps[200] < gaps[50]
@@ -194,7 +194,7 @@ def test_token_scores_and_show_tokens(bert):
     attr = A.integrated_gradients(m, {'input_ids': ids, 'attention_mask': mask}, y, layer='bert.embeddings', n_steps=4)
     s = A.token_scores(attr)
     torch.testing.assert_close(s, attr.sum(-1))
-    h = A.show_tokens([f't{i}' for i in ids[0].tolist()], s[0], html=True)
+    h = A.show_tokens([f't{i}' for i in ids[0].tolist()], s[0])
     assert h.data.count('<mark') == 6 and h._repr_html_() == h.data
 
 @pytest.fixture(scope='module')
@@ -300,7 +300,7 @@ def test_smooth_grad_bad_input(call, exc, contains):
 @pytest.mark.parametrize('call, exc, regex', [
     (lambda: integrated_gradients(MODEL, X, Y, baseline=torch.zeros(3, 32, 32)), ValueError, 'does not broadcast'),
     (lambda: integrated_gradients(MODEL, X, Y, n_steps=0), ValueError, re.escape('n_steps must be an integer >= 1, got 0')),
-    (lambda: integrated_gradients(MODEL, X, Y, method='riemann_lft'), KeyError, "closest: 'riemann_left'"),
+    (lambda: integrated_gradients(MODEL, X, Y, quadrature='riemann_lft'), KeyError, "unknown quadrature 'riemann_lft'; closest: 'riemann_left'"),
     (lambda: integrated_gradients(MODEL, X[:0], Y[:0], batch_size=8), ValueError, 'x is empty'),
     (lambda: integrated_gradients(MODEL, X, Y, batch_size=0), ValueError, re.escape('batch_size must be an integer >= 1, got 0')),
     (lambda: integrated_gradients(MODEL, X, Y, baseline=float('nan')), ValueError, 'baseline holds NaN'),

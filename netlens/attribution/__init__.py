@@ -6,24 +6,23 @@ Docs: https://netlens.github.io/netlens/attribution.html.md"""
 
 # %% auto #0
 __all__ = ['METHODS', 'Method', 'saliency', 'guided_backprop', 'deconvolution', 'smooth_grad', 'integrated_gradients',
-           'input_grad', 'input_x_gradient', 'token_scores', 'tokens_html', 'show_tokens', 'per_example',
+           'Attribution', 'input_grad', 'input_x_gradient', 'token_scores', 'tokens_html', 'show_tokens', 'per_example',
            'target_scores', 'relu_rule', 'ig_quadrature', 'attribution_map', 'sign_cmap', 'show_attribution',
-           'show_attributions', 'cam', 'grad_cam', 'guided_grad_cam', 'layer_acts_grads', 'vit_reshape', 'CAM_METHODS',
-           'occlusion']
+           'show_attributions', 'cam', 'grad_cam', 'guided_grad_cam', 'layer_acts_grads', 'CAM_METHODS', 'occlusion']
 
 # %% ../../nbs/06a_attribution.ipynb #12325e55
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable
-from .gradients import (saliency, guided_backprop, deconvolution, smooth_grad, integrated_gradients,
+from .gradients import (saliency, guided_backprop, deconvolution, smooth_grad, integrated_gradients, Attribution,
     input_grad, input_x_gradient, token_scores, tokens_html, show_tokens, per_example, target_scores, relu_rule, ig_quadrature, attribution_map, sign_cmap, show_attribution, show_attributions)
-from .cam import cam, grad_cam, guided_grad_cam, layer_acts_grads, vit_reshape, CAM_METHODS
+from .cam import cam, grad_cam, guided_grad_cam, layer_acts_grads, CAM_METHODS
 from .occlusion import occlusion
 
 # %% ../../nbs/06a_attribution.ipynb #9823f725
-_all_ = ['saliency', 'guided_backprop', 'deconvolution', 'smooth_grad', 'integrated_gradients', 'input_grad', 'input_x_gradient', 'token_scores', 'tokens_html', 'show_tokens', 'per_example', 'target_scores',
+_all_ = ['saliency', 'guided_backprop', 'deconvolution', 'smooth_grad', 'integrated_gradients', 'Attribution', 'input_grad', 'input_x_gradient', 'token_scores', 'tokens_html', 'show_tokens', 'per_example', 'target_scores',
          'relu_rule', 'ig_quadrature', 'attribution_map', 'sign_cmap', 'show_attribution', 'show_attributions', 'cam', 'grad_cam',
-         'guided_grad_cam', 'layer_acts_grads', 'vit_reshape', 'CAM_METHODS', 'occlusion']
+         'guided_grad_cam', 'layer_acts_grads', 'CAM_METHODS', 'occlusion']
 
 # %% ../../nbs/06a_attribution.ipynb #5c66cb52
 @dataclass(frozen=True)

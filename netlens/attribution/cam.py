@@ -6,18 +6,17 @@ Docs: https://netlens.github.io/netlens/gradcam.html.md"""
 
 # %% ../../nbs/05_gradcam.ipynb #db897635
 from __future__ import annotations
-import math
 from collections.abc import Mapping
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
 from ..core import *
 from ..flat import FlatModel
-from ..adapters import (check_index, main_input, batch_len, Layout, feature_layout, channels_first, as_maps, model_scores)
+from ..adapters import (check_index, main_input, batch_len, feature_layout, as_maps, model_scores)
 from ..adapters import check_call, check_result
 from .gradients import target_scores, guarded, rule_gradient
 
 # %% auto #0
-__all__ = ['CAM_METHODS', 'layer_acts_grads', 'grad_cam', 'cam', 'guided_grad_cam', 'vit_reshape']
+__all__ = ['CAM_METHODS', 'layer_acts_grads', 'grad_cam', 'cam', 'guided_grad_cam']
 
 # %% ../../nbs/05_gradcam.ipynb #c38b27e2
 def _maps(t, name:str, n:int, lay, reshape, what) -> Tensor:
@@ -98,15 +97,3 @@ def guided_grad_cam(model:nn.Module, x:Tensor, target, layer, mode='bilinear', r
     model, x = check_call(model, x, ids=True)
     m = _cam(model, x, target, layer, 'grad_cam', relu=True, interpolate=True, reshape=reshape, mode=mode, output=output, layout=layout)
     return rule_gradient(model, x, target, 'guided', output=output) * m[:, None]
-
-# %% ../../nbs/05_gradcam.ipynb #4ee67b37
-def vit_reshape(t:Tensor, prefix:int, grid:tuple|None=None) -> Tensor:
-    "Token outputs (N, T, D) as maps (N, D, h, w): the first `prefix` tokens (class, register) dropped, the others laid on `grid` (default: a square)"
-    if not isinstance(t, Tensor) or t.ndim != 3: raise ValueError(f"vit_reshape takes tokens (N, T, D), got {f'shape {tuple(t.shape)}' if isinstance(t, Tensor) else type(t).__name__}: pass reshape= a function that returns maps (N, D, h, w)")
-    n = t.shape[1] - prefix
-    if grid is None:
-        side = math.isqrt(max(n, 0))
-        if side < 1 or side * side != n: raise ValueError(f"cannot lay {t.shape[1]} tokens less {prefix} prefix tokens on a square grid: pass grid=(h, w) or the right prefix")
-        grid = (side, side)
-    if n != grid[0] * grid[1]: raise ValueError(f"{t.shape[1]} tokens less {prefix} prefix tokens do not fill a {grid[0]}x{grid[1]} grid: pass the grid and prefix of the model")
-    return channels_first(t, Layout('tokens', prefix, tuple(grid)))

@@ -6,26 +6,27 @@ Docs: https://netlens.github.io/netlens/gradients.html.md"""
 
 # %% ../../nbs/04_gradients.ipynb #b1506085
 from __future__ import annotations
-import warnings, colorsys
+import warnings
 from html import escape
 from collections.abc import Mapping
+from typing import NamedTuple
 from contextlib import contextmanager, nullcontext
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 import matplotlib.pyplot as plt
-from fastprogress.core import in_notebook
+from IPython.display import HTML
 from ..core import *
 from ..hooks import annotate_errors
 from ..flat import FlatModel
-from ..adapters import (check_tensor, check_finite, check_count, check_number, check_scores, check_module, keeps_rng, main_input, batch_len, call_model,
+from ..adapters import (check_tensor, check_finite, check_count, check_number, check_scores, check_module, check_index, keeps_rng, main_input, batch_len, call_model,
                               expand_batch, by_example, as_baseline, with_main_input, embedding_name, model_scores, main_tensor, check_call, check_result)
 
 # %% auto #0
-__all__ = ['IG_METHODS', 'guarded', 'per_example', 'target_scores', 'rule_gradient', 'saliency', 'attribution_map', 'sign_cmap',
-           'show_attribution', 'input_grad', 'input_x_gradient', 'relu_rule', 'guided_backprop', 'deconvolution',
-           'smooth_grad', 'ig_quadrature', 'integrated_gradients', 'token_scores', 'tokens_html', 'show_tokens',
-           'show_attributions']
+__all__ = ['IG_QUADRATURES', 'guarded', 'per_example', 'target_scores', 'rule_gradient', 'saliency', 'attribution_map',
+           'sign_cmap', 'show_attribution', 'input_grad', 'input_x_gradient', 'relu_rule', 'guided_backprop',
+           'deconvolution', 'smooth_grad', 'ig_quadrature', 'Attribution', 'integrated_gradients', 'token_scores',
+           'tokens_html', 'show_tokens', 'show_attributions']
 
 # %% ../../nbs/04_gradients.ipynb #ce8d418f
 def _why(model:nn.Module, x, misfed):
@@ -63,15 +64,16 @@ def _misfed(model, x) -> list:
 
 @contextmanager
 def guarded(model, x:Tensor|Mapping|None=None):
-    "Run the block with `model`'s buffers kept and errors annotated with the failing layer; a forward that fails because of `x`'s (main input's) dtype, device or rank says so"
+    "Run the block with `model` in eval mode (every module's flag restored on exit, also on an error), its buffers kept and errors annotated with the failing layer; a forward that fails because of `x`'s (main input's) dtype, device or rank says so"
     if not isinstance(check_module(model, functions=True), nn.Module): yield; return
     main = main_tensor(model, x) if isinstance(x, Mapping) else x
-    try:
-        with annotate_errors(model), keep_buffers(model): yield
-    except (RuntimeError, ValueError) as e:
-        why = _why(model, main, lambda: _misfed(model, x))
-        if why is None: raise
-        raise why from e
+    with eval_mode(model):
+        try:
+            with annotate_errors(model), keep_buffers(model): yield
+        except (RuntimeError, ValueError) as e:
+            why = _why(model, main, lambda: _misfed(model, x))
+            if why is None: raise
+            raise why from e
 
 
 # %% ../../nbs/04_gradients.ipynb #ffb785c8
@@ -274,26 +276,31 @@ def smooth_grad(model:nn.Module, x:Tensor, target, n_samples=50, stdev=0.15, kin
     return check_result(mean if kind == 'smoothgrad' else mean_sq if kind == 'smoothgrad_sq' else mean_sq - mean * mean, 'the SmoothGrad attribution')
 
 # %% ../../nbs/04_gradients.ipynb #3fdcb371
-IG_METHODS = ('gausslegendre', 'riemann_left', 'riemann_right', 'riemann_middle', 'riemann_trapezoid')
+IG_QUADRATURES = ('gausslegendre', 'riemann_left', 'riemann_right', 'riemann_middle', 'riemann_trapezoid')
 
-def ig_quadrature(n_steps:int, method='gausslegendre') -> tuple[list[float], list[float]]:
-    "Points `alphas` in [0, 1] and weights of the `method` quadrature with `n_steps` points"
-    if method not in IG_METHODS: raise unknown_key_error(method, IG_METHODS, 'method')
-    n = check_count(n_steps, 'n_steps', low=1 if method == 'gausslegendre' else 2)
-    if method == 'gausslegendre':
+def ig_quadrature(n_steps:int, quadrature='gausslegendre') -> tuple[list[float], list[float]]:
+    "Points `alphas` in [0, 1] and weights of the `quadrature` rule (one of `IG_QUADRATURES`) with `n_steps` points"
+    if quadrature not in IG_QUADRATURES: raise unknown_key_error(quadrature, IG_QUADRATURES, 'quadrature')
+    n = check_count(n_steps, 'n_steps', low=1 if quadrature == 'gausslegendre' else 2)
+    if quadrature == 'gausslegendre':
         pts, wts = np.polynomial.legendre.leggauss(n)
         return (0.5 * (1 + pts)).tolist(), (0.5 * wts).tolist()
-    if method == 'riemann_trapezoid':
+    if quadrature == 'riemann_trapezoid':
         w = [1 / (n - 1)] * n; w[0] /= 2; w[-1] /= 2
         return [k / (n - 1) for k in range(n)], w
-    lo, hi = {'riemann_left': (0, 1 - 1 / n), 'riemann_right': (1 / n, 1), 'riemann_middle': (1 / (2 * n), 1 - 1 / (2 * n))}[method]
+    lo, hi = {'riemann_left': (0, 1 - 1 / n), 'riemann_right': (1 / n, 1), 'riemann_middle': (1 / (2 * n), 1 - 1 / (2 * n))}[quadrature]
     return torch.linspace(lo, hi, n).tolist(), [1 / n] * n                  # Captum's float32 points
 
+class Attribution(NamedTuple):
+    "An attribution with its diagnostic, as `return_delta=True` gives it: the plain result first"
+    attr: Tensor     # the attribution, as without the diagnostic
+    delta: Tensor    # the completeness gap per example (N,): Σ attr − (f(x) − f(baseline))
+
 # %% ../../nbs/04_gradients.ipynb #c6728045
-def integrated_gradients(model:nn.Module, x:Tensor, target, baseline=None, n_steps=50, method='gausslegendre',
-                         batch_size=None, return_delta=False, *, output=None, layer=None):
-    "Integrated gradients from `baseline` to `x` (or, with `layer`, from the layer's output on the baseline to that on `x`) by the `method` quadrature; with `return_delta`, also the completeness gap"
-    alphas, weights = ig_quadrature(n_steps, method)
+def integrated_gradients(model:nn.Module, x:Tensor, target, baseline=None, n_steps=50, quadrature='gausslegendre',
+                         batch_size=None, return_delta=False, *, output=None, layer=None) -> Tensor|Attribution:
+    "Integrated gradients from `baseline` to `x` (or, with `layer`, from the layer's output on the baseline to that on `x`) by the `quadrature` rule; with `return_delta`, an `Attribution` (attr, delta) with the completeness gap"
+    alphas, weights = ig_quadrature(n_steps, quadrature)
     if batch_size is not None: batch_size = check_count(batch_size, 'batch_size')
     model, x = check_call(model, x, ids=layer is not None)
     if layer is not None: _layer_model(model, layer)                   # an unknown layer is named before any forward
@@ -315,7 +322,7 @@ def integrated_gradients(model:nn.Module, x:Tensor, target, baseline=None, n_ste
         attr = check_result(total * diff, 'the integrated gradients')
         if not return_delta: return attr
         with torch.no_grad(): fx, fb = target_scores(model_scores(model, x, output), t, n), target_scores(model_scores(model, xb, output), t, n, "the model's output on the baseline")
-    return attr, attr.flatten(1).sum(1) - (fx - fb)
+    return Attribution(attr, attr.flatten(1).sum(1) - (fx - fb))
 
 # %% ../../nbs/04_gradients.ipynb #6ab79fb2
 def token_scores(attr:Tensor, normalize=False) -> Tensor:
@@ -330,38 +337,25 @@ def _token_color(v:float) -> str:
     v = max(-1., min(1., v))
     return f"hsl(120, 75%, {100 - int(50 * v)}%)" if v > 0 else f"hsl(0, 75%, {100 - int(-40 * v)}%)"
 
-def _one_row(tokens, scores) -> tuple[list[str], np.ndarray]:
+def tokens_html(tokens:list, scores,
+                query:int|None=None,    # the token outlined (an attention query)
+                width:int|None=None,    # the largest width in px before the tokens wrap (None: the page's)
+               ) -> str:
+    "HTML of `tokens` on backgrounds coloured by `scores` (one per token, scaled by the largest magnitude) as Captum's `visualize_text`, each score in its token's tooltip"
     s = check_finite(torch.as_tensor(scores).detach().float().cpu(), 'scores')
     if s.ndim == 2 and len(s) == 1: s = s[0]
-    if s.ndim != 1 or len(s) != len(tokens): raise ValueError(f"scores must be one per token ({len(tokens)}), got shape {tuple(s.shape)}: pass one example's token_scores, e.g. token_scores(attr)[0]")
+    if s.ndim != 1 or len(s) != len(tokens): raise ValueError(f"scores must be one per token ({len(tokens)}), got shape {tuple(s.shape)}: pass one example's scores, e.g. token_scores(attr)[0]")
+    if query is not None: query = check_index(query, len(tokens), 'query', 'the text', 'tokens')
     top = s.abs().max().item()
-    return [str(t) for t in tokens], (s / top if top > 0 else s).numpy()
-
-def tokens_html(tokens:list, scores) -> str:
-    "HTML of `tokens` on backgrounds coloured by `scores` (one per token, scaled by the largest magnitude), as Captum's `visualize_text`"
-    tokens, s = _one_row(tokens, scores)
-    marks = ''.join(f'<mark style="background-color: {_token_color(v)}; line-height: 1.75"><font color="black"> {escape(t)} </font></mark>'
-                    for t, v in zip(tokens, s))
-    return f'<div style="line-height: 2">{marks}</div>'
+    marks = ''.join(f'<mark title="{v:.4g}" style="background-color: {_token_color(v / top if top > 0 else 0.)}; line-height: 1.75'
+                    f'{"; outline: 2px solid #1f5fbf" if i == query else ""}"><font color="black"> {escape(str(t))} </font></mark>'
+                    for i, (t, v) in enumerate(zip(tokens, s.tolist())))
+    return f'<div class="netlens-tokens" style="line-height: 2{"" if width is None else f"; max-width: {width}px"}">{marks}</div>'
 
 # %% ../../nbs/04_gradients.ipynb #05bc9a04
-def show_tokens(tokens:list, scores, ax=None, html:bool|None=None, width=60):
-    "`tokens` coloured by `scores` (green raises the target score, red lowers it): an HTML object in a notebook (or with `html=True`), else a matplotlib drawing on `ax`, returned"
-    if html or html is None and ax is None and in_notebook():
-        from IPython.display import HTML
-        return HTML(tokens_html(tokens, scores))
-    tokens, s = _one_row(tokens, scores)
-    rows, col = [[]], 0                                  # tokens laid out left to right, wrapped at `width` characters
-    for t, v in zip(tokens, s):
-        if col and col + len(t) + 1 > width: rows.append([]); col = 0
-        rows[-1].append((col, t, v)); col += len(t) + 1
-    if ax is None: _, ax = plt.subplots(figsize=(max(2, 0.11 * min(width, max(c + len(t) for c, t, _ in rows[0]) + 1)), 0.35 * len(rows) + 0.2))
-    for r, row in enumerate(rows):
-        for c, t, v in row:
-            h, l, sat = (120, 1 - 0.5 * max(v, 0), 0.75) if v > 0 else (0, 1 + 0.4 * min(v, 0), 0.75)
-            ax.text(c, -r, t, family='monospace', va='center', bbox=dict(boxstyle='square,pad=0.15', fc=colorsys.hls_to_rgb(h / 360, l, sat), ec='none'))
-    ax.set_xlim(-0.5, width); ax.set_ylim(-len(rows) + 0.5, 0.5); ax.axis('off')
-    return ax
+def show_tokens(tokens:list, scores, query:int|None=None, width:int|None=None) -> HTML:
+    "`tokens` coloured by `scores` (green raises the target score, red lowers it; `query` and `width` as `tokens_html`), as an `IPython.display.HTML` object"
+    return HTML(tokens_html(tokens, scores, query, width))
 
 # %% ../../nbs/04_gradients.ipynb #e90e694b
 def show_attributions(attrs:dict, image:Tensor, sign='absolute', overlay=False, denorm=False, size=2.4, suptitle=None):
