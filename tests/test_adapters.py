@@ -39,7 +39,7 @@ def test_smooth_grad_without_seed_restores_the_rng_when_it_raises():
     _refused(lambda: A.smooth_grad(nan_scores, X, Y, n_samples=2), ValueError)        # noise drawn, then NaN scores refused
 
 def test_landscape_entry_points_restore_the_rng_when_they_raise():
-    _refused(lambda: L.random_direction(MODEL, normalize='bogus'), ValueError)       # drawn, then the option refused
+    _refused(lambda: L.random_direction(MODEL, scale='bogus'), ValueError)       # drawn, then the option refused
     _refused(lambda: L.landscape1d(MODEL, (X, Y), lambda o, y: o.sum(1), step_size=1., show_progress=False), ValueError)  # not a scalar loss
     _refused(lambda: L.landscape2d(MODEL, (X, Y), lambda o, y: o.sum(1), step_size=1., show_progress=False), ValueError)
     m = Dropped(MODEL).train()
@@ -84,18 +84,18 @@ def test_token_ids_reach_a_model_with_an_embedding_in_landscape_and_similarity()
     y = torch.tensor([0, 1, 2, 0, 1, 2])
     torch.testing.assert_close(L.dataset_loss(net, (ids, y), F.cross_entropy), F.cross_entropy(net(ids), y))   # was refused
     assert torch.isfinite(L.landscape1d(net, (ids, y), F.cross_entropy, step_size=1., seed=0, show_progress=False)[1]).all()
-    r = S.layer_similarity(net, 'emb', net, 'fc', ids)
+    r = S.layer_similarity(net, net, ids, 'emb', 'fc')
     assert 0 < r <= 1
     assert S.compare_models(net, net, [ids], ['emb'], ['fc'], show_progress=False).matrix.shape == (1, 1)
-    with pytest.raises(TypeError, match=r'data \(batch 0, x\) must be floating point, got torch.int64'): L.fourier_map(net, (ids, y), show_progress=False)
+    with pytest.raises(TypeError, match=r'loader \(batch 0, x\) must be floating point, got torch.int64'): L.fourier_map(net, (ids, y), show_progress=False)
 
 def test_integer_images_are_refused_before_the_model_runs():
     u8, ids = (X * 255).round().byte(), (X * 255).long()
-    for call in (lambda x: S.layer_similarity(MODEL, 'conv2', MODEL, 'conv3', x),
+    for call in (lambda x: S.layer_similarity(MODEL, MODEL, x, 'conv2', 'conv3'),
                  lambda x: S.compare_models(MODEL, MODEL, [x], ['conv2'], ['conv3'], show_progress=False)):
         with pytest.raises(TypeError, match=r'must be floating point, got torch.uint8: images as integers\? use x.float\(\) / 255'): call(u8)
         with pytest.raises(TypeError, match=r'must be floating point, got torch.int64: convert it with x.float\(\)'): call(ids)
-    with pytest.raises(ValueError, match='x is empty'): S.layer_similarity(MODEL, 'conv2', MODEL, 'conv3', X[:0])
+    with pytest.raises(ValueError, match='x is empty'): S.layer_similarity(MODEL, MODEL, X[:0], 'conv2', 'conv3')
 
 # ---- indices: an integer in 0..n-1, the same words everywhere (check_index) ----
 @pytest.mark.parametrize('k', [2.5, True, -1])

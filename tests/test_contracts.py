@@ -121,11 +121,11 @@ ENTRIES = [
     Entry('invert_features', lambda m, x, p='': D.invert_features(m, x, p + 'conv2', steps=2, seed=0, show_progress=False),
           kind='image', arg='image', scores=False, layer=True, per_example=False,
           extra=[('steps 0', lambda: D.invert_features(MODEL, X, 'conv2', steps=0, show_progress=False), ['steps'])]),
-    Entry('style_transfer', lambda m, x, p='': ST.style_transfer(x, RGB, m, content_layers=['relu2_1'], style_layers=['relu1_1'], steps=2,
+    Entry('style_transfer', lambda m, x, p='': ST.style_transfer(m, x, RGB, content_layers=['relu2_1'], style_layers=['relu1_1'], steps=2,
                                                                  seed=0, show_progress=False),
-          kind='image', arg='content', model=VGG, x=RGB, scores=False, per_example=False,
-          extra=[('normalised style', lambda: ST.style_transfer(RGB, (RGB - 0.45) / 0.225, VGG, content_layers=['relu2_1'], style_layers=['relu1_1'], steps=2, show_progress=False), ['style']),
-                 ('steps 0', lambda: ST.style_transfer(RGB, RGB, VGG, content_layers=['relu2_1'], style_layers=['relu1_1'], steps=0, show_progress=False), ['steps'])]),
+          kind='image', arg='x', model=VGG, x=RGB, scores=False, per_example=False,
+          extra=[('normalised style', lambda: ST.style_transfer(VGG, RGB, (RGB - 0.45) / 0.225, content_layers=['relu2_1'], style_layers=['relu1_1'], steps=2, show_progress=False), ['style']),
+                 ('steps 0', lambda: ST.style_transfer(VGG, RGB, RGB, content_layers=['relu2_1'], style_layers=['relu1_1'], steps=0, show_progress=False), ['steps'])]),
     # no input: the model alone
     Entry('render', lambda m, x, p='': O.render(m, O.channel(p + 'conv2', 3), size=16, steps=2, seed=0, show_progress=False),
           kind='none', scores=False, layer=True,
@@ -160,9 +160,9 @@ ENTRIES = [
           kind='loader', arg='loader', x=_x[:8], scores=False, layer=True, per_example=False,   # the unbiased HSIC needs 4 examples a batch
           extra=[('loaders of different lengths', lambda: S.compare_models(MODEL, MODEL, [_x[:8], _x[:8]], ['conv2'], ['conv3'], loader2=[_x[:8]], show_progress=False), ['loader']),
                  ('unknown measure', lambda: S.compare_models(MODEL, MODEL, [_x[:8]], ['conv2'], ['conv3'], measure='ckaa', show_progress=False), ['ckaa'])]),
-    Entry('layer_similarity', lambda m, x, p='': S.layer_similarity(m, p + 'conv2', m, p + 'conv3', x), kind='batch', scores=False,
+    Entry('layer_similarity', lambda m, x, p='': S.layer_similarity(m, m, x, p + 'conv2', p + 'conv3'), kind='batch', scores=False,
           layer=True, per_example=False,
-          extra=[('a list of layers', lambda: S.layer_similarity(MODEL, ['conv2', 'conv3'], MODEL, 'conv3', X), ['layer1'])]),
+          extra=[('a list of layers', lambda: S.layer_similarity(MODEL, MODEL, X, ['conv2', 'conv3'], 'conv3'), ['layer1'])]),
     Entry('intervene', lambda m, x, p='': T.intervene(m, x, {p + 'conv3': lambda o: o * 0.5}).detach(), kind='batch', scores=False,
           finite_only=False, empty_ok=True, layer=True,
           extra=[('unknown op', lambda: T.intervene(MODEL, X, {'bogus': 0.}), ['bogus']),
@@ -197,9 +197,9 @@ EXEMPT = {  # public names that take no user data to check, with the reason
                                  'CAM_METHODS', 'COLOR_CORRELATION', 'PRESETS', 'REDUCTIONS', 'MEASURES', 'MEASURE_ALIASES', 'DISTANCES', 'LAYER_METHODS', 'TOUR_PAGES']},
     **{n: 'a result or building-block type, probed through the functions that make it' for n in
        ['ResBlock', 'DigitsCNN', 'Hook', 'Hooks', 'ModelSnapshot', 'annotate_errors', 'Recording', 'Channel', 'Rendered', 'ImageParam',
-        'Objective', 'Attribution', 'SimilarityResult', 'TensorOp', 'ModelLog', 'ValidationReport', 'Page', 'relu_rule', 'TopActivations']},
+        'Objective', 'Attribution', 'Dreamed', 'Styled', 'SimilarityResult', 'TensorOp', 'ModelLog', 'ValidationReport', 'Page', 'relu_rule', 'TopActivations']},
     **{n: 'an objective, a transform or a parameterisation: checked when render runs it (probes above)' for n in
-       ['channel', 'neuron', 'layer', 'class_logit', 'class_prob', 'direction', 'diversity', 'tv', 'l1', 'l2', 'feature_distance',
+       ['channel', 'neuron', 'layer_activation', 'class_logit', 'class_prob', 'direction', 'diversity', 'tv', 'l1', 'l2', 'feature_distance',
         'pad', 'jitter', 'random_scale', 'random_rotate', 'compose', 'standard_transforms', 'decorrelate_colors', 'correlate_colors']},
     **{n: 'a device, seed or context helper with no user data' for n in
        ['default_device', 'model_device', 'model_dtype', 'to_device', 'eval_mode', 'keep_buffers', 'set_seed', 'seeded', 'frozen',
@@ -440,8 +440,8 @@ def test_similarity_result_keys():
 
 def test_pil_image_is_accepted():
     img = PIL.Image.fromarray((RGB[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
-    out = ST.style_transfer(img, RGB, VGG, content_layers=['relu2_1'], style_layers=['relu1_1'], steps=2, seed=0, show_progress=False)
-    ref = ST.style_transfer(torch.from_numpy(np.asarray(img)).permute(2, 0, 1).float() / 255, RGB, VGG, content_layers=['relu2_1'],
+    out = ST.style_transfer(VGG, img, RGB, content_layers=['relu2_1'], style_layers=['relu1_1'], steps=2, seed=0, show_progress=False)
+    ref = ST.style_transfer(VGG, torch.from_numpy(np.asarray(img)).permute(2, 0, 1).float() / 255, RGB, content_layers=['relu2_1'],
                             style_layers=['relu1_1'], steps=2, seed=0, show_progress=False)
     torch.testing.assert_close(out, ref)
 
