@@ -10,9 +10,9 @@ one thread keeps a contender from waiting on a descheduled second thread at ever
     torchlens.trace(..., CaptureOptions(layers_to_save='all', compute_input_output_distances=False)): one forward each, no
     autograd, every operation's output saved (TorchLens also logs and saves BatchNorm's buffers: 151 entries for resnet18 against
     netlens' 71, 0.2 % more bytes). netlens keeps each op's own output and copies it only before an op writes into it (the
-    BatchNorm outputs that an in-place ReLU/SiLU/Hardswish overwrites, the residual `+=`), or at the end when the model's
-    output, input or parameters still hold it; TorchLens copies every output. The saved values are the same (the zoo's
-    validation tests); the work saved is copying what nothing overwrites.
+    residual `+=`), or at the end when the model's output, input or parameters still hold it; an in-place ReLU/SiLU/Hardswish
+    of a BatchNorm output writes its result to new memory instead, so that output needs no copy; TorchLens copies every
+    output. The saved values are the same (the zoo's validation tests); the work saved is copying what nothing overwrites.
     On vit_b_16 both see inside multi-head attention (netlens decomposes F.multi_head_attention_forward into its ops,
     as TorchLens' wrappers do): 420 TorchLens entries against netlens' 432, the difference being the second residual
     add of each encoder block, which TorchLens leaves out, and the input and output entries; so equal work again.

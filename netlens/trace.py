@@ -7,6 +7,7 @@ Docs: https://netlens.github.io/netlens/trace.html.md"""
 # %% ../nbs/12_trace.ipynb #73f92ac8
 from __future__ import annotations
 import linecache, math, numbers, os, shutil, sys, time, types, weakref
+from contextlib import nullcontext
 from functools import partial
 from collections import Counter
 from fastcore.basics import patch
@@ -115,18 +116,18 @@ def _func_name(func):
     if name == '__get__': name = getattr(getattr(func, '__self__', None), '__name__', name)  # a property: Tensor.T, Tensor.mT...
     return name
 
-_FUNCS = {}   # func -> (name, skip, random, mutates its first argument by name)
-def _func_info(func):
-    name = _func_name(func)
-    info = (name, name in _SKIP_GETTERS and getattr(func, '__name__', '') == '__get__', name in _RANDOM or 'dropout' in name,
-            (name.endswith('_') and not name.startswith('__')) or name == '__setitem__')
-    try: _FUNCS[func] = info
-    except TypeError: pass
-    return info
-
 def _layer_type(name):
     "TorchLens' layer type: the function name in lower case without underscores (`max_pool2d` -> `maxpool2d`, `__add__` -> `add`)"
     return name.lower().replace('_', '')
+
+_FUNCS = {}   # func -> (name, skip, random, mutates its first argument by name, layer type)
+def _func_info(func):
+    name = _func_name(func)
+    info = (name, name in _SKIP_GETTERS and getattr(func, '__name__', '') == '__get__', name in _RANDOM or 'dropout' in name,
+            (name.endswith('_') and not name.startswith('__')) or name == '__setitem__', _layer_type(name))
+    try: _FUNCS[func] = info
+    except TypeError: pass
+    return info
 
 # %% ../nbs/12_trace.ipynb #ade6fe51
 def _tensors(x):
@@ -149,22 +150,47 @@ class _Producers:
         e = self.d.get(id(t))
         return e[0] if e is not None and e[1]() is t else None
 
-def _scan(x, producers, ins, parents):
-    "`x` with every logged tensor replaced by a `TensorRef` to its producer; its tensors appended to `ins`, their producers to `parents`"
+# %% ../nbs/12_trace.ipynb #6588a4dc
+def _scan(x, d, ps, ins, parents, params):
+    "`x` with every logged tensor replaced by a `TensorRef` to its producer (`d`: `_Producers.d`); its tensors appended to `ins`, their producers to `parents`, the parameters among them (`ps`) to `params`"
     if isinstance(x, Tensor):
         ins.append(x)
-        i = producers.get(x)
-        if i is None: return x
-        parents.append(i)
-        return TensorRef(i)
+        p = ps.get(id(x))
+        if p is not None: params.append(p)
+        e = d.get(id(x))
+        if e is None or e[1]() is not x: return x
+        parents.append(e[0])
+        return TensorRef(e[0])
     if isinstance(x, (list, tuple)):
         for v in x:   # most arguments are flat: sizes, strides, numbers
             if isinstance(v, (Tensor, list, tuple, dict)): break
         else: return x
-        vals = [_scan(v, producers, ins, parents) for v in x]
+        vals = [_scan(v, d, ps, ins, parents, params) for v in x]
         return vals if type(x) is list else type(x)(*vals) if hasattr(x, '_fields') else type(x)(vals)
-    if isinstance(x, dict): return {k: _scan(v, producers, ins, parents) for k, v in x.items()}
+    if isinstance(x, dict): return {k: _scan(v, d, ps, ins, parents, params) for k, v in x.items()}
     return x
+
+def _scan_args(args, d, ps, ins, parents, params):
+    "`_scan` of a call's argument tuple or keyword dict in one loop (tensors inline, containers by `_scan`); the tuple itself where nothing changes"
+    kw = type(args) is dict
+    new = dict(args) if kw else None
+    for k, v in (args.items() if kw else enumerate(args)):
+        if isinstance(v, Tensor):
+            ins.append(v)
+            p = ps.get(id(v))
+            if p is not None: params.append(p)
+            e = d.get(id(v))
+            if e is None or e[1]() is not v: continue
+            parents.append(e[0])
+            v = TensorRef(e[0])
+        elif isinstance(v, (list, tuple, dict)):
+            w = _scan(v, d, ps, ins, parents, params)
+            if w is v: continue
+            v = w
+        else: continue
+        if new is None: new = list(args)
+        new[k] = v
+    return new if kw else args if new is None else tuple(new)
 
 # %% ../nbs/12_trace.ipynb #abde73de
 def _rng_state():
@@ -175,16 +201,27 @@ _PASS_THROUGH = set()   # code of tracer subclasses' __torch_function__: their f
 
 _SKIP_CODE = {}   # code object -> whether `_caller` walks past its frames (asked once per code object)
 
-def _caller():
-    "(file, line, function, instruction) of the nearest frame outside torch (and outside TorchLens' wrappers, which stay on torch's functions once it ran) that called the logged function"
-    f = sys._getframe(3)  # 0 _caller, 1 add_op, 2 __torch_function__
+_UNSET = object()
+
+def _caller(f, stack):
+    "The nearest frame from `f` up outside torch (and outside TorchLens' wrappers, which stay on torch's functions once it ran): the logged function's caller"
+    # each module call on the tracer's `stack` ([call, frame that ran its hooks, answer from that frame]) keeps the answer found
+    # from its frame, so that a walk ends there: the frames above a running call stay the same until it returns
+    k, passed = len(stack) - 1, []
     while f is not None:
         c = f.f_code
         skip = _SKIP_CODE.get(c)
         if skip is None: skip = _SKIP_CODE[c] = c.co_filename.startswith(_TORCH_DIR) or c in _PASS_THROUGH or f.f_globals.get('__name__', '').startswith('torchlens.')
         if not skip: break
+        if k >= 0 and f is stack[k][1]:
+            if stack[k][2] is not _UNSET:
+                f = stack[k][2]
+                break
+            passed.append(stack[k])
+            k -= 1
         f = f.f_back
-    return (f.f_code.co_filename, f.f_lineno, f.f_code.co_name, f.f_lasti) if f is not None else None
+    for e in passed: e[2] = f
+    return f
 
 def _inner_path(stop):
     "(file, line, instruction) of each frame between the logged call and frame `stop` (a composite's entry): where in its body an op ran"
@@ -206,28 +243,31 @@ class _Tracer(TorchFunctionMode):
         super().__init__()
         self.log, self.wants, self.params, self.keep_grads, self.source_lines = log, wants, params, keep_grads, source_lines
         self.save_device = save_device
-        self.producer, self.stack, self.quiet, self.halt = _Producers(), [], False, None   # halt: op -> bool, set by `_run_pass`
+        self.producer, self.quiet, self.halt = _Producers(), False, None   # halt: op -> bool, set by `_run_pass`
+        self.stack, self.path, self.names = [], (), ()   # the module calls running now: [call, frame, caller (`_caller`), path and names before it]; the calls; their names
         self.decompose, self.bodies = frozenset(DECOMPOSE), []   # bodies: the entry frames of the composites running now
-        self.layers, self.type_counts = {}, Counter()   # structural key -> (layer label, short label, type); type -> count
+        self.layers, self.type_counts = {}, {}   # structural key -> (layer label, short label); layer type -> count
         # saved values are the ops' own outputs, copied only when about to be written to (`protect`) or still held elsewhere at the end (`settle`)
         self.lazy = not keep_grads and save_device is None and not torch.is_inference_mode_enabled() and _USE_COUNT is not None
-        self.refs, self.stale = {}, False   # refs: storage address -> {id(saved tensor): [tensor, [(op, version when saved)]]}
+        self.refs, self.stale = {}, False   # refs: storage address -> [(saved tensor, op, version when saved)]
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if self.quiet: return func(*args, **kwargs)
-        try: composite = func in self.decompose
-        except TypeError: composite = False
+        try: composite, info = func in self.decompose, _FUNCS.get(func)
+        except TypeError: composite, info = False, None
         if composite: return self.run_body(func, types, args, kwargs)
-        info = _FUNCS.get(func) or _func_info(func)
-        name, skip, random_op, mutates = info
+        name, skip, random_op, mutates, _ = info = info or _func_info(func)
         if skip: return func(*args, **kwargs)
-        if self.refs and (mutates or (kwargs and ('out' in kwargs or kwargs.get('inplace') is True))): self.protect(args, kwargs)
+        moved = False
+        if self.refs and (mutates or (kwargs and ('out' in kwargs or kwargs.get('inplace') is True))):
+            moved = self.relocatable(func, args, kwargs)
+            if not moved: self.protect(args, kwargs)
         rng = _rng_state() if random_op else None
         # an in-place op on a tensor made outside the pass (a buffer's counter): keep its value before, for the replay
         before = args[0].detach().clone() if mutates and args and isinstance(args[0], Tensor) and self.producer.get(args[0]) is None else None
         t0 = time.perf_counter()
-        out = func(*args, **kwargs)
+        out = args[0].set_(func(*args, **{**kwargs, 'inplace': False})) if moved else func(*args, **kwargs)
         elapsed = time.perf_counter() - t0
         if isinstance(out, Tensor): outs = (out,)
         elif out is None and name == '__setitem__' and isinstance(args[0], Tensor): outs = (args[0],)
@@ -245,41 +285,43 @@ class _Tracer(TorchFunctionMode):
 # %% ../nbs/12_trace.ipynb #18a1723d
 @patch
 def add_op(self:_Tracer, func, info, args, kwargs, outs, elapsed, rng, before=None):
-    log, producer, ins, parents = self.log, self.producer, [], []
-    first = len(log.entries)
-    name = info[0]
-    targs, tkwargs = _scan(args, producer, ins, parents), (_scan(kwargs, producer, ins, parents) if kwargs else kwargs)
+    log, d, ps, ins, parents, params = self.log, self.producer.d, self.params, [], [], []
+    entries, (name, _, _, _, ltype) = log.entries, info
+    first = len(entries)
+    targs = _scan_args(args, d, ps, ins, parents, params)
+    tkwargs = _scan_args(kwargs, d, ps, ins, parents, params) if kwargs else kwargs
     if len(parents) > 1: parents = list(dict.fromkeys(parents))
-    ps = self.params
-    params = [(ps[id(t)], t.shape, t.numel()) for t in ins if id(t) in ps]
-    source = _caller() if self.source_lines or not params else None   # where it was called: for loops, and where asked
-    where = None if source is None else source[:2] + source[3:] + (_inner_path(self.bodies[-1]) if self.bodies else ())
-    if source is not None: source = source[:3] + (linecache.getline(source[0], source[1]).strip() if self.source_lines else '',)
+    where = source = None
+    if self.source_lines or not params:   # where it was called: for loops, and where asked
+        f = _caller(sys._getframe(2), self.stack)   # 0 add_op, 1 __torch_function__
+        if f is not None:
+            c, line = f.f_code, f.f_lineno
+            where = (c.co_filename, line, f.f_lasti) + (_inner_path(self.bodies[-1]) if self.bodies else ())
+            if self.source_lines: source = (c.co_filename, line, c.co_name, linecache.getline(c.co_filename, line).strip())
     if before is not None: targs = (before,) + tuple(targs[1:])
-    path, entries, ltype = tuple(self.stack), log.entries, _layer_type(name)
+    path, layers, passes = self.path, self.layers, log._passes
+    key = (name, tuple(params)) if params else (name, self.names, where, tuple([entries[i].layer_label for i in parents]))
     for j, out in enumerate(outs):
         inplace = False
         for t in ins:
             if out is t: inplace = True; break
-        if params: key = (name, tuple([p for p, _, _ in params]), j)
-        else: key = (name, tuple([m for m, _ in path]), where, tuple([entries[i].layer_label for i in parents]), j)
-        op = TensorOp(len(entries), name, ltype, out, parents, path, params, elapsed, source if self.source_lines else None, inplace)
-        if key in self.layers:
-            op.layer_label, op.short_label = self.layers[key]
-            op.pass_num = log._passes[op.layer_label] = log._passes[op.layer_label] + 1
-        else:
-            self.type_counts[op.layer_type] += 1
+        op = TensorOp(len(entries), name, ltype, out, parents, path, params, elapsed, source, inplace)
+        labels = layers.get(key + (j,))
+        if labels is None:
+            n = self.type_counts[ltype] = self.type_counts.get(ltype, 0) + 1
             log._n_layers += 1
-            short = f"{op.layer_type}_{self.type_counts[op.layer_type]}"
-            op.layer_label, op.short_label = self.layers[key] = (f"{short}_{log._n_layers}", short)
-            log._passes[op.layer_label] = 1
+            short = f"{ltype}_{n}"
+            labels = layers[key + (j,)] = (f"{short}_{log._n_layers}", short)
+            passes[labels[0]] = 1
+        else: op.pass_num = passes[labels[0]] = passes[labels[0]] + 1
+        op.layer_label, op.short_label = labels
         op._func, op._args, op._kwargs, op._rng = func, targs, tkwargs, rng
-        op._out_index = j if len(outs) > 1 else None
+        if len(outs) > 1: op._out_index = j
         self.keep(op, out)
-        for i in parents: log.entries[i].children.append(op.index)
-        log.entries.append(op)
-        producer[out] = op.index
-    if self.halt is not None and any(self.halt(op) for op in log.entries[first:]): raise _Halt()
+        for i in parents: entries[i].children.append(op.index)
+        entries.append(op)
+        d[id(out)] = (op.index, weakref.ref(out))
+    if self.halt is not None and any(self.halt(op) for op in entries[first:]): raise _Halt()
 
 # %% ../nbs/12_trace.ipynb #a4691de5
 _USE_COUNT = getattr(torch._C, '_storage_Use_Count', None)   # how many references a storage has (without it, every value is copied when made)
@@ -298,7 +340,9 @@ def save(self:_Tracer, op, t):
         except Exception: key = None   # no storage or version counter (sparse, nested, inference tensors): copy now
         if key is not None:
             s = op.tensor = t.detach()   # an alias of its own: one that the model or the caller keeps counts as a holder of the storage
-            self.refs.setdefault(key, {}).setdefault(id(s), [s, []])[1].append((op, v))
+            entry = self.refs.get(key)
+            if entry is None: self.refs[key] = [(s, op, v)]
+            else: entry.append((s, op, v))
             return
     op.tensor = self.copy(t)
 
@@ -311,12 +355,10 @@ def keep(self:_Tracer, op, t):
 @patch
 def materialize(self:_Tracer, entry, copy=True):
     "Check that the saved tensors of one storage (`entry`) still hold their values (else the pass is `stale`), and replace them by copies"
-    for s, ops in entry.values():
-        c = None
-        for op, v in ops:
-            if op.tensor is not s: continue   # replaced since (by an intervention)
-            if s._version != v: self.stale = True   # written to where the mode could not see: `_run_pass` logs the pass again
-            elif copy: op.tensor = c = s.clone() if c is None else c
+    for s, op, v in entry:
+        if op.tensor is not s: continue   # replaced since (by an intervention)
+        if s._version != v: self.stale = True   # written to where the mode could not see: `_run_pass` logs the pass again
+        elif copy: op.tensor = s.clone()
 
 @patch
 def protect(self:_Tracer, args, kwargs):
@@ -326,12 +368,31 @@ def protect(self:_Tracer, args, kwargs):
         except Exception: continue
         if entry: self.materialize(entry)
 
+# %% ../nbs/12_trace.ipynb #4f4e7f72
+_ACTIVATIONS = {F.relu, F.relu6, F.hardtanh, F.elu, F.selu, F.celu, F.leaky_relu, F.silu, F.mish, F.hardswish, F.hardsigmoid, F.threshold}
+_FRESH = {'batch_norm', 'layer_norm', 'group_norm', 'instance_norm', 'conv1d', 'conv2d', 'conv3d', 'linear', 'add', '__add__', 'mul', '__mul__'}   # always new memory
+
+@patch
+def relocatable(self:_Tracer, func, args, kwargs):
+    "Whether an in-place activation (`inplace=True`) can write to new memory instead, its tensor moved there: the output of a `_FRESH` op that only it and that op's saved value hold"
+    try:
+        if func not in _ACTIVATIONS or kwargs.get('inplace') is not True or not args or type(args[0]) is not Tensor: return False
+        t = args[0]
+        if t.requires_grad or t._is_view() or not (t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last)): return False
+        i, st = self.producer.get(t), t.untyped_storage()
+        entry = self.refs.get(st.data_ptr())
+        if i is None or entry is None or len(entry) != 1 or _USE_COUNT(st._cdata) != 3: return False   # t, the saved value, the storage object asked for here
+        op = self.log.entries[i]
+        if entry[0][1] is not op or op.inplace or op.func_name not in _FRESH: return False
+    except Exception: return False
+    del self.refs[st.data_ptr()]   # the saved value keeps the old memory, which nothing else can write to: it is final
+    return True
+
 @patch
 def settle(self:_Tracer):
     "After the pass: copy the saved values whose storage something outside the log still holds (the output, the input, a parameter, a cache)"
     for entry in self.refs.values():
-        s = next(iter(entry.values()))[0]
-        held = _USE_COUNT(s.untyped_storage()._cdata) - 1 > len(entry)   # 1: the storage object asked for here
+        held = _USE_COUNT(entry[0][0].untyped_storage()._cdata) - 1 > len(entry)   # 1: the storage object asked for here
         self.materialize(entry, copy=held)
     self.refs = {}
 
@@ -339,7 +400,7 @@ def settle(self:_Tracer):
 class _ModuleContext:
     "Module pre/post hooks, for the duration of the pass, that keep the tracer's module stack and mark module outputs"
     def __init__(self, names, tracer, save_modules):
-        self.names, self.tracer, self.save_modules, self.calls, self.halt_call = names, tracer, save_modules, Counter(), None
+        self.names, self.tracer, self.save_modules, self.calls, self.halt_call = names, tracer, save_modules, {}, None
         self.handles = [register_module_forward_pre_hook(self.enter)]
         try: self.handles.append(register_module_forward_hook(self.exit, always_call=True))
         except BaseException: self.remove(); raise
@@ -347,24 +408,27 @@ class _ModuleContext:
     def enter(self, m, inp):
         name = self.names.get(id(m))
         if name is None: return
-        self.calls[name] += 1
-        self.tracer.stack.append((name, self.calls[name]))
+        call = name, self.calls.get(name, 0) + 1
+        self.calls[name] = call[1]
+        tr = self.tracer
+        tr.stack.append([call, sys._getframe(1), _UNSET, tr.path, tr.names])   # frame 1: the one that runs the module's hooks and its forward
+        tr.path, tr.names = tr.path + (call,), tr.names + (name,)
 
     def exit(self, m, inp, out):
         name = self.names.get(id(m))
         if name is None: return
         tr = self.tracer
         while tr.stack:
-            call = tr.stack.pop()
+            call, _, _, tr.path, tr.names = tr.stack.pop()
             if call[0] == name: break
         tr.quiet = True
         try:
-            for t in _tensors(out):
+            for t in ((out,) if isinstance(out, Tensor) else _tensors(out)):
                 i = tr.producer.get(t)
                 if i is None: continue
                 op = tr.log.entries[i]
                 op.output_of.append(call)
-                if op.tensor is None and (name in self.save_modules or f"{name}:{call[1]}" in self.save_modules):
+                if op.tensor is None and self.save_modules and (name in self.save_modules or f"{name}:{call[1]}" in self.save_modules):
                     tr.save(op, t)
         finally: tr.quiet = False
         if call == self.halt_call: raise _Halt()   # the module call `halt` names has returned
@@ -386,13 +450,17 @@ class ModelLog:
     def _finish(self, module_calls):
         "Final labels (`:pass` where a layer ran more than once) and module-call names (`name:k` where a module ran more than once)"
         call = lambda c: c[0] if module_calls[c[0]] == 1 else f"{c[0]}:{c[1]}"
-        me = weakref.ref(self)
+        me, passes, paths = weakref.ref(self), self._passes, {}   # paths: id -> (module path, its names); ops of one module call share their path
         for op in self.entries:
             op._log, op._keep_grads = me, self.keep_grads
-            op.n_passes = self._passes[op.layer_label] if op.layer_type not in ('input', 'output') else 1
+            if op.layer_type not in ('input', 'output'): op.n_passes = passes[op.layer_label]
             op.label = f"{op.layer_label}:{op.pass_num}" if op.n_passes > 1 else op.layer_label
-            op.module_path = tuple(map(call, op.module_path))
-            op.output_of = list(dict.fromkeys(map(call, op.output_of)))
+            p = op.module_path
+            if p:
+                q = paths.get(id(p))
+                if q is None: q = paths[id(p)] = p, tuple(map(call, p))
+                op.module_path = q[1]
+            if op.output_of: op.output_of = list(dict.fromkeys(map(call, op.output_of)))
         self.module_calls = dict(module_calls)
         self._index()
 
@@ -402,10 +470,12 @@ class ModelLog:
         self._by_module = {}
         for op in self.entries:
             for m in op.output_of: self._by_module.setdefault(m, op)
-        self._layers = {}
+        self._layers = layers = {}
         for op in self.entries:
-            self._layers.setdefault(op.layer_label, []).append(op)
-            if op.short_label: self._layers.setdefault(op.short_label, []).append(op)
+            for k in (op.layer_label, op.short_label) if op.short_label else (op.layer_label,):
+                ops = layers.get(k)
+                if ops is None: layers[k] = [op]
+                else: ops.append(op)
 
     @property
     def layer_labels(self) -> list[str]: return [op.label for op in self.entries]
@@ -544,6 +614,17 @@ def _add_io(log, tracer, t, kind, k, parent=None):
     log.entries.append(op)
 
 # %% ../nbs/12_trace.ipynb #dec6bf38
+def _named_modules(model):
+    "`model.named_modules()` (each module once, by its first name, in the same order) without its generator per level"
+    out, seen, todo = [], set(), [('', model)]
+    while todo:
+        n, m = todo.pop()
+        if m in seen: continue
+        seen.add(m)
+        out.append((n, m))
+        todo.extend([(f"{n}.{k}" if n else k, c) for k, c in reversed(m._modules.items()) if c is not None])
+    return out
+
 def _run_pass(model, x, layers_to_save='all', keep_grads=False, source_lines=False, kwargs=None, save_device=None, who='log_forward_pass',
               tracer=_Tracer, halt=None):
     "One logged forward pass of `model` on `x` under `tracer` (`_Tracer`, or a subclass that edits the pass), stopped early by `halt`"
@@ -553,12 +634,14 @@ def _run_pass(model, x, layers_to_save='all', keep_grads=False, source_lines=Fal
     if keep_grads:  # leaf copies that require grad, so the inputs get gradients too; the caller's tensors are left alone
         copy = lambda t: t.detach().requires_grad_() if isinstance(t, Tensor) and t.is_floating_point() and not t.requires_grad else t
         args, kw = tuple(map(copy, args)), {k: copy(v) for k, v in kw.items()}
-    every = list(model.named_modules())   # one walk of the model: modules, and parameters by their first name (as named_parameters)
-    modules, params, n_params = [(n, m) for n, m in every if n], {}, 0
+    every = _named_modules(model)   # one walk of the model: modules, and parameters by their first name (as named_parameters)
+    modules, params, n_params = [(n, m) for n, m in every if n], {}, 0   # params: id -> (name, shape, size)
     for n, m in every:
         for k, p in m._parameters.items():
-            if p is not None and id(p) not in params: params[id(p)], n_params = f"{n}.{k}" if n else k, n_params + p.numel()
-    names = {n for n, _ in modules}
+            if p is not None and id(p) not in params:
+                params[id(p)] = (f"{n}.{k}" if n else k, p.shape, p.numel())
+                n_params += params[id(p)][2]
+    names, training = {n for n, _ in modules}, any(m.training for _, m in every)
     rule, rng = _save_rule(layers_to_save, names), _rng_state()
     for lazy in (True, False):   # a saved value written to where the mode could not see: log again, copying every value as it is made
         log = ModelLog(model, modules, layers_to_save, keep_grads, n_params)
@@ -570,7 +653,7 @@ def _run_pass(model, x, layers_to_save='all', keep_grads=False, source_lines=Fal
         t0, out, halted = time.perf_counter(), None, False
         try:
             # keep_buffers outside the tracer: BatchNorm's statistics are restored after it has stopped logging; an error names the layer
-            with annotate_errors(model), keep_buffers(model), torch.set_grad_enabled(torch.is_grad_enabled() or keep_grads), tr: out = model(*args, **kw)
+            with annotate_errors(model), keep_buffers(model) if training else nullcontext(), torch.set_grad_enabled(torch.is_grad_enabled() or keep_grads), tr: out = model(*args, **kw)
         except _Halt: halted = True
         finally: context.remove()
         log.elapsed = time.perf_counter() - t0

@@ -3,7 +3,8 @@ log_forward_pass on torchvision architectures and a loop: module outputs equal f
 equal FlopCounterMode, validation passes and fails where it must, nothing is left behind. Bad lookups and `layers_to_save` keys
 that name nothing say why. intervene and patch_sweep against plain forward hooks, hand-written forwards, a model copy with
 swapped modules and autograd. ModelLog.save / load_log: plain data only, round trips exact, arbitrary pickles refused unrun;
-layers_to_save predicates and halt against the full log; saved values against hooks' clones when the model writes in place."""
+layers_to_save predicates and halt against the full log; saved values against hooks' clones when the model writes in place, and what
+in-place activations leave in the caller's tensors against a plain forward."""
 import copy, pickle, re
 from collections import Counter
 import pytest, torch, torch.nn as nn, torch.nn.functional as F, torchvision
@@ -981,6 +982,37 @@ def test_held_elsewhere_or_written_unseen_is_copied():
         want = (h + mu.w) * 2 - h
     assert_close(log['lin'].tensor, h, rtol=0, atol=0)   # as it was when logged, not as the unseen write left it
     assert_close(log.output, want) ; assert_close(log['output_1'].tensor, want)
+
+class InPlace(nn.Module):
+    "In-place activations: of a fresh BatchNorm output, of the caller's input (through a no-op `contiguous`) and of a view of a fresh output"
+    def __init__(self):
+        super().__init__(); self.bn = nn.BatchNorm1d(4)
+    def forward(self, x):
+        y = F.relu(self.bn(x), inplace=True)
+        F.hardtanh(x.contiguous(), -0.5, 0.5, inplace=True)
+        z = self.bn(x) * 2
+        F.silu(z[:2], inplace=True)
+        return y + x + z
+
+def test_in_place_activations_leave_what_a_plain_forward_leaves(monkeypatch):
+    "Only the fresh BatchNorm output moves to new memory for its ReLU (nothing copied); the caller's input and a view are written in place, as a plain forward writes them"
+    torch.manual_seed(0)
+    m = InPlace().eval()
+    with torch.no_grad(): m.bn.running_mean.normal_(); m.bn.bias.normal_()
+    x = torch.randn(3, 4)
+    x0, arr, ptr = x.clone(), x.numpy(), x.data_ptr()
+    moved = []
+    relocatable = trace._Tracer.relocatable
+    monkeypatch.setattr(trace._Tracer, 'relocatable', lambda self, *a: moved.append(relocatable(self, *a)) or moved[-1])
+    with torch.no_grad():
+        want_x = x0.clone(); want = m(want_x)
+        log = log_forward_pass(m, x)
+        bn, z = m.bn(x0), m.bn(F.hardtanh(x0, -0.5, 0.5)) * 2
+    assert moved == [True, False, False]
+    assert x.data_ptr() == ptr and torch.equal(x, want_x) and torch.equal(torch.from_numpy(arr), want_x)   # the caller's x, written in place
+    assert_close(log.output, want, rtol=0, atol=0)
+    for key, value in [('input_1', x0), ('bn:1', bn), ('relu_1', F.relu(bn)), ('hardtanh_1', F.hardtanh(x0, -0.5, 0.5)), ('mul_1', z), ('silu_1', F.silu(z[:2]))]:
+        assert_close(log[key].tensor, value, rtol=0, atol=0, msg=key)
 
 def test_a_wrong_channel_count_is_named():
     "3 channels into the 1-channel digits model: PyTorch's conv error, with notes naming the layer, its channels, the input's shape and the fix"
