@@ -217,15 +217,15 @@ class Tutorial:
 
 def _offline_env() -> bool: return os.environ.get('NETLENS_OFFLINE', '').strip().lower() in ('1', 'true', 'yes', 'on')
 
-def tutorial_setup(models=(), data=None, n=64, size=None, offline=None, timeout=5., download_timeout=60., device=None, quiet=False) -> Tutorial:
-    "Pick a tutorial's path and print it: pretrained `models` and `n` images of `data` when the servers answer within `timeout` s and the downloads work, else offline (always with `offline` or NETLENS_OFFLINE=1)"
+def tutorial_setup(models=(), dataset=None, n=64, size=None, offline=None, timeout=5., download_timeout=60., device=None, quiet=False) -> Tutorial:
+    "Pick a tutorial's path and print it: pretrained `models` and `n` images of `dataset` when the servers answer within `timeout` s and the downloads work, else offline (always with `offline` or NETLENS_OFFLINE=1)"
     models = [models] if isinstance(models, str) else list(models)
-    if data is not None and data not in TUTORIAL_DATA: raise unknown_key_error(data, TUTORIAL_DATA, 'tutorial dataset')
+    if dataset is not None and dataset not in TUTORIAL_DATA: raise unknown_key_error(dataset, TUTORIAL_DATA, 'tutorial dataset')
     device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
     tut = Tutorial(False, device, '')
     if offline or (offline is None and _offline_env()): tut.reason = 'offline=True' if offline else 'NETLENS_OFFLINE=1'
     else:
-        hosts = sorted({_HOSTS['timm' if m.startswith('timm:') else 'torchvision'] for m in models} | ({_HOSTS[data]} if data else set()))
+        hosts = sorted({_HOSTS['timm' if m.startswith('timm:') else 'torchvision'] for m in models} | ({_HOSTS[dataset]} if dataset else set()))
         down = _reachable(hosts or [_HOSTS['torchvision']], timeout)
         if down: tut.reason = f"{', '.join(down)} did not answer within {timeout:g} s"
         else:
@@ -233,11 +233,11 @@ def tutorial_setup(models=(), data=None, n=64, size=None, offline=None, timeout=
             socket.setdefaulttimeout(download_timeout)   # a stalled download raises instead of hanging
             try:
                 ms = {m: load_pretrained(m, device) for m in models}
-                xy = tutorial_data(data, n, size) if data else None
+                xy = tutorial_data(dataset, n, size) if dataset else None
             except Exception as e: tut.reason = f"the download failed ({type(e).__name__}: {str(e)[:120]})"
             else:
                 tut.online, tut.models, tut.data = True, ms, xy
-                tut.reason = ', '.join([f"{m} (pretrained)" for m in models] + ([f"{len(xy[0])} {data} images"] if data else [])) or 'the network answers'
+                tut.reason = ', '.join([f"{m} (pretrained)" for m in models] + ([f"{len(xy[0])} {dataset} images"] if dataset else [])) or 'the network answers'
             finally: socket.setdefaulttimeout(prev)
     if not quiet: print(tut)
     return tut

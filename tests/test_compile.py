@@ -49,7 +49,7 @@ CASES = {
     'AttributionExplorer': lambda m: W.AttributionExplorer(m, X[:1]).compute(),
     'ChannelExplorer': lambda m: W.ChannelExplorer(m, size=16, steps=1).compute(),
     'compare_models': lambda m: S.compare_models(m, loader=[(X.repeat(2, 1, 1, 1), Y.repeat(2))], layers1=['conv2', 'conv3'], show_progress=False).matrix,
-    'layer_similarity': lambda m: S.layer_similarity(m, 'conv2', m, 'conv3', X),
+    'layer_similarity': lambda m: S.layer_similarity(m, m, X, 'conv2', 'conv3'),
     'landscape1d': lambda m: L.landscape1d(m, (X, Y), F.cross_entropy, step_size=0.5, seed=0, show_progress=False)[1],
     'landscape2d': lambda m: L.landscape2d(m, (X, Y), F.cross_entropy, step_size=1., seed=0, show_progress=False)[2],
     'dataset_loss': lambda m: L.dataset_loss(m, (X, Y), F.cross_entropy),

@@ -251,6 +251,33 @@ def test_every_public_name_is_probed_or_exempted():
     stale = sorted((set(EXEMPT) | probed) - public)
     assert not stale, f"names probed or exempted that are no longer public: {stale}"
 
+# The naming table of nbs/00a_adapters.ipynb ("Names: one per idea"): an entry point takes its model(s) first and its input
+# (`x`) or data (`loader`) right after; retired names stay retired. adapters' helpers take the input as their subject (the
+# model is context), so the order rule is for the entry points of the other modules.
+RETIRED = {'data': 'loader', 'content': 'x', 'image': 'x', 'img': 'x', 'normalize': 'unit_norm= or relative='}
+
+def _signatures():
+    import inspect
+    for m in MODULES:
+        mod = importlib.import_module(f'netlens.{m}')
+        for n in mod.__all__:
+            o = getattr(mod, n)
+            f = o if inspect.isfunction(o) else vars(o).get('__init__') if inspect.isclass(o) else None
+            if f is None: continue
+            yield m, n, [p for p in inspect.signature(f).parameters if p != 'self']
+
+def test_one_name_per_idea():
+    wrong = []
+    for m, n, ps in _signatures():
+        models = [p for p in ps if p in ('model', 'model1', 'model2')]
+        takes = [p for p in ('x', 'loader') if p in ps]
+        if models and takes and m != 'adapters':
+            if ps[:len(models)] != models: wrong.append(f"{m}.{n}: the model first, got {ps[:4]}")
+            if ps.index(takes[0]) != len(models): wrong.append(f"{m}.{n}: {takes[0]} right after the model, got {ps[:4]}")
+        for p in set(ps) & set(RETIRED):
+            if models or p == 'normalize': wrong.append(f"{m}.{n}: argument {p!r} is retired, say {RETIRED[p]!r}")
+    assert not wrong, wrong
+
 # ---------------------------------------------------------------------------------------------- the probe machinery
 COUNTS = Counter()
 PER_ENTRY = {}   # entry point -> Counter of its probes' outcomes ('clear errors', 'correct results'), read by test_zzz_counts

@@ -50,7 +50,7 @@ def test_env_forces_offline_without_touching_the_network(monkeypatch, capsys):
     monkeypatch.setenv('NETLENS_OFFLINE', '1')
     monkeypatch.setattr(socket, 'create_connection', lambda *a, **k: pytest.fail('the network was touched'))
     t0 = time.perf_counter()
-    tut = D.tutorial_setup(models=['resnet18'], data='cifar10', device='cpu')
+    tut = D.tutorial_setup(models=['resnet18'], dataset='cifar10', device='cpu')
     assert time.perf_counter() - t0 < 1
     assert (tut.online, tut.path, tut.models, tut.data) == (False, 'offline', {}, None)
     out = capsys.readouterr().out
@@ -74,7 +74,7 @@ def test_real_network_attempt_fails_fast(monkeypatch):
     "Here (and in CI) there is no route to the download servers: the default 5 s budget is never exceeded"
     monkeypatch.delenv('NETLENS_OFFLINE', raising=False)
     t0 = time.perf_counter()
-    tut = D.tutorial_setup(models=['resnet18'], data='imagenette', quiet=True)
+    tut = D.tutorial_setup(models=['resnet18'], dataset='imagenette', quiet=True)
     if tut.online: pytest.skip('this machine can download')
     assert time.perf_counter() - t0 < 6
 
@@ -107,5 +107,5 @@ def test_online_path_uses_the_real_loader(monkeypatch, tmp_path, capsys):
     assert D.pretrained_categories('resnet18')[285] == 'Egyptian cat'
 
 def test_bad_arguments_name_the_fix():
-    with pytest.raises(KeyError, match="closest: 'imagenette'"): D.tutorial_setup(data='imagenet', offline=True)
+    with pytest.raises(KeyError, match="closest: 'imagenette'"): D.tutorial_setup(dataset='imagenet', offline=True)
     with pytest.raises(ValueError, match='n must be an integer >= 1'): D.tutorial_data('cifar10', n=-1)

@@ -23,7 +23,7 @@ FIRST_FIGURE, MAX_EXPORT = 12, 60
 # a call that draws: matplotlib, or one of netlens' show_/plot_ functions (those that return HTML are listed apart)
 DRAWS = re.compile(r'(?<![\w.])(plt\.\w+|show_\w+|plot_\w+|\w+\.imshow|feature_atlas|\w+Explorer)\s*\(|\.(plot|show_\w+)\s*\(')
 DRAWN_GRAPH = re.compile(r'^\S.*\.draw\((?![^)]*path=)[^)]*\)\s*;?$', re.M)   # a graph shown: the cell's value, not a file written
-NOT_FIGURES = {'show_tokens', 'show_token_scores', 'show_top_tokens', 'show_doc'}   # HTML in a notebook, or documentation
+NOT_FIGURES = {'show_tokens', 'show_top_tokens', 'show_doc'}   # HTML in a notebook, or documentation
 
 def notebooks(root=NBS) -> list[Path]:
     "Every notebook under nbs/ that nbdev processes (not in or named with a leading '.' or '_')"

@@ -325,12 +325,12 @@ def integrated_gradients(model:nn.Module, x:Tensor, target, baseline=None, n_ste
     return Attribution(attr, attr.flatten(1).sum(1) - (fx - fb))
 
 # %% ../../nbs/04_gradients.ipynb #6ab79fb2
-def token_scores(attr:Tensor, normalize=False) -> Tensor:
-    "One score per token (N, T) of a layer attribution (N, T, D): summed over the features D, as Captum's text tutorials; each example scaled to unit norm with `normalize`"
+def token_scores(attr:Tensor, unit_norm=False) -> Tensor:
+    "One score per token (N, T) of a layer attribution (N, T, D): summed over the features D, as Captum's text tutorials; each example scaled to unit norm with `unit_norm`"
     a = check_finite(check_tensor(attr, 'attr').detach(), 'attr')
     if a.ndim != 3: raise ValueError(f"attr must be a token attribution (N, T, D), got shape {tuple(a.shape)}: attribute through a layer that outputs tokens, e.g. layer='...embeddings'")
     s = a.sum(-1)
-    return s / s.norm(dim=1, keepdim=True).clamp_min(torch.finfo(s.dtype).tiny) if normalize else s
+    return s / s.norm(dim=1, keepdim=True).clamp_min(torch.finfo(s.dtype).tiny) if unit_norm else s
 
 def _token_color(v:float) -> str:
     "Captum's `visualize_text` colour of a score in [-1, 1]: green raises the target score, red lowers it"
