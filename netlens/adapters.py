@@ -1,4 +1,4 @@
-"""The conventions every entry point shares: input checks that name the problem and the fix, the train-mode warning, and where progress goes
+"""The conventions every entry point shares: input checks that name the problem and the fix, the one train-mode policy, one name per idea, and where progress goes
 
 Docs: https://netlens.github.io/netlens/adapters.html.md"""
 
