@@ -170,11 +170,14 @@ def _scan(x, d, ps, ins, parents, params):
     if isinstance(x, dict): return {k: _scan(v, d, ps, ins, parents, params) for k, v in x.items()}
     return x
 
+_PLAIN = {int, float, bool, str, type(None)}   # the commonest arguments: nothing to scan (and quicker to tell than by isinstance)
+
 def _scan_args(args, d, ps, ins, parents, params):
     "`_scan` of a call's argument tuple or keyword dict in one loop (tensors inline, containers by `_scan`); the tuple itself where nothing changes"
     kw = type(args) is dict
     new = dict(args) if kw else None
     for k, v in (args.items() if kw else enumerate(args)):
+        if type(v) in _PLAIN: continue
         if isinstance(v, Tensor):
             ins.append(v)
             p = ps.get(id(v))
@@ -183,10 +186,12 @@ def _scan_args(args, d, ps, ins, parents, params):
             if e is None or e[1]() is not v: continue
             parents.append(e[0])
             v = TensorRef(e[0])
-        elif isinstance(v, (list, tuple, dict)):
-            w = _scan(v, d, ps, ins, parents, params)
-            if w is v: continue
-            v = w
+        elif isinstance(v, (list, tuple)):
+            for u in v:   # most are flat: sizes, strides
+                if type(u) not in _PLAIN and isinstance(u, (Tensor, list, tuple, dict)): break
+            else: continue
+            v = _scan(v, d, ps, ins, parents, params)
+        elif isinstance(v, dict): v = _scan(v, d, ps, ins, parents, params)
         else: continue
         if new is None: new = list(args)
         new[k] = v
