@@ -9,19 +9,19 @@ from __future__ import annotations
 import linecache, math, numbers, os, shutil, sys, time, types, weakref
 from contextlib import nullcontext
 from functools import partial
-from collections import Counter
+from collections import Counter, namedtuple
 from fastcore.basics import patch
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 from torch.overrides import TorchFunctionMode
 from .core import *
-from .adapters import check_module, unwrap_model, keeps_rng, model_output, split_call
+from .adapters import check_module, unwrap_model, keeps_rng, model_output, split_call, warn_if_training
 from .hooks import annotate_errors
 import matplotlib.pyplot as plt
 
 # %% auto #0
-__all__ = ['DECOMPOSE', 'TensorOp', 'TensorRef', 'ModelLog', 'log_forward_pass', 'fill_refs', 'ValidationReport',
+__all__ = ['DECOMPOSE', 'Intervened', 'TensorOp', 'TensorRef', 'ModelLog', 'log_forward_pass', 'fill_refs', 'ValidationReport',
            'validate_saved_activations', 'show_model_graph', 'intervene', 'patch_sweep', 'plot_patch_sweep', 'load_log']
 
 # %% ../nbs/12_trace.ipynb #e6fb8f7d
@@ -694,6 +694,7 @@ def _after_pass(log, tracer, context, out, rule, halt, halted):
 def log_forward_pass(model:nn.Module, x, layers_to_save='all', keep_grads:bool=False, source_lines:bool=False, kwargs:dict|None=None,
                      save_device=None, halt=None) -> ModelLog:
     "Run `model` on `x` once and log every tensor operation; save the values of `layers_to_save` (on `save_device`, e.g. 'cpu', if given); stop after `halt`"
+    warn_if_training(model, 'the logged values', stacklevel=4)   # the trace records the model as it is (the mode policy, 00a); 4: past keeps_rng, at the caller's line
     return _run_pass(model, x, layers_to_save, keep_grads, source_lines, kwargs, save_device, halt=halt)
 
 # %% ../nbs/12_trace.ipynb #cd6a589e
@@ -736,7 +737,7 @@ def validate_saved_activations(model:nn.Module, x, rtol=1e-4, atol=1e-5, kwargs:
     failures = []
     with keep_buffers(model), torch.random.fork_rng(devices=devices):
         start = torch.random.get_rng_state(), [torch.cuda.get_rng_state(d) for d in devices]
-        with torch.no_grad(): log = log_forward_pass(model, x, 'all', kwargs=kwargs)
+        with torch.no_grad(): log = _run_pass(model, x, 'all', kwargs=kwargs, who='validate_saved_activations')   # train mode is fine here: the replays reuse the pass's random draws
         torch.random.set_rng_state(start[0])
         for d, s in zip(devices, start[1]): torch.cuda.set_rng_state(s, d)
         args, kw = _inputs_of(x, kwargs)
@@ -856,7 +857,7 @@ def draw(self:ModelLog, rolled=False, nesting_depth:int|None=None, module:str|No
 
 def show_model_graph(model:nn.Module, x, **kwargs):
     "Draw the graph of `model` on `x` without saving any activation (keyword arguments go to `ModelLog.draw`)"
-    return log_forward_pass(model, x, layers_to_save=None).draw(**kwargs)
+    return _run_pass(model, x, None, who='show_model_graph').draw(**kwargs)   # the graph: the same ops in either mode
 
 # %% ../nbs/12_trace.ipynb #6e11b2a6
 def _swapped(func, g):
@@ -973,9 +974,15 @@ def _map_inputs(args, kw, fns):
     return go(args), go(kw)
 
 # %% ../nbs/12_trace.ipynb #a06e8d76
+Intervened = namedtuple('Intervened', 'output log')   # `return_log=True`: the new output and the log of the edited pass
+
 @keeps_rng
 def intervene(model:nn.Module, x, edits:dict, *, replace_funcs:dict|None=None, return_log:bool=False, kwargs:dict|None=None):
     "Run `model` on `x` with the outputs of the ops `edits` names replaced (by a tensor, a function of the output, or a ModelLog's value of the op) and the functions in `replace_funcs` swapped"
+    warn_if_training(model, 'the edited pass', stacklevel=4)   # the trace records the model as it is (the mode policy, 00a); 4: past keeps_rng, at the caller's line
+    return _intervene(model, x, edits, replace_funcs, return_log, kwargs)
+
+def _intervene(model, x, edits, replace_funcs, return_log, kwargs):
     model = unwrap_model(check_module(model, 'intervene'), 'intervene')
     if not isinstance(edits, dict): raise TypeError(f"intervene: edits is a dict {{key: replacement}} (key: label, module name, position or predicate), not {type(edits).__name__}")
     swaps = _swaps(replace_funcs)
@@ -996,7 +1003,7 @@ def intervene(model:nn.Module, x, edits:dict, *, replace_funcs:dict|None=None, r
         log = _run_pass(model, args, 'all' if return_log else None, kwargs=kw, who='intervene', tracer=partial(_Intervener, edits=fns, swaps=swaps))
     finally:
         for f in [f for f in _FUNCS if getattr(f, '_netlens_swap', False)]: del _FUNCS[f]
-    return (log.output, log) if return_log else log.output
+    return Intervened(log.output, log) if return_log else log.output
 
 # %% ../nbs/12_trace.ipynb #e014bd38
 def _last(s):
@@ -1029,7 +1036,7 @@ def _n_positions(ops, token_dim):
 
 # %% ../nbs/12_trace.ipynb #a6df28e9
 @keeps_rng
-def patch_sweep(model:nn.Module, clean, corrupted, sites, metric=None, *, token_dim:int|None=None, normalize:bool=False, kwargs:dict|None=None) -> Tensor:
+def patch_sweep(model:nn.Module, clean, corrupted, sites, metric=None, *, token_dim:int|None=None, relative:bool=False, kwargs:dict|None=None) -> Tensor:
     "Patch each of `sites` (with `token_dim`, each position) from the `clean` run into the `corrupted` one and score the output by `metric` (default: logit difference)"
     model = unwrap_model(check_module(model, 'patch_sweep'), 'patch_sweep')
     sites = [sites] if isinstance(sites, (str, int)) or callable(sites) else list(sites)
@@ -1037,9 +1044,10 @@ def patch_sweep(model:nn.Module, clean, corrupted, sites, metric=None, *, token_
     for name, v in (('clean', clean), ('corrupted', corrupted)):
         if not _tensors(v) or any(t.numel() == 0 for t in _tensors(v)): raise ValueError(f"patch_sweep: {name} is empty or holds an empty tensor; the metric needs examples")
     if metric is not None and not callable(metric): raise TypeError(f"patch_sweep: metric is a function of the model's output, not {type(metric).__name__}")
+    warn_if_training(model, 'the patched scores', stacklevel=4)   # the trace records the model as it is (the mode policy, 00a); 4: past keeps_rng, at the caller's line
     with torch.no_grad():
-        clean_log = log_forward_pass(model, clean, kwargs=kwargs)
-        corrupt_log = log_forward_pass(model, corrupted, layers_to_save=None, kwargs=kwargs)
+        clean_log = _run_pass(model, clean, kwargs=kwargs, who='patch_sweep')
+        corrupt_log = _run_pass(model, corrupted, None, kwargs=kwargs, who='patch_sweep')
         _same_run(clean_log, corrupt_log, "patch_sweep: the clean run")
         for a, b in zip(clean_log, corrupt_log):
             if a.shape != b.shape: raise ValueError(f"patch_sweep: {a.label} has shape {a.shape} in the clean run and {b.shape} in the corrupted one; patch between inputs of the same shape")
@@ -1047,11 +1055,11 @@ def patch_sweep(model:nn.Module, clean, corrupted, sites, metric=None, *, token_
         score = lambda out: float(metric(out))
         ops = [_resolve(clean_log, s, 'patch_sweep') for s in sites]
         positions = [None] if token_dim is None else range(_n_positions([o for os in ops for o in os], token_dim))
-        res = torch.tensor([[score(intervene(model, corrupted, {op.label: _patch_fn(op.tensor, token_dim, p) for op in os}, kwargs=kwargs))
+        res = torch.tensor([[score(_intervene(model, corrupted, {op.label: _patch_fn(op.tensor, token_dim, p) for op in os}, None, False, kwargs))
                              for p in positions] for os in ops])
-        if normalize:
+        if relative:
             lo, hi = score(corrupt_log.output), score(clean_log.output)
-            if hi == lo: raise ValueError(f"patch_sweep: the clean and corrupted runs both score {hi:.4g}; normalize needs inputs the metric tells apart")
+            if hi == lo: raise ValueError(f"patch_sweep: the clean and corrupted runs both score {hi:.4g}; relative=True needs inputs the metric tells apart")
             res = (res - lo) / (hi - lo)
     return res[:, 0] if token_dim is None else res
 

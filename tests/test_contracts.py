@@ -197,7 +197,7 @@ EXEMPT = {  # public names that take no user data to check, with the reason
                                  'CAM_METHODS', 'COLOR_CORRELATION', 'PRESETS', 'REDUCTIONS', 'MEASURES', 'MEASURE_ALIASES', 'DISTANCES', 'LAYER_METHODS', 'TOUR_PAGES']},
     **{n: 'a result or building-block type, probed through the functions that make it' for n in
        ['ResBlock', 'DigitsCNN', 'Hook', 'Hooks', 'ModelSnapshot', 'annotate_errors', 'Recording', 'Channel', 'Rendered', 'ImageParam',
-        'Objective', 'Attribution', 'Dreamed', 'Styled', 'SimilarityResult', 'TensorOp', 'ModelLog', 'ValidationReport', 'Page', 'relu_rule', 'TopActivations']},
+        'Objective', 'Attribution', 'Dreamed', 'Styled', 'Intervened', 'SimilarityResult', 'TensorOp', 'ModelLog', 'ValidationReport', 'Page', 'relu_rule', 'TopActivations']},
     **{n: 'an objective, a transform or a parameterisation: checked when render runs it (probes above)' for n in
        ['channel', 'neuron', 'layer_activation', 'class_logit', 'class_prob', 'direction', 'diversity', 'tv', 'l1', 'l2', 'feature_distance',
         'pad', 'jitter', 'random_scale', 'random_rotate', 'compose', 'standard_transforms', 'decorrelate_colors', 'correlate_colors']},

@@ -5,7 +5,7 @@ that name nothing say why. intervene and patch_sweep against plain forward hooks
 swapped modules and autograd. ModelLog.save / load_log: plain data only, round trips exact, arbitrary pickles refused unrun;
 layers_to_save predicates and halt against the full log; saved values against hooks' clones when the model writes in place, and what
 in-place activations leave in the caller's tensors against a plain forward."""
-import copy, pickle, re
+import copy, pickle, re, warnings
 from collections import Counter
 import pytest, torch, torch.nn as nn, torch.nn.functional as F, torchvision
 from torch.testing import assert_close
@@ -569,6 +569,28 @@ def hook_patch(m, module, clean_in, corrupt_in, pos=None, dim=1):
     try: return m(**corrupt_in) if isinstance(corrupt_in, dict) else m(corrupt_in)
     finally: h.remove()
 
+def test_trace_records_the_model_as_it_is_and_says_so():
+    "The mode policy (00a): the trace never changes a flag; a BatchNorm or dropout in train mode gets one warning per call, naming it"
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 3)).train()
+    m[1].eval()                                                    # mixed modes: only the dropout trains
+    x, x2 = torch.randn(5, 6), torch.randn(5, 6)
+    snap = ModelSnapshot(m)
+    for call in (lambda: log_forward_pass(m, x), lambda: intervene(m, x, {'1': lambda o: o * 2}),
+                 lambda: patch_sweep(m, x, x2, ['0', '1', '2'])):
+        with pytest.warns(UserWarning, match=r"^3 of the model are in train mode: .*call model.eval\(\) first") as ws: call()
+        assert len([w for w in ws if 'train mode' in str(w.message)]) == 1, [str(w.message) for w in ws]   # once, not per site
+        assert ws[0].filename == __file__                          # points at the caller's line
+        assert snap.diff(m) == [] and [k.training for k in m.modules()] == [True, True, False, True, True, True]
+    m.eval()
+    with warnings.catch_warnings(): warnings.simplefilter('error'); log_forward_pass(m, x)   # eval mode: silent
+
+def test_intervene_return_log_is_a_named_tuple():
+    r = intervene(EDIT_MODEL, EDIT_X, {'conv3': lambda o: o * 0.5}, return_log=True)
+    assert type(r).__name__ == 'Intervened' and r.output is r[0] and r.log is r[1]
+    assert_close(r.output, intervene(EDIT_MODEL, EDIT_X, {'conv3': lambda o: o * 0.5}), rtol=0, atol=0)
+    assert_close(r.log.output, r.output, rtol=0, atol=0)
+
 def test_patch_sweep_equals_hook_patching_on_digits():
     pred = EDIT_MODEL(EDIT_XS).argmax(-1)
     assert pred[0] != pred[2]
@@ -581,7 +603,7 @@ def test_patch_sweep_equals_hook_patching_on_digits():
         got = patch_sweep(EDIT_MODEL, clean, corrupt, sites)   # the default metric is this logit difference
         assert_close(got, want)
         lo, hi = metric(EDIT_MODEL(corrupt)), metric(EDIT_MODEL(clean))
-        assert_close(patch_sweep(EDIT_MODEL, clean, corrupt, sites, normalize=True), (want - lo) / (hi - lo))
+        assert_close(patch_sweep(EDIT_MODEL, clean, corrupt, sites, relative=True), (want - lo) / (hi - lo))
         assert_close(patch_sweep(EDIT_MODEL, clean, corrupt, sites, metric=lambda o: o.softmax(-1)[0, c]),
                      torch.stack([hook_patch(EDIT_MODEL, EDIT_MODEL.get_submodule(s), clean, corrupt).softmax(-1)[0, c] for s in sites]))
     assert_close(got[3], hi)   # the residual block's output is all the head sees
@@ -609,7 +631,7 @@ def test_patch_sweep_errors_and_plot():
     with pytest.raises(KeyError, match='bogus'): patch_sweep(EDIT_MODEL, EDIT_X[:1], EDIT_X[1:2], ['bogus'])
     with pytest.raises(TypeError, match='metric'): patch_sweep(EDIT_MODEL, EDIT_X[:1], EDIT_X[1:2], ['res'], metric='logit')
     with pytest.raises(ValueError, match='token_dim'): patch_sweep(EDIT_MODEL, EDIT_X[:1], EDIT_X[1:2], ['res', 'head.2'], token_dim=3)
-    with pytest.raises(ValueError, match='normalize'): patch_sweep(EDIT_MODEL, EDIT_X[:1], EDIT_X[:1], ['res'], normalize=True)
+    with pytest.raises(ValueError, match='relative=True needs'): patch_sweep(EDIT_MODEL, EDIT_X[:1], EDIT_X[:1], ['res'], relative=True)
     with pytest.raises(TypeError, match='patch_sweep'): patch_sweep(None, EDIT_X[:1], EDIT_X[1:2], ['res'])
     assert snap.diff(EDIT_MODEL) == [] and hook_count(EDIT_MODEL) == 0
     import matplotlib; matplotlib.use('Agg')
