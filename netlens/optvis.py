@@ -13,7 +13,7 @@ import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
 from .core import *
 from .flat import FlatModel
-from .adapters import (input_channels, model_input_size, size_hw, image_size, resize, as_preprocess, SCORES_FIX, check_examples_dim,
+from .adapters import (split_call, input_channels, model_input_size, size_hw, image_size, resize, as_preprocess, SCORES_FIX, check_examples_dim,
                               embedding_name, unwrap_model, as_images, check_count, check_scores, check_index, keeps_rng, progress, model_output,
                               feature_layout, channels_first, Layout, as_layout)
 
@@ -388,7 +388,8 @@ def optimize(model:nn.Module, objective:Objective, param:nn.Module, *, transform
     "Maximise `objective` over the images `param()` makes: the loop behind `render` and the dream functions; `output` selects the scores (`model_output`)"
     model = unwrap_model(model)
     if not isinstance(objective, Objective):
-        lucent = f": Lucent's {objective!r} is channel({objective.rpartition(':')[0]!r}, {objective.rpartition(':')[2]}) here ('name:k' names the k-th call of a module)" if isinstance(objective, str) and ':' in objective else ''
+        name, k = split_call(objective) if isinstance(objective, str) else (None, None)
+        lucent = f": Lucent's {objective!r} is channel({name!r}, {k}) here ('name:k' names the k-th call of a module)" if k is not None else ''
         raise TypeError(f"objective must be an Objective (channel(...), class_logit(...) ...), got {type(objective).__name__}{lucent}")
     steps = check_count(steps, 'steps')
     _check_takes_images(model)
