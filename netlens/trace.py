@@ -173,28 +173,15 @@ def _scan(x, d, ps, ins, parents, params):
 _PLAIN = {int, float, bool, str, type(None)}   # the commonest arguments: nothing to scan (and quicker to tell than by isinstance)
 
 def _scan_args(args, d, ps, ins, parents, params):
-    "`_scan` of a call's argument tuple or keyword dict in one loop (tensors inline, containers by `_scan`); the tuple itself where nothing changes"
+    "`_scan` of a call's argument tuple or keyword dict, skipping plain arguments (ints, floats, ...) by type; the tuple itself where nothing changes"
     kw = type(args) is dict
     new = dict(args) if kw else None
     for k, v in (args.items() if kw else enumerate(args)):
         if type(v) in _PLAIN: continue
-        if isinstance(v, Tensor):
-            ins.append(v)
-            p = ps.get(id(v))
-            if p is not None: params.append(p)
-            e = d.get(id(v))
-            if e is None or e[1]() is not v: continue
-            parents.append(e[0])
-            v = TensorRef(e[0])
-        elif isinstance(v, (list, tuple)):
-            for u in v:   # most are flat: sizes, strides
-                if type(u) not in _PLAIN and isinstance(u, (Tensor, list, tuple, dict)): break
-            else: continue
-            v = _scan(v, d, ps, ins, parents, params)
-        elif isinstance(v, dict): v = _scan(v, d, ps, ins, parents, params)
-        else: continue
+        u = _scan(v, d, ps, ins, parents, params)
+        if u is v: continue
         if new is None: new = list(args)
-        new[k] = v
+        new[k] = u
     return new if kw else args if new is None else tuple(new)
 
 # %% ../nbs/12_trace.ipynb #abde73de
@@ -619,16 +606,9 @@ def _add_io(log, tracer, t, kind, k, parent=None):
     log.entries.append(op)
 
 # %% ../nbs/12_trace.ipynb #dec6bf38
-def _named_modules(model):
-    "`model.named_modules()` (each module once, by its first name, in the same order) without its generator per level"
-    out, seen, todo = [], set(), [('', model)]
-    while todo:
-        n, m = todo.pop()
-        if m in seen: continue
-        seen.add(m)
-        out.append((n, m))
-        todo.extend([(f"{n}.{k}" if n else k, c) for k, c in reversed(m._modules.items()) if c is not None])
-    return out
+def _as_it_is(model, what):
+    "The trace records the model as it is (the mode policy, 00a), and says so when a BatchNorm or dropout module of it trains"
+    warn_if_training(model, what, stacklevel=5)   # 5: past this, the entry point and its keeps_rng: at the caller's line
 
 def _run_pass(model, x, layers_to_save='all', keep_grads=False, source_lines=False, kwargs=None, save_device=None, who='log_forward_pass',
               tracer=_Tracer, halt=None):
@@ -639,7 +619,7 @@ def _run_pass(model, x, layers_to_save='all', keep_grads=False, source_lines=Fal
     if keep_grads:  # leaf copies that require grad, so the inputs get gradients too; the caller's tensors are left alone
         copy = lambda t: t.detach().requires_grad_() if isinstance(t, Tensor) and t.is_floating_point() and not t.requires_grad else t
         args, kw = tuple(map(copy, args)), {k: copy(v) for k, v in kw.items()}
-    every = _named_modules(model)   # one walk of the model: modules, and parameters by their first name (as named_parameters)
+    every = list(model.named_modules())   # one walk of the model: modules, and parameters by their first name (as named_parameters)
     modules, params, n_params = [(n, m) for n, m in every if n], {}, 0   # params: id -> (name, shape, size)
     for n, m in every:
         for k, p in m._parameters.items():
@@ -694,7 +674,7 @@ def _after_pass(log, tracer, context, out, rule, halt, halted):
 def log_forward_pass(model:nn.Module, x, layers_to_save='all', keep_grads:bool=False, source_lines:bool=False, kwargs:dict|None=None,
                      save_device=None, halt=None) -> ModelLog:
     "Run `model` on `x` once and log every tensor operation; save the values of `layers_to_save` (on `save_device`, e.g. 'cpu', if given); stop after `halt`"
-    warn_if_training(model, 'the logged values', stacklevel=4)   # the trace records the model as it is (the mode policy, 00a); 4: past keeps_rng, at the caller's line
+    _as_it_is(model, 'the logged values')
     return _run_pass(model, x, layers_to_save, keep_grads, source_lines, kwargs, save_device, halt=halt)
 
 # %% ../nbs/12_trace.ipynb #cd6a589e
@@ -979,7 +959,7 @@ Intervened = namedtuple('Intervened', 'output log')   # `return_log=True`: the n
 @keeps_rng
 def intervene(model:nn.Module, x, edits:dict, *, replace_funcs:dict|None=None, return_log:bool=False, kwargs:dict|None=None):
     "Run `model` on `x` with the outputs of the ops `edits` names replaced (by a tensor, a function of the output, or a ModelLog's value of the op) and the functions in `replace_funcs` swapped"
-    warn_if_training(model, 'the edited pass', stacklevel=4)   # the trace records the model as it is (the mode policy, 00a); 4: past keeps_rng, at the caller's line
+    _as_it_is(model, 'the edited pass')
     return _intervene(model, x, edits, replace_funcs, return_log, kwargs)
 
 def _intervene(model, x, edits, replace_funcs, return_log, kwargs):
@@ -1044,7 +1024,7 @@ def patch_sweep(model:nn.Module, clean, corrupted, sites, metric=None, *, token_
     for name, v in (('clean', clean), ('corrupted', corrupted)):
         if not _tensors(v) or any(t.numel() == 0 for t in _tensors(v)): raise ValueError(f"patch_sweep: {name} is empty or holds an empty tensor; the metric needs examples")
     if metric is not None and not callable(metric): raise TypeError(f"patch_sweep: metric is a function of the model's output, not {type(metric).__name__}")
-    warn_if_training(model, 'the patched scores', stacklevel=4)   # the trace records the model as it is (the mode policy, 00a); 4: past keeps_rng, at the caller's line
+    _as_it_is(model, 'the patched scores')
     with torch.no_grad():
         clean_log = _run_pass(model, clean, kwargs=kwargs, who='patch_sweep')
         corrupt_log = _run_pass(model, corrupted, None, kwargs=kwargs, who='patch_sweep')
