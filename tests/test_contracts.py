@@ -9,7 +9,7 @@ RNG are exactly as before.
 
 Entry points are discovered from the modules' `__all__`: a public name must be either probed here or exempted with
 the reason (`EXEMPT`), so a new function cannot be forgotten."""
-import importlib, warnings
+import importlib, inspect, warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -257,7 +257,6 @@ def test_every_public_name_is_probed_or_exempted():
 RETIRED = {'data': 'loader', 'content': 'x', 'image': 'x', 'img': 'x', 'normalize': 'unit_norm= or relative='}
 
 def _signatures():
-    import inspect
     for m in MODULES:
         mod = importlib.import_module(f'netlens.{m}')
         for n in mod.__all__:
